@@ -1,0 +1,130 @@
+"""Plan: an immutable mapping layer name -> format name, with a default for everything unlisted.
+
+The executor applies a Plan; the logger records its hash; controllers return a new one each
+decision. Layer names are qualified module names (``model.named_modules()``).
+"""
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+
+from .formats import get_format
+
+__all__ = ["Plan"]
+
+
+class Plan(Mapping[str, str]):
+    """Immutable ``layer -> format`` map. ``default`` covers the model's root and unlisted code."""
+
+    __slots__ = ("_entries", "_default", "_hash")
+
+    def __init__(self, entries: Mapping[str, str] | None = None, default: str = "fp32"):
+        self._default = get_format(default).name
+        self._entries = {str(k): get_format(v).name for k, v in sorted((entries or {}).items())}
+        payload = json.dumps({"default": self._default, "entries": self._entries}, sort_keys=True)
+        self._hash = hashlib.sha1(payload.encode()).hexdigest()[:12]
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def uniform(cls, fmt: str, layers: Iterable[str]) -> "Plan":
+        """Every layer (and the default) in ``fmt``."""
+        return cls({name: fmt for name in layers}, default=fmt)
+
+    @classmethod
+    def from_patterns(cls, patterns: Mapping[str, str], layers: Iterable[str],
+                      default: str = "fp32") -> "Plan":
+        """Expand glob patterns (``{"layers.*.conv*": "fp16"}``) over ``layers``.
+
+        Patterns apply in order, so a later pattern overrides an earlier one; a pattern that
+        matches no layer is an error (it is almost always a typo).
+        """
+        layers = list(layers)
+        entries = {name: default for name in layers}
+        for pattern, fmt in patterns.items():
+            hits = fnmatch.filter(layers, pattern)
+            if not hits:
+                raise ValueError(f"plan pattern {pattern!r} matches no layer; layers are: "
+                                 f"{', '.join(layers[:20])}{' ...' if len(layers) > 20 else ''}")
+            for name in hits:
+                entries[name] = fmt
+        return cls(entries, default=default)
+
+    # -- mapping ------------------------------------------------------------------------------
+    def __getitem__(self, layer: str) -> str:
+        return self._entries[layer]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def format_of(self, layer: str) -> str:
+        """The layer's format, or the default when the plan does not list it."""
+        return self._entries.get(layer, self._default)
+
+    @property
+    def default(self) -> str:
+        return self._default
+
+    @property
+    def hash(self) -> str:
+        """Stable 12-hex-digit digest of the plan's content (independent of insertion order)."""
+        return self._hash
+
+    def with_changes(self, changes: Mapping[str, str]) -> "Plan":
+        """A new plan with some layers reassigned."""
+        return Plan({**self._entries, **changes}, default=self._default)
+
+    def diff(self, other: "Plan") -> dict[str, tuple[str, str]]:
+        """``{layer: (format here, format in other)}`` for every layer that differs."""
+        names = set(self._entries) | set(other._entries)
+        out = {n: (self.format_of(n), other.format_of(n)) for n in sorted(names)}
+        return {n: pair for n, pair in out.items() if pair[0] != pair[1]}
+
+    def shares(self) -> dict[str, float]:
+        """Fraction of listed layers in each format."""
+        if not self._entries:
+            return {self._default: 1.0}
+        counts: dict[str, int] = {}
+        for fmt in self._entries.values():
+            counts[fmt] = counts.get(fmt, 0) + 1
+        return {k: v / len(self._entries) for k, v in sorted(counts.items())}
+
+    # -- serialization ------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"default": self._default, "entries": dict(self._entries), "hash": self._hash}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "Plan":
+        try:
+            return cls(data["entries"], default=data.get("default", "fp32"))
+        except (KeyError, TypeError) as exc:
+            raise ValueError("a plan needs the form {'default': fmt, 'entries': {layer: fmt}}") from exc
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Plan":
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Plan":
+        return cls.from_json(Path(path).read_text())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Plan) and self._hash == other._hash
+
+    def __hash__(self) -> int:
+        return hash(self._hash)
+
+    def __repr__(self) -> str:
+        shares = ", ".join(f"{k} {v:.0%}" for k, v in self.shares().items())
+        return f"Plan({len(self)} layers, default={self._default}, {shares}, hash={self._hash})"
