@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
@@ -40,7 +40,11 @@ class TrainerConfig:
     eval_batch_size: int = 256
     eval_batches: int = 0           # 0 = the whole validation split
     progress: bool = True           # tqdm bar
-    overwrite: bool = False         # allow writing into a dir that holds a finished run
+    overwrite: bool = False         # start over in a dir that holds a run (its files are removed)
+    checkpoint_every: int = 0       # write <run_dir>/checkpoint.pt every N steps; 0 = never
+    resume: Optional[str] = None    # checkpoint file or run dir to resume from (default: the
+                                    # run dir's own checkpoint, if the run there is unfinished)
+    max_consecutive_skips: int = 25 # stop as `diverged` after N non-finite steps in a row; 0 = never
 
 
 @dataclass
