@@ -155,23 +155,28 @@ def _prepare_run_dir(cfg: DictConfig, out: Path) -> Path | None:
     - ``trainer.overwrite=true``: every file of an earlier run is removed first.
     - a finished run (status ok or diverged): refused.
     - an unfinished run (running/failed) with a checkpoint: resumed.
-    - an unfinished run without a checkpoint: refused (its tables would be mixed with a new
-      run's); start over with ``trainer.overwrite=true``.
+    - an unfinished run without a checkpoint (killed before its first one): started over, and
+      the log says so; it holds no result to lose, and a requeued job must not get stuck.
     """
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.trainer.get("overwrite", False):
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
-        return _resume_path(cfg, out)
     status = _read_status(out / "metrics.json")
+    if cfg.trainer.get("overwrite", False):
+        _remove_run_files(out)
+        return _resume_path(cfg, out)
     if status in ("ok", "diverged"):
         raise FileExistsError(f"{out} already holds a finished run (status {status}); choose "
                               "another output dir or pass trainer.overwrite=true")
     source = _resume_path(cfg, out)
     if source is None and (status is not None or (out / "steps.csv").exists()):
-        raise FileExistsError(f"{out} holds an unfinished run without a checkpoint; pass "
-                              "trainer.overwrite=true to start over or choose another dir")
+        log_.warning("%s holds an unfinished run (status %s) without a checkpoint: starting over",
+                     out, status)
+        _remove_run_files(out)
     return source
+
+
+def _remove_run_files(out: Path) -> None:
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
 
 
 def _read_status(path: Path) -> str | None:

@@ -158,9 +158,10 @@ def test_finished_run_dir_is_never_overwritten_silently(tmp_path):
     assert pd.read_csv(tmp_path / "steps.csv").step.tolist() == [0, 1, 2]
 
 
-def test_unfinished_run_without_checkpoint_is_refused(tmp_path):
-    train(tiny_cfg("trainer.max_steps=2"), tmp_path)
+def test_unfinished_run_without_checkpoint_starts_over(tmp_path, caplog):
+    train(tiny_cfg("trainer.max_steps=3"), tmp_path)
     meta = json.loads((tmp_path / "metrics.json").read_text())
     (tmp_path / "metrics.json").write_text(json.dumps({**meta, "status": "failed"}))
-    with pytest.raises(FileExistsError, match="without a checkpoint"):
-        train(tiny_cfg("trainer.max_steps=2"), tmp_path)
+    metrics = train(tiny_cfg("trainer.max_steps=2"), tmp_path)
+    assert "resumed_from" not in metrics and "starting over" in caplog.text
+    assert pd.read_csv(tmp_path / "steps.csv").step.tolist() == [0, 1]  # no stale rows
