@@ -207,10 +207,14 @@ def _check_node(node: Any, schema: type, prefix: str) -> None:
 
 
 def schema_of(group: str, node: Any) -> type | None:
-    """The registered schema of a group node, found by its ``_target_``."""
-    target = node.get("_target_") if isinstance(node, (DictConfig, Mapping)) else None
+    """The registered schema of a group node: same ``_target_`` and every key of the node a
+    field of the schema (two schemas may share a target)."""
+    if not isinstance(node, (DictConfig, Mapping)):
+        return None
+    keys = set(node.keys())
     for schema in _GROUP_SCHEMAS.get(group, {}).values():
-        if dataclasses.fields(schema) and _default(schema, "_target_") == target:
+        names = {f.name for f in dataclasses.fields(schema)}
+        if _default(schema, "_target_") == node.get("_target_") and keys <= names:
             return schema
     return None
 
