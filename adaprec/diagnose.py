@@ -12,7 +12,9 @@ culprit is, in order of precedence:
 3. the first layer, in backward order, whose output gradient has an inf/NaN;
 4. the first layer, in backward (reverse registration) order, whose parameter gradient has one.
 
-None when the replay stays finite (a non-deterministic kernel).
+None when the replay stays finite (a non-deterministic kernel). Under DDP each rank replays
+and the culprit of highest precedence wins (lowest rank on ties): a NaN output on rank 1
+beats the NaN parameter gradients the all-reduce then spreads to rank 0.
 """
 from __future__ import annotations
 
@@ -52,16 +54,19 @@ class NonfiniteDiagnosis:
     def check_loss(self, loss: torch.Tensor) -> None:
         self.loss_nonfinite = self.loss_nonfinite or _nonfinite(loss)
 
-    def culprit(self, params_by_layer: Mapping[str, Sequence[torch.Tensor]] = {}) -> str | None:
+    def culprit(self, params_by_layer: Mapping[str, Sequence[torch.Tensor]] = {}
+                ) -> tuple[int, str] | None:
+        """``(precedence, layer)`` of the culprit (lower precedence wins, see module doc), so
+        that ranks of a DDP run can agree on the most telling one; None if all stayed finite."""
         if self.forward is not None:
-            return self.forward
+            return 0, self.forward
         if self.loss_nonfinite:
-            return LOSS_CULPRIT
+            return 1, LOSS_CULPRIT
         if self.backward is not None:
-            return self.backward
+            return 2, self.backward
         for name in reversed(list(params_by_layer)):
             if any(p.grad is not None and _nonfinite(p.grad) for p in params_by_layer[name]):
-                return name
+                return 3, name
         return None
 
     def _forward_hook(self, name: str):

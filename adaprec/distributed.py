@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch import nn
 
 __all__ = ["is_distributed", "rank", "world_size", "is_main_process", "unwrap", "wrap_ddp",
-           "reduce_loss_and_found_inf", "broadcast_object", "first_across_ranks", "maybe_init_from_env"]
+           "reduce_loss_and_found_inf", "broadcast_object", "gather_objects", "maybe_init_from_env"]
 
 
 def is_distributed() -> bool:
@@ -70,13 +70,13 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
-def first_across_ranks(obj: Any) -> Any:
-    """The first non-None of every rank's ``obj`` in rank order (rank 0 first)."""
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order (``[obj]`` when not distributed)."""
     if not is_distributed():
-        return obj
+        return [obj]
     box: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(box, obj)
-    return next((o for o in box if o is not None), None)
+    return box
 
 
 def maybe_init_from_env(device_type: str = "cpu") -> bool:

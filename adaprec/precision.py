@@ -20,7 +20,7 @@ from torch import nn
 from .controllers.base import Controller, ControllerContext, StepRecord
 from .controllers.static import Static
 from .diagnose import find_nonfinite_layer
-from .distributed import broadcast_object, first_across_ranks, reduce_loss_and_found_inf, unwrap
+from .distributed import broadcast_object, gather_objects, reduce_loss_and_found_inf, unwrap
 from .executor import NativeExecutor
 from .formats import BF16, get_format
 from .layers import discover_layers
@@ -176,8 +176,9 @@ class AdaptivePrecision:
             for p in params:
                 p.grad = None
             _set_torch_rng_state(rng_after, self.device_type)
-        # under DDP every rank replays; name the culprit rank 0 found, else any rank's
-        return first_across_ranks(culprit)
+        # under DDP every rank replays; the most telling culprit of any rank wins
+        found = [c for c in gather_objects(culprit) if c is not None]
+        return min(found, key=lambda c: c[0])[1] if found else None
 
     def latest_stats(self) -> pd.DataFrame:
         """Latest sampled LayerStats, one row per layer (empty before the first sample)."""

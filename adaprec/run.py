@@ -19,6 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from .distributed import maybe_init_from_env
 from .schema import describe_key, register_schemas
 from .train import train
 
@@ -31,6 +32,7 @@ def main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}
     try:
+        maybe_init_from_env(str(getattr(cfg.device, "value", cfg.device)))  # under torchrun
         metrics = train(cfg, hc.runtime.output_dir, choices=choices)
     except Exception as exc:
         log.error("run failed: %s: %s", type(exc).__name__, exc)

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from .batching import eval_batches, train_batch_indices
 from .checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, rng_state,
                          save_checkpoint, set_rng_state)
-from .distributed import is_main_process, rank, world_size, wrap_ddp
+from .distributed import broadcast_object, is_main_process, rank, world_size, wrap_ddp
 from .instantiate import instantiate
 from .precision import AdaptivePrecision
 from .runlog import RUN_FILES, RunLog, truncate_tables
@@ -107,7 +107,7 @@ def train(cfg: DictConfig, out_dir: str | Path, choices: dict[str, str] | None =
     validate(cfg)
     out = Path(out_dir)
     main = is_main_process()
-    source = _prepare_run_dir(cfg, out) if main else _resume_path(cfg, out)
+    source = _agree_on_run_dir(cfg, out, main)
     state = load_checkpoint(source) if source is not None else None
     if state is not None:
         check_resumable(cfg, state)
@@ -133,6 +133,20 @@ def train(cfg: DictConfig, out_dir: str | Path, choices: dict[str, str] | None =
         metrics["wall_s"] = wall_before + time.perf_counter() - t0
         _write_metrics(log, metrics)
     return metrics
+
+
+def _agree_on_run_dir(cfg: DictConfig, out: Path, main: bool) -> Path | None:
+    """Rank 0 prepares the run dir and tells every rank what to resume from (or its error)."""
+    verdict: tuple[str, Any] = ("ok", None)
+    if main:
+        try:
+            verdict = ("ok", _prepare_run_dir(cfg, out))
+        except FileExistsError as exc:
+            verdict = ("error", str(exc))
+    kind, value = broadcast_object(verdict)
+    if kind == "error":
+        raise FileExistsError(value)
+    return value
 
 
 def _write_metrics(log: RunLog | None, metrics: dict[str, Any]) -> None:
