@@ -20,7 +20,7 @@ from tqdm import tqdm
 from .batching import eval_batches, train_batch_indices
 from .instantiate import instantiate
 from .precision import AdaptivePrecision
-from .runlog import RunLog
+from .runlog import RunLog, save_atomic
 from .schema import validate
 
 __all__ = ["train", "evaluate", "lr_lambda"]
@@ -172,6 +172,7 @@ def _train(cfg: DictConfig, log: RunLog) -> dict[str, Any]:
             log.evals.append([{"step": step + 1, **last_eval}])
         bar.set_postfix(loss=f"{record.loss:.3f}", **_short(last_eval), **_share_text(shares))
     bar.close()
+    save_atomic(model.state_dict(), log.dir / "model.pt")  # final weights, for adaprec.deploy
     return {"steps": int(tc.max_steps), "skipped_steps": skipped, "plan_changes": plan_changes,
             "final_plan": dict(ap.plan), "format_shares": ap.plan.shares(),
             "train_loss_last": record.loss, **last_eval}
