@@ -134,6 +134,8 @@ def fp16_rates(table: pd.DataFrame, *, kind: str = "", axes=None):
                              np.ma.masked_less_equal(np.nan_to_num(values, nan=0.0), 0.0),
                              cmap="cividis", norm=norm, gid=col)
         fig.colorbar(mesh, ax=ax, label=f"{kind} fp16 {col}".strip(), pad=0.01)
+        if not positive.size:  # an all-white panel must not read as missing data
+            ax.text(0.5, 0.5, f"no {col}", transform=ax.transAxes, ha="center", va="center")
         ax.set_yticks(range(len(layers)), layers)
         ax.invert_yaxis()
     axes[-1].set_xlabel("step")

@@ -7,14 +7,16 @@ never identified by parsing folder names. Every fact comes from the files themse
 ``load_runs(path)`` — one row per run. Columns:
 
 - ``run_id``: the run directory relative to ``path`` (POSIX); the key of every other table.
-- ``workload``: ``experiment`` choice when present, else ``"<model>/<dataset>"``.
+- ``workload``: ``experiment`` choice when present, else ``"<model>/<dataset>"`` (None when
+  no readable file names them).
 - ``controller``, ``model``, ``dataset``, ``experiment`` (always present, may be missing values)
   and every other Hydra group choice from ``metrics.json["choices"]`` under its group name
   (a choice whose name clashes with a metrics key is stored as ``choice.<group>``). Runs without
   ``metrics.json`` take their choices from ``.hydra/hydra.yaml`` (``hydra.runtime.choices``).
 - ``seed``: from ``metrics.json``, else ``cfg.seed``.
 - ``status``: ``"ok"`` | ``"failed"`` | ``"diverged"`` as the trainer wrote it, or
-  ``"incomplete"`` for a run with a config but no (readable) ``metrics.json``.
+  ``"incomplete"`` for a run with a config but no (readable) ``metrics.json``, or whose
+  ``metrics.json`` still says ``"running"`` (the job was killed).
 - ``error``: the run's error message (``None`` for ok runs).
 - ``quality_metric`` / ``quality`` / ``higher_is_better``: the workload's quality measure — the
   first of ``val_accuracy`` (higher is better), ``val_perplexity``, ``val_loss`` (lower is better)
@@ -51,6 +53,7 @@ RUN_FILES = ("metrics.json", "config_resolved.yaml")
 KEY_COLUMNS = ["run_id", "workload", "controller", "seed"]
 # (metric, higher_is_better), in order of preference.
 QUALITY_METRICS = (("val_accuracy", True), ("val_perplexity", False), ("val_loss", False))
+_FINAL_STATUSES = ("ok", "failed", "diverged")
 _ALWAYS_CHOICES = ("controller", "model", "dataset", "experiment")
 _FIRST_COLUMNS = ["run_id", "workload", "controller", "model", "dataset", "experiment", "seed",
                   "status", "error", "quality_metric", "quality", "higher_is_better"]
@@ -124,15 +127,18 @@ def _run_row(root: Path, run_dir: Path) -> dict[str, Any]:
         row["choice." + group if group in row and group not in _ALWAYS_CHOICES else group] = choice
     if metrics is None:
         row["status"], row["error"] = "incomplete", problem
+    elif metrics.get("status") not in _FINAL_STATUSES:  # e.g. "running": killed mid-run
+        row["status"] = "incomplete"
+        row["error"] = f"metrics.json status {metrics.get('status')!r}: the run did not finish"
     else:
-        row["status"] = metrics.get("status") or "failed"
-        row["error"] = metrics.get("error")
+        row["status"], row["error"] = metrics["status"], metrics.get("error")
         if row["status"] != "ok" and not row["error"]:
             row["error"] = f"status {row['status']!r} without an error message"
     if row.get("seed") is None and isinstance(cfg, dict):
         row["seed"] = cfg.get("seed")
     row.update({"cfg." + k: v for k, v in _flatten(cfg or {}).items()})
-    row["workload"] = row["experiment"] or f"{row['model']}/{row['dataset']}"
+    known = row["model"] is not None or row["dataset"] is not None
+    row["workload"] = row["experiment"] or (f"{row['model']}/{row['dataset']}" if known else None)
     overrides = _read_yaml(run_dir / ".hydra" / "overrides.yaml")
     row["overrides"] = " ".join(map(str, overrides)) if isinstance(overrides, list) else None
     row["run_dir"] = str(run_dir)

@@ -51,7 +51,7 @@ def sweep_report(sweep: str | Path, out: str | Path, per_run: bool = True) -> st
     styles = controller_styles(runs["controller"].dropna())
     steps, evals = load_steps(ok_runs(runs)), load_evals(ok_runs(runs))
     sections = []
-    for workload in sorted(agg["workload"].unique()):
+    for workload in sorted(agg.loc[agg["n"] > 0, "workload"].unique()):
         wl_dir = out / slug(workload)
         summary = tables.summary_table(agg, costs, welch, workload)
         wl_dir.mkdir(parents=True, exist_ok=True)

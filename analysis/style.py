@@ -35,8 +35,6 @@ RC = {
     "figure.figsize": (COLUMN_WIDTH_IN, 2.3),
     "figure.dpi": 150,
     "savefig.dpi": 300,
-    "savefig.bbox": "tight",
-    "savefig.pad_inches": 0.02,
     "font.size": 7,
     "axes.titlesize": 7,
     "axes.labelsize": 7,
