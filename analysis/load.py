@@ -24,7 +24,7 @@ never identified by parsing folder names. Every fact comes from the files themse
 - every scalar of ``metrics.json`` under its own name: ``steps``, ``skipped_steps``, ``wall_s``,
   ``val_loss``, ``val_accuracy`` | ``val_perplexity``, ``plan_changes``, ``cost_<profile>_s``,
   ``rel_cost_<profile>``, ``flop_share_<fmt>``, ...; ``format_shares`` flattened to
-  ``format_share_<fmt>``; ``final_plan`` kept as a ``{layer: fmt}`` dict; any other nested dict
+  ``format_share_<fmt>`` (a format another run used but this one did not has share 0); ``final_plan`` kept as a ``{layer: fmt}`` dict; any other nested dict
   flattened as ``<key>.<subkey>``.
 - ``cfg.<dotted.key>``: every leaf of ``config_resolved.yaml`` (lists as their string form).
 - ``overrides``: the Hydra overrides from ``.hydra/overrides.yaml`` joined by spaces (or None).
@@ -76,7 +76,7 @@ def load_runs(path: str | Path) -> pd.DataFrame:
         raise ValueError(f"no run directories under {root}: expected folders holding "
                          f"{' or '.join(RUN_FILES)}; pass the sweep directory the trainer wrote")
     runs = pd.DataFrame([_run_row(root, d) for d in dirs])
-    runs = _add_quality(runs)
+    runs = _add_quality(_fill_shares(runs))
     cfg_cols = sorted(c for c in runs.columns if c.startswith("cfg."))
     rest = [c for c in runs.columns if c not in _FIRST_COLUMNS and c not in cfg_cols
             and c not in ("overrides", "run_dir")]
@@ -190,6 +190,16 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = str(value) if isinstance(value, (list, dict)) else value
     return out
+
+
+def _fill_shares(runs: pd.DataFrame) -> pd.DataFrame:
+    """A run lists only the formats it used: its other formats' shares are 0, not unknown."""
+    for family in ("format_share_", "flop_share_"):
+        cols = [c for c in runs if c.startswith(family)]
+        if cols:
+            reported = runs[cols].notna().any(axis=1)
+            runs.loc[reported, cols] = runs.loc[reported, cols].fillna(0.0)
+    return runs
 
 
 def _add_quality(runs: pd.DataFrame) -> pd.DataFrame:

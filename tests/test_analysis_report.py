@@ -1,0 +1,79 @@
+"""The report CLI: one command from the committed tiny sweep to every figure and table."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from analysis.report import main
+
+ROOT = Path(__file__).parents[1]
+SWEEP = ROOT / "tests" / "data" / "sweep_tiny"
+FIGURE_FILES = ("csv", "pdf", "png")
+RUN_FIGURES = ("timeline", "fp16_rates_act", "fp16_rates_grad", "loss_scale", "train_loss", "val_accuracy")
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "analysis.report", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _assert_figure(stem: Path):
+    for ext in FIGURE_FILES:
+        path = stem.parent / f"{stem.name}.{ext}"
+        assert path.stat().st_size > 0, path
+
+
+def test_cli_sweep_writes_figures_tables_and_reports_the_failed_run(tmp_path):
+    out = tmp_path / "report"
+    proc = _cli(SWEEP, "--out", out, "--no-per-run")
+    assert proc.returncode == 0, proc.stderr
+    wl = out / "mlp_digits"
+    for name in ("quality_vs_wall_s", "shares", "train_loss", "val_accuracy"):
+        _assert_figure(wl / name)
+    for name in ("summary.md", "summary.tex"):
+        assert (wl / name).stat().st_size > 0
+    for name in ("runs", "aggregate", "welch", "pareto"):
+        assert len(pd.read_csv(out / f"{name}.csv")) > 0
+    assert not (out / "mlp_mnist").exists()  # a workload whose only run failed has no figures
+    assert not (out / "runs").exists()
+    # the printed summary: the table, the wall-time fallback note, and the failed run with its error
+    assert "| fp32 |" in proc.stdout and "| fp16 |" in proc.stdout
+    assert "cost = measured wall_s" in proc.stdout
+    assert "4 [failed]" in proc.stdout and "nonexistent" in proc.stdout
+    assert proc.stdout.strip() == (out / "summary.md").read_text().strip()
+    # the scatter's CSV is exactly the aggregate rows it drew (two controllers)
+    scatter = pd.read_csv(wl / "quality_vs_wall_s.csv")
+    assert sorted(scatter["controller"]) == ["fp16", "fp32"] and (scatter["n"] == 2).all()
+
+
+@pytest.mark.slow
+def test_cli_sweep_with_per_run_figures(tmp_path):
+    proc = _cli(SWEEP, "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    ok_ids = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert ok_ids == ["0", "1", "2", "3"]  # not the failed run 4
+    for run_id in ok_ids:
+        for name in RUN_FIGURES:
+            _assert_figure(tmp_path / "runs" / run_id / name)
+
+
+@pytest.mark.slow
+def test_cli_single_run(tmp_path):
+    proc = _cli("--run", SWEEP / "2", "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for name in RUN_FIGURES:
+        _assert_figure(tmp_path / name)
+    assert "controller: fp16" in proc.stdout and "status: ok" in proc.stdout
+
+
+def test_bad_invocations_fail_with_one_line(tmp_path, capsys):
+    assert main(["--run", str(SWEEP), "--out", str(tmp_path)]) == 2
+    assert "--run expects one run directory" in capsys.readouterr().err
+    assert main([str(tmp_path / "missing"), "--out", str(tmp_path)]) == 2
+    assert "not a directory" in capsys.readouterr().err
+    assert main([str(SWEEP / "4"), "--out", str(tmp_path / "o")]) == 2  # only a failed run
+    assert "no run in" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path)])  # neither a sweep nor --run
