@@ -151,7 +151,7 @@ def derive(raw: list[float]) -> TensorStats:
     )
 
 
-def tensor_stats(x: torch.Tensor, scale: float = 1.0) -> TensorStats:
+def tensor_stats(x: torch.Tensor, scale: float = 1.0, prescaled: float = 1.0) -> TensorStats:
     """Convenience: raw stats read back and derived (one sync)."""
-    return derive(raw_stats(x, scale).tolist())
+    return derive(raw_stats(x, scale, prescaled).tolist())
 

@@ -119,7 +119,7 @@ def train(cfg: DictConfig, out_dir: str | Path, choices: dict[str, str] | None =
 def _train(cfg: DictConfig, log: RunLog) -> dict[str, Any]:
     validate(cfg)
     tc = cfg.trainer
-    device = torch.device(str(cfg.device))
+    device = torch.device(_value(cfg.device))
     _seed_everything(int(cfg.seed))
     data = instantiate(cfg.dataset)
     model = instantiate(cfg.model).to(device)
@@ -128,7 +128,7 @@ def _train(cfg: DictConfig, log: RunLog) -> dict[str, Any]:
         optimizer, lr_lambda(int(tc.warmup_steps), int(tc.max_steps), float(tc.min_lr_ratio)))
     controller = instantiate(cfg.controller)
     ap = AdaptivePrecision(model, controller=controller, device_type=device.type,
-                           executor=str(cfg.executor), monitor_every=int(cfg.monitor.every),
+                           executor=_value(cfg.executor), monitor_every=int(cfg.monitor.every),
                            layers=list(cfg.monitor.get("layers") or []))
     log.decisions.append(ap.pop_decisions())
     n_train = data.num_train_examples
@@ -175,6 +175,11 @@ def _train(cfg: DictConfig, log: RunLog) -> dict[str, Any]:
     return {"steps": int(tc.max_steps), "skipped_steps": skipped, "plan_changes": plan_changes,
             "final_plan": dict(ap.plan), "format_shares": ap.plan.shares(),
             "train_loss_last": record.loss, **last_eval}
+
+
+def _value(v: Any) -> str:
+    """Enum-typed config fields arrive as Enum members; everything downstream wants strings."""
+    return str(getattr(v, "value", v))
 
 
 def _short(ev: dict[str, float]) -> dict[str, str]:
