@@ -128,3 +128,13 @@ def test_bad_paths_fail_clearly(tmp_path):
         load_runs(tmp_path / "nope")
     with pytest.raises(ValueError, match="no run directories"):
         load_runs(tmp_path)
+
+
+def test_killed_run_takes_its_choices_from_hydra_files(tmp_path):
+    import shutil
+    run = shutil.copytree(SWEEP / "2", tmp_path / "2")
+    (run / "metrics.json").unlink()  # as if the job was killed before it wrote its metrics
+    row = load_runs(run).iloc[0]  # a run directory itself is a one-run tree
+    assert row["run_id"] == "2" and row["status"] == "incomplete"
+    assert (row["controller"], row["model"], row["dataset"]) == ("fp16", "mlp", "digits")
+    assert row["workload"] == "mlp/digits" and row["seed"] == 0
