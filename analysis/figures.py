@@ -16,7 +16,8 @@ import pandas as pd
 from matplotlib.colors import BoundaryNorm, ListedColormap, LogNorm, Normalize
 from matplotlib.patches import Patch
 
-from .style import COLUMN_WIDTH_IN, FORMAT_COLORS, FORMAT_ORDER, controller_styles, paper_rc
+from .style import (COLUMN_WIDTH_IN, FORMAT_COLORS, FORMAT_ORDER, controller_styles, cost_label,
+                    paper_rc)
 
 __all__ = ["quality_cost_scatter", "precision_timeline", "fp16_rates", "training_curves",
            "flop_share_bars", "loss_scale_trace", "save_figure", "timeline_codes", "rates_matrix"]
@@ -45,7 +46,7 @@ def _need(df: pd.DataFrame, cols: Sequence[str], what: str) -> None:
 
 @_paper
 def quality_cost_scatter(table: pd.DataFrame, *, group: str = "controller", styles: dict | None = None,
-                         quality_label: str | None = None, cost_label: str | None = None, ax=None):
+                         quality_label: str | None = None, x_label: str | None = None, ax=None):
     """Quality vs cost per controller with 95% CI error bars; the Pareto front is joined by a
     dashed line and its points ringed. ``table``: rows of :func:`analysis.stats.pareto_front`
     for one workload and cost (``quality_mean, quality_ci95, cost_mean, cost_ci95, on_front``)."""
@@ -66,7 +67,7 @@ def quality_cost_scatter(table: pd.DataFrame, *, group: str = "controller", styl
             gid="pareto", label="Pareto front")
     metric = table["quality_metric"].iloc[0] if "quality_metric" in table and len(table) else "quality"
     cost = table["cost"].iloc[0] if "cost" in table and len(table) else "cost"
-    ax.set_xlabel(cost_label or cost.replace("_", " "))
+    ax.set_xlabel(x_label or cost_label(cost))
     ax.set_ylabel(quality_label or str(metric).replace("_", " "))
     ax.legend(loc="best", handletextpad=0.3)
     return fig, ax

@@ -13,7 +13,7 @@ from typing import Iterable, Iterator
 import matplotlib as mpl
 
 __all__ = ["FORMAT_COLORS", "FORMAT_ORDER", "COLUMN_WIDTH_IN", "RC", "paper_rc", "format_color",
-           "controller_styles"]
+           "controller_styles", "cost_label"]
 
 # Okabe & Ito (2008), "Color Universal Design". Order = order in legends and stacked bars.
 FORMAT_COLORS: dict[str, str] = {
@@ -82,3 +82,12 @@ def controller_styles(controllers: Iterable[str]) -> dict[str, dict[str, str]]:
             color = _OTHER_COLORS[others.index(name) % len(_OTHER_COLORS)]
         styles[name] = {"color": color, "marker": _MARKERS[i % len(_MARKERS)]}
     return styles
+
+
+def cost_label(column: str) -> str:
+    """Axis/column label of a cost column; says so when measured wall time stands in."""
+    if column.startswith("rel_cost_"):
+        return f"relative cost ({column[len('rel_cost_'):]})"
+    if column == "wall_s":
+        return "wall time, measured (s)"
+    return column.replace("_", " ")

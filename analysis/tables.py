@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .stats import CONFIDENCE
-from .style import FORMAT_ORDER
+from .style import FORMAT_ORDER, cost_label
 
 __all__ = ["summary_table", "best_mask", "to_markdown", "to_latex", "caption"]
 
@@ -84,7 +84,7 @@ def _cells(summary: pd.DataFrame, bold) -> tuple[list[str], list[list[str]]]:
     mask = best_mask(summary)
     header = ["controller", str(summary.attrs.get("quality_metric") or "quality"), "n"]
     header += ["p"] if "p" in summary else []
-    header += [_cost_name(c) for c in summary.attrs.get("costs", [])]
+    header += [cost_label(c) for c in summary.attrs.get("costs", [])]
     header += [c[len("share_"):] for c in summary if c.startswith("share_")]
     header += ["skipped"] if "skipped_steps" in summary else []
     rows = []
@@ -136,12 +136,6 @@ def _latex_escape(text: str) -> str:
                  ("#", r"\#"), ("±", r"$\pm$"), ("<", r"$<$"), ("–", "--")):
         text = text.replace(a, b)
     return text
-
-
-def _cost_name(col: str) -> str:
-    if col.startswith("rel_cost_"):
-        return f"rel. cost {col[len('rel_cost_'):]}"
-    return "wall s (measured)" if col == "wall_s" else col
 
 
 def _finite(x) -> bool:

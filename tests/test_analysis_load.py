@@ -42,6 +42,8 @@ def test_values_come_from_the_run_files(runs):
         assert row["dataset"] == m["choices"]["dataset"]
         assert row["seed"] == m["seed"]
         assert row["status"] == m["status"]
+        flat = {k for k in m if k not in ("choices", "format_shares")}
+        assert flat <= set(runs.columns)  # every value of metrics.json is a column
         if m["status"] == "ok":
             assert row["val_accuracy"] == m["val_accuracy"] == row["quality"]
             assert row["final_plan"] == m["final_plan"]
