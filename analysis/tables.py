@@ -20,13 +20,15 @@ __all__ = ["summary_table", "best_mask", "to_markdown", "to_latex", "caption"]
 
 
 def summary_table(agg: pd.DataFrame, costs: Sequence[str], welch: pd.DataFrame | None = None,
-                  workload: str | None = None, group: str = "controller") -> pd.DataFrame:
+                  workload: str | None = None, group: str = "controller",
+                  baseline: str = "fp32") -> pd.DataFrame:
     """One row per controller of one workload from :func:`analysis.stats.aggregate` output.
 
     Columns: ``quality, quality_ci95, n, n_runs``, ``p`` (Welch vs the baseline, when ``welch``
     is given), one column per cost in ``costs`` (seed mean), ``share_<fmt>`` (FLOP shares, or
     layer shares when the runs report no FLOP shares), ``skipped_steps``. ``attrs`` carries
-    ``workload``, ``quality_metric``, ``higher_is_better``, ``share_basis``."""
+    ``workload``, ``quality_metric``, ``higher_is_better``, ``share_basis``, ``costs``,
+    ``baseline``. Rows: the baseline first, then the other controllers by name."""
     workloads = agg["workload"].unique()
     if workload is None and len(workloads) != 1:
         raise ValueError(f"aggregate holds workloads {list(workloads)}; pass workload=")
@@ -34,6 +36,8 @@ def summary_table(agg: pd.DataFrame, costs: Sequence[str], welch: pd.DataFrame |
     part = agg[agg["workload"] == workload].set_index(group)
     if part.empty:
         raise ValueError(f"no workload {workload!r} in the aggregate; have {list(workloads)}")
+    # the baseline first, then the others by name: the order readers compare in
+    part = part.loc[sorted(part.index, key=lambda c: (c != baseline, str(c)))]
     out = pd.DataFrame(index=part.index)
     out["quality"], out["quality_ci95"] = part["quality_mean"], part["quality_ci95"]
     out["n"], out["n_runs"] = part["n"], part["n_runs"]
@@ -52,7 +56,7 @@ def summary_table(agg: pd.DataFrame, costs: Sequence[str], welch: pd.DataFrame |
     out.attrs.update(workload=workload, quality_metric=part["quality_metric"].iloc[0],
                      higher_is_better=bool(part["higher_is_better"].iloc[0])
                      if part["higher_is_better"].notna().any() else True,
-                     share_basis=basis, costs=list(costs))
+                     share_basis=basis, costs=list(costs), baseline=baseline)
     return out
 
 
@@ -75,7 +79,7 @@ def caption(summary: pd.DataFrame) -> str:
     basis = "FLOPs" if summary.attrs.get("share_basis") == "flop_share" else "layers"
     return (f"{summary.attrs.get('workload')}: {metric} ({arrow} is better), mean ± "
             f"{CONFIDENCE:.0%} Student-t confidence interval over seeds (n = ok runs / all runs); "
-            f"p: Welch's t-test against fp32; cost: seed mean; shares: fraction of {basis} per "
+            f"p: Welch's t-test against {summary.attrs.get('baseline', 'fp32')}; cost: seed mean; shares: fraction of {basis} per "
             f"format; best value per column in bold (compared on means).")
 
 
@@ -85,7 +89,7 @@ def _cells(summary: pd.DataFrame, bold) -> tuple[list[str], list[list[str]]]:
     header = ["controller", str(summary.attrs.get("quality_metric") or "quality"), "n"]
     header += ["p"] if "p" in summary else []
     header += [cost_label(c) for c in summary.attrs.get("costs", [])]
-    header += [c[len("share_"):] for c in summary if c.startswith("share_")]
+    header += ["% " + c[len("share_"):] for c in summary if c.startswith("share_")]
     header += ["skipped"] if "skipped_steps" in summary else []
     rows = []
     for name, r in summary.iterrows():
@@ -98,7 +102,7 @@ def _cells(summary: pd.DataFrame, bold) -> tuple[list[str], list[list[str]]]:
             cells.append(bold(_num(r[c])) if m[c] else _num(r[c]))
         cells += [_pct(r[c]) for c in summary if c.startswith("share_")]
         if "skipped_steps" in summary:
-            s = _num(r["skipped_steps"])
+            s = f"{r['skipped_steps']:.3g}" if _finite(r["skipped_steps"]) else "–"
             cells.append(bold(s) if m["skipped_steps"] else s)
         rows.append(cells)
     return header, rows
