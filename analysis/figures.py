@@ -23,6 +23,11 @@ __all__ = ["quality_cost_scatter", "precision_timeline", "fp16_rates", "training
            "flop_share_bars", "loss_scale_trace", "save_figure", "timeline_codes", "rates_matrix"]
 
 
+# Heat maps with more cells than this embed their mesh as an image inside the vector PDF (text
+# and axes stay vector): tens of thousands of vector cells make PDFs slow to open and print.
+_VECTOR_CELLS = 20_000
+
+
 def _paper(fn: Callable) -> Callable:
     """Build the figure inside the paper rcParams (fonts are fixed when artists are created)."""
     @functools.wraps(fn)
@@ -85,18 +90,17 @@ def precision_timeline(table: pd.DataFrame, switches: pd.DataFrame | None = None
     layers = list(dict.fromkeys(table["layer"]))
     steps = np.sort(table["step"].unique())
     codes = timeline_codes(table)
-    fig, ax = _axes(ax, height=max(1.6, 0.6 + 0.12 * len(layers)))
+    fig, ax = _axes(ax, height=min(4.0, max(1.6, 0.6 + 0.12 * len(layers))))
     cmap = ListedColormap([FORMAT_COLORS[f] for f in FORMAT_ORDER])
     norm = BoundaryNorm(np.arange(len(FORMAT_ORDER) + 1) - 0.5, len(FORMAT_ORDER))
     ax.pcolormesh(_edges(steps), np.arange(len(layers) + 1) - 0.5, np.ma.masked_invalid(codes),
-                  cmap=cmap, norm=norm, gid="timeline")
+                  cmap=cmap, norm=norm, gid="timeline", rasterized=codes.size > _VECTOR_CELLS)
     if switches is not None and len(switches):
         pos = {name: i for i, name in enumerate(layers)}
         sw = switches[switches["layer"].isin(pos)]
         ax.scatter(sw["step"], sw["layer"].map(pos), marker="|", s=30, color="black",
                    linewidths=0.8, gid="switches", label="switch", zorder=3)
-    ax.set_yticks(range(len(layers)), layers)
-    ax.invert_yaxis()  # first layer on top, as in the model
+    _layer_ticks(ax, layers)
     ax.set_xlabel("step")
     present = [f for f in FORMAT_ORDER if f in set(table["format"])]
     ax.legend(handles=[Patch(color=FORMAT_COLORS[f], label=f) for f in present],
@@ -124,7 +128,7 @@ def fp16_rates(table: pd.DataFrame, *, kind: str = "", axes=None):
     steps = np.sort(table["step"].unique())
     if axes is None:
         fig, axes = plt.subplots(2, 1, sharex=True, layout="constrained",
-                                 figsize=(COLUMN_WIDTH_IN, max(2.4, 1.0 + 0.2 * len(layers))))
+                                 figsize=(COLUMN_WIDTH_IN, min(5.0, max(2.4, 1.0 + 0.2 * len(layers)))))
     fig = axes[0].figure
     for ax, col in zip(axes, ("overflow", "underflow")):
         values = rates_matrix(table, col)
@@ -133,12 +137,11 @@ def fp16_rates(table: pd.DataFrame, *, kind: str = "", axes=None):
             else Normalize(0, 1)
         mesh = ax.pcolormesh(_edges(steps), np.arange(len(layers) + 1) - 0.5,
                              np.ma.masked_less_equal(np.nan_to_num(values, nan=0.0), 0.0),
-                             cmap="cividis", norm=norm, gid=col)
+                             cmap="cividis", norm=norm, gid=col, rasterized=values.size > _VECTOR_CELLS)
         fig.colorbar(mesh, ax=ax, label=f"{kind} fp16 {col}".strip(), pad=0.01)
         if not positive.size:  # an all-white panel must not read as missing data
             ax.text(0.5, 0.5, f"no {col}", transform=ax.transAxes, ha="center", va="center")
-        ax.set_yticks(range(len(layers)), layers)
-        ax.invert_yaxis()
+        _layer_ticks(ax, layers)
     axes[-1].set_xlabel("step")
     return fig, axes
 
@@ -234,6 +237,14 @@ def save_figure(fig, path: str | Path, data: pd.DataFrame | None = None, close: 
     if close:
         plt.close(fig)
     return written
+
+
+def _layer_ticks(ax, layers: list[str], max_labels: int = 30) -> None:
+    """Layer names on the y axis, first layer on top (as in the model); thinned to at most
+    ``max_labels`` so deep models stay legible at column width."""
+    every = -(-len(layers) // max_labels)
+    ax.set_yticks(range(0, len(layers), every), layers[::every])
+    ax.set_ylim(len(layers) - 0.5, -0.5)
 
 
 def _edges(centers: np.ndarray) -> np.ndarray:

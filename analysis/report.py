@@ -30,8 +30,10 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "run"
 
 
-def sweep_report(sweep: str | Path, out: str | Path, per_run: bool = True) -> str:
-    """Write all figures and tables for ``sweep`` under ``out``; return the Markdown summary."""
+def sweep_report(sweep: str | Path, out: str | Path, per_run: bool = True,
+                 baseline: str = "fp32") -> str:
+    """Write all figures and tables for ``sweep`` under ``out``; return the Markdown summary.
+    ``baseline``: the controller every other one is tested against (Welch's t-test)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs = load_runs(sweep)
@@ -44,20 +46,16 @@ def sweep_report(sweep: str | Path, out: str | Path, per_run: bool = True) -> st
     if fallback:
         notes.insert(0, "Note: no modeled cost (rel_cost_<profile>) in these runs; "
                         "cost = measured wall_s.")
-    agg, welch = aggregate(runs), welch_tests(runs)
+    agg, welch = aggregate(runs), welch_tests(runs, baseline=baseline)
     front = pareto_front(agg, costs)
     for name, frame in (("aggregate", agg), ("welch", welch), ("pareto", front)):
         frame.to_csv(out / f"{name}.csv", index=False)
     styles = controller_styles(runs["controller"].dropna())
     steps, evals = load_steps(ok_runs(runs)), load_evals(ok_runs(runs))
     sections = []
-    for workload in sorted(agg.loc[agg["n"] > 0, "workload"].unique()):
+    for workload in sorted(agg.loc[agg["n"] > 0, "workload"].unique()):  # skip all-failed ones
         wl_dir = out / slug(workload)
-        summary = tables.summary_table(agg, costs, welch, workload)
-        wl_dir.mkdir(parents=True, exist_ok=True)
-        (wl_dir / "summary.md").write_text(tables.to_markdown(summary))
-        (wl_dir / "summary.tex").write_text(tables.to_latex(summary, label=f"tab:{slug(workload)}"))
-        sections.append(f"## {workload}\n\n{tables.to_markdown(summary)}")
+        sections.append(_workload_tables(workload, agg, costs, welch, wl_dir, baseline))
         _workload_figures(workload, agg, front, steps, evals, wl_dir, styles)
     if per_run:
         for run_id in ok_runs(runs)["run_id"]:
@@ -66,6 +64,15 @@ def sweep_report(sweep: str | Path, out: str | Path, per_run: bool = True) -> st
     text += ("\n" + "\n".join(notes) + "\n") if notes else ""
     (out / "summary.md").write_text(text)
     return text
+
+
+def _workload_tables(workload, agg, costs, welch, wl_dir: Path, baseline: str) -> str:
+    summary = tables.summary_table(agg, costs, welch, workload, baseline=baseline)
+    wl_dir.mkdir(parents=True, exist_ok=True)
+    markdown = tables.to_markdown(summary)
+    (wl_dir / "summary.md").write_text(markdown)
+    (wl_dir / "summary.tex").write_text(tables.to_latex(summary, label=f"tab:{slug(workload)}"))
+    return f"## {workload}\n\n{markdown}"
 
 
 def _workload_figures(workload, agg, front, steps, evals, wl_dir: Path, styles) -> None:
@@ -162,6 +169,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("sweep", nargs="?", help="sweep directory (e.g. runs/<sweep>)")
     p.add_argument("--run", metavar="DIR", help="one run directory: its per-run figures only")
     p.add_argument("--out", required=True, metavar="DIR", help="where figures and tables go")
+    p.add_argument("--baseline", default="fp32", metavar="CONTROLLER",
+                   help="controller the others are tested against (default: fp32)")
     p.add_argument("--no-per-run", action="store_true",
                    help="sweep mode: skip the per-run figures of every ok run")
     return p
@@ -176,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.run:
             text = run_report(args.run, args.out)
         else:
-            text = sweep_report(args.sweep, args.out, per_run=not args.no_per_run)
+            text = sweep_report(args.sweep, args.out, per_run=not args.no_per_run,
+                                baseline=args.baseline)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
