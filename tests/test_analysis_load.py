@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from analysis_runtree import LAYERS, write_run
 
 from analysis import load_decisions, load_evals, load_layers, load_runs, load_steps
+from tests.analysis_runtree import LAYERS, write_run
 
 SWEEP = Path(__file__).parent / "data" / "sweep_tiny"
 

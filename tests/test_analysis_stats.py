@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from analysis_runtree import write_run
 from scipy import stats as sps
 
 from analysis import aggregate, cost_columns, load_runs, pareto_front, pareto_mask, t_interval, welch_tests
+from tests.analysis_runtree import write_run
 
 SWEEP = Path(__file__).parent / "data" / "sweep_tiny"
 T975 = {1: 12.706204736174707, 2: 4.302652729749464, 3: 3.182446305284263}  # t_{0.975, df}

@@ -1,8 +1,8 @@
 """Summary tables: numbers per controller, best-in-column per the metric's direction, rendering."""
 import pytest
-from analysis_runtree import write_run
 
 from analysis import aggregate, best_mask, load_runs, summary_table, to_latex, to_markdown, welch_tests
+from tests.analysis_runtree import write_run
 
 
 def _summary(tmp_path, metric="val_accuracy", values=None):
