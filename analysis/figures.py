@@ -121,7 +121,7 @@ def timeline_codes(table: pd.DataFrame) -> np.ndarray:
 @_paper
 def fp16_rates(table: pd.DataFrame, *, kind: str = "", axes=None):
     """Two stacked layers × steps heat maps: the fp16 overflow and underflow rates per layer
-    over time (log colour scale; white = zero). ``table``: :func:`analysis.prep.rates_table`.
+    over time (log colour scale; white = zero or not sampled). ``table``: :func:`analysis.prep.rates_table`.
     Returns ``(fig, axes)`` with ``axes = [overflow_ax, underflow_ax]``."""
     _need(table, ["step", "layer", "overflow", "underflow"], "fp16_rates")
     layers = list(dict.fromkeys(table["layer"]))

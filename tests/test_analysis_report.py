@@ -77,3 +77,26 @@ def test_bad_invocations_fail_with_one_line(tmp_path, capsys):
     assert "no run in" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path)])  # neither a sweep nor --run
+
+
+@pytest.mark.slow
+def test_sweep_report_with_cost_profiles_and_two_workloads(tmp_path):
+    from analysis.report import sweep_report
+    from tests.analysis_runtree import write_run
+
+    costs = {"fp32": {"a100": 1.0, "h100": 1.0}, "bf16": {"a100": 0.5, "h100": 0.6}}
+    for ctrl in costs:
+        for seed in (0, 1):
+            write_run(tmp_path / "sweep" / f"cls_{ctrl}{seed}", controller=ctrl, seed=seed,
+                      quality=0.9 - 0.01 * seed, costs=costs[ctrl])
+            write_run(tmp_path / "sweep" / f"lm_{ctrl}{seed}", controller=ctrl, seed=seed,
+                      metric="val_perplexity", quality=30.0 + seed, costs=costs[ctrl],
+                      experiment="lm_small", skipped_steps=1)
+    text = sweep_report(tmp_path / "sweep", tmp_path / "out", per_run=False)
+    for wl in ("mlp_digits", "lm_small"):
+        for name in ("quality_vs_rel_cost_a100", "quality_vs_rel_cost_h100", "shares", "train_loss"):
+            _assert_figure(tmp_path / "out" / wl / name)
+    _assert_figure(tmp_path / "out" / "lm_small" / "val_perplexity")
+    assert "measured wall_s" not in text and "val_perplexity (lower is better)" in text
+    shares = pd.read_csv(tmp_path / "out" / "lm_small" / "shares.csv")
+    assert set(shares["basis"]) == {"flop_share"}
