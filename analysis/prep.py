@@ -5,6 +5,7 @@ Each function turns loader/aggregate output into the small frame a function of
 """
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from .stats import CONFIDENCE, t_interval
@@ -27,14 +28,23 @@ def one_run(table: pd.DataFrame, run_id: str | None = None) -> pd.DataFrame:
 
 
 def curve_table(steps: pd.DataFrame, y: str = "loss", by: str = "controller",
-                confidence: float = CONFIDENCE) -> pd.DataFrame:
+                confidence: float = CONFIDENCE, smooth: int = 1) -> pd.DataFrame:
     """Per ``by`` group and step: the mean of ``y`` over runs (seeds) and its t interval.
 
     Columns: ``by, step, mean, lo, hi, n``. Non-finite values (skipped steps) are left out.
-    ``steps`` must hold one workload (training curves of different tasks do not share an axis)."""
+    ``smooth > 1`` first replaces each run's ``y`` by its trailing mean over ``smooth`` logged
+    steps (per run, so seeds never mix). ``steps`` must hold one workload (training curves of
+    different tasks do not share an axis)."""
     _need(steps, ["step", y, by], "curve_table")
     if "workload" in steps and steps["workload"].nunique() > 1:
         raise ValueError("curve_table got several workloads; filter steps to one workload first")
+    if smooth < 1:
+        raise ValueError(f"smooth must be a window of at least 1 step, got {smooth}")
+    if smooth > 1:
+        steps = steps.sort_values("step").copy()
+        values = pd.to_numeric(steps[y], errors="coerce").where(lambda v: np.isfinite(v))
+        keys = steps["run_id"] if "run_id" in steps else pd.Series(0, index=steps.index)
+        steps[y] = values.groupby(keys).transform(lambda v: v.rolling(smooth, min_periods=1).mean())
     rows = []
     for (group, step), part in steps.groupby([by, "step"], sort=True):
         mean, _, half = t_interval(pd.to_numeric(part[y], errors="coerce"), confidence)

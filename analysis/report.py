@@ -87,16 +87,18 @@ def _workload_figures(workload, agg, front, steps, evals, wl_dir: Path, styles) 
         shares = None  # runs report no shares: nothing to stack
     if shares is not None:
         figures.save_figure(figures.flop_share_bars(shares)[0], wl_dir / "shares", data=shares)
-    _curves(steps[steps["workload"] == workload], "loss", wl_dir / "train_loss", styles)
+    _curves(steps[steps["workload"] == workload], "loss", wl_dir / "train_loss", styles, smooth=True)
     metric = agg_wl["quality_metric"].iloc[0]
     if metric and metric in evals:
         _curves(evals[evals["workload"] == workload], metric, wl_dir / metric, styles)
 
 
-def _curves(table: pd.DataFrame, y: str, stem: Path, styles) -> None:
+def _curves(table: pd.DataFrame, y: str, stem: Path, styles, smooth: bool = False) -> None:
     if table.empty or y not in table or table[y].notna().sum() == 0:
         return
-    curve = prep.curve_table(table, y=y)
+    # per-step training loss is noisy: average over ~1/50 of the run (evals are left as logged)
+    window = max(1, table.groupby("run_id")["step"].count().max() // 50) if smooth else 1
+    curve = prep.curve_table(table, y=y, smooth=int(window))
     fig, _ = figures.training_curves(curve, ylabel=y.replace("_", " "), styles=styles)
     figures.save_figure(fig, stem, data=curve)
 
@@ -125,10 +127,13 @@ def run_figures(run: pd.DataFrame, out: Path, styles: dict | None = None) -> lis
         notes.append("no layers.csv(.gz): no precision timeline or fp16 rates")
     if {"loss_scale", "skipped"} <= set(steps.columns) and len(steps):
         scale = prep.scale_table(steps)
-        figures.save_figure(figures.loss_scale_trace(scale)[0], out / "loss_scale", data=scale)
+        if (scale["loss_scale"] == 1.0).all() and not scale["skipped"].any():
+            notes.append("no loss scaling in this run (scale 1, no skipped step): no loss-scale trace")
+        else:
+            figures.save_figure(figures.loss_scale_trace(scale)[0], out / "loss_scale", data=scale)
     else:
         notes.append("no steps.csv with loss_scale/skipped: no loss-scale trace")
-    _curves(steps, "loss", out / "train_loss", styles)
+    _curves(steps, "loss", out / "train_loss", styles, smooth=True)
     metric = run["quality_metric"].iloc[0]
     if metric and metric in evals:
         _curves(evals, metric, out / metric, styles)

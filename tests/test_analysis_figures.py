@@ -179,3 +179,14 @@ def test_figures_from_the_committed_sweep():
 def test_missing_columns_are_named():
     with pytest.raises(ValueError, match="on_front"):
         quality_cost_scatter(scatter_frame().drop(columns="on_front"))
+
+
+def test_curve_smoothing_is_per_run_trailing_mean():
+    steps = pd.DataFrame({"run_id": ["a"] * 4 + ["b"] * 4, "controller": "fp32",
+                          "step": [0, 1, 2, 3] * 2, "loss": [4.0, 2.0, np.inf, 0.0, 1.0, 1.0, 1.0, 1.0]})
+    curve = curve_table(steps, "loss", smooth=2)
+    # run a, windows of 2 over finite values: 4, (4+2)/2, 2 (inf left out), 0 (inf left out)
+    a = [4.0, 3.0, 2.0, 0.0]
+    np.testing.assert_allclose(curve["mean"], [(x + 1.0) / 2 for x in a])
+    with pytest.raises(ValueError, match="smooth"):
+        curve_table(steps, "loss", smooth=0)

@@ -54,9 +54,14 @@ def test_cli_sweep_with_per_run_figures(tmp_path):
     assert proc.returncode == 0, proc.stderr
     ok_ids = sorted(p.name for p in (tmp_path / "runs").iterdir())
     assert ok_ids == ["0", "1", "2", "3"]  # not the failed run 4
+    controllers = pd.read_csv(tmp_path / "runs.csv").set_index("run_id")["controller"]
     for run_id in ok_ids:
+        fp32 = controllers[int(run_id)] == "fp32"
         for name in RUN_FIGURES:
-            _assert_figure(tmp_path / "runs" / run_id / name)
+            if name == "loss_scale" and fp32:  # no loss scaling in an fp32 run: no trace
+                assert not (tmp_path / "runs" / run_id / "loss_scale.pdf").exists()
+            else:
+                _assert_figure(tmp_path / "runs" / run_id / name)
 
 
 @pytest.mark.slow
