@@ -1,0 +1,28 @@
+"""Deterministic batch order: a pure function of (seed, step), so a resumed run sees exactly
+the batches the uninterrupted one would have seen."""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["train_batch_indices", "eval_batches"]
+
+
+def train_batch_indices(n: int, batch_size: int, seed: int, index: int) -> torch.Tensor:
+    """Indices of the ``index``-th training batch: epochs are seeded permutations of ``n``
+    examples, walked in order; the last partial batch of an epoch wraps into the next."""
+    if n <= 0:
+        raise ValueError("the training split is empty")
+    start = index * batch_size
+    out = []
+    while len(out) < batch_size:
+        epoch, offset = divmod(start + len(out), n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        take = min(batch_size - len(out), n - offset)
+        out.extend(perm[offset:offset + take].tolist())
+    return torch.tensor(out, dtype=torch.long)
+
+
+def eval_batches(n: int, batch_size: int, max_batches: int = 0) -> list[torch.Tensor]:
+    """Contiguous, unshuffled evaluation batches (all of them when ``max_batches`` is 0)."""
+    batches = [torch.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+    return batches[:max_batches] if max_batches > 0 else batches

@@ -1,0 +1,5 @@
+"""Controllers decide each layer's format while training runs."""
+from .base import Controller, ControllerContext, StepRecord
+from .static import Autocast, FixedPlan, Static
+
+__all__ = ["Controller", "ControllerContext", "StepRecord", "Static", "FixedPlan", "Autocast"]

@@ -1,0 +1,62 @@
+"""The Controller protocol and the record it observes each step."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from ..plan import Plan
+from ..stats import LayerStats
+
+__all__ = ["Controller", "StepRecord", "ControllerContext"]
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """What happened in one optimizer step, as a controller sees it.
+
+    ``stats`` is None on unsampled steps. ``nonfinite_layer`` names the first layer whose
+    outputs (forward order) or output gradients (backward order) went non-finite, if known.
+    """
+
+    step: int
+    loss: float
+    skipped: bool
+    loss_scale: float
+    plan: Plan
+    stats: Mapping[str, LayerStats] | None = None
+    nonfinite_layer: str | None = None
+
+
+@dataclass
+class ControllerContext:
+    """What a controller is told once before training: the layers and, if known, their costs.
+
+    ``layer_costs[layer][fmt]`` is a modeled cost (seconds per step on the configured device
+    profile); ``cheapness`` lists formats cheapest first. Both come from the cost model when
+    one is configured, else from a documented default order.
+    """
+
+    layers: Sequence[str]
+    device_type: str = "cpu"
+    layer_costs: Mapping[str, Mapping[str, float]] | None = None
+    cheapness: Sequence[str] = ("bf16", "fp16", "fp32")
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Controller(Protocol):
+    """Decides each layer's format. ``decide(step)`` returns the plan for step ``step``.
+
+    Optional: ``setup(context)`` is called once before the first ``decide``; ``reasons``
+    (layer -> text) explains the last decision; ``global_autocast`` (bool) asks for one global
+    autocast region instead of per-layer ones.
+    """
+
+    def observe(self, record: StepRecord) -> None: ...
+
+    def decide(self, step: int) -> Plan: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...

@@ -1,0 +1,97 @@
+"""The in-memory data set every loader returns, and the one error loaders raise."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+__all__ = ["DataBundle", "DataError", "TASKS"]
+
+TASKS = ("classification", "lm")
+
+
+class DataError(ValueError):
+    """A data set is missing or malformed; the message names the expected layout."""
+
+
+@dataclass
+class DataBundle:
+    """Train and validation tensors held in memory (the data sets here are small).
+
+    classification: ``*_x`` float32 ``[N, C, H, W]`` (or ``[N, D]``), ``*_y`` int64 ``[N]``.
+    lm: ``*_x`` an int64 token stream ``[T]``, ``*_y`` None; windows of ``block_size`` tokens
+    are cut from it by :meth:`get_lm_batch`.
+    """
+
+    task: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor | None
+    val_x: torch.Tensor
+    val_y: torch.Tensor | None
+    num_classes: int = 0
+    vocab_size: int = 0
+    block_size: int = 0
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        for split in ("train", "val"):
+            x, y = self._split(split)
+            if self.task == "classification":
+                if y is None or y.dim() != 1 or len(y) != len(x):
+                    raise ValueError(f"{split}_y must be a 1-d label tensor as long as {split}_x")
+            elif x.dim() != 1 or len(x) <= self.block_size or self.block_size <= 0:
+                raise ValueError(f"lm {split}_x must be a 1-d token stream longer than "
+                                 f"block_size={self.block_size} (> 0), got shape {tuple(x.shape)}")
+
+    def _split(self, split: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if split == "train":
+            return self.train_x, self.train_y
+        if split == "val":
+            return self.val_x, self.val_y
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+
+    def num_examples(self, split: str) -> int:
+        """classification: number of examples; lm: number of valid window starts."""
+        x, _ = self._split(split)
+        return len(x) if self.task == "classification" else len(x) - self.block_size
+
+    @property
+    def num_train_examples(self) -> int:
+        return self.num_examples("train")
+
+    @property
+    def num_val_examples(self) -> int:
+        return self.num_examples("val")
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one model input: ``(C, H, W)`` / ``(D,)``, or ``(block_size,)`` for lm."""
+        return tuple(self.train_x.shape[1:]) if self.task == "classification" else (self.block_size,)
+
+    def get_batch(self, split: str, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Classification examples ``indices`` of ``split`` as ``(x, y)``."""
+        if self.task != "classification":
+            raise ValueError("get_batch is for classification bundles; use get_lm_batch for lm")
+        x, y = self._split(split)
+        indices = torch.as_tensor(indices, dtype=torch.long, device=x.device)
+        return x[indices], y[indices]
+
+    def get_lm_batch(self, split: str, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Windows ``stream[s : s+block_size]`` as ``x`` and the same shifted by one as ``y``,
+        both ``[len(starts), block_size]``; valid starts are ``0 .. num_examples(split) - 1``."""
+        if self.task != "lm":
+            raise ValueError("get_lm_batch is for lm bundles; use get_batch for classification")
+        stream, _ = self._split(split)
+        starts = torch.as_tensor(starts, dtype=torch.long, device=stream.device)
+        if starts.numel() and (starts.min() < 0 or starts.max() >= self.num_examples(split)):
+            raise ValueError(f"window starts must lie in [0, {self.num_examples(split)}) "
+                             f"for split {split!r}")
+        idx = starts[:, None] + torch.arange(self.block_size, device=stream.device)
+        return stream[idx], stream[idx + 1]
+
+    def to(self, device: torch.device | str) -> DataBundle:
+        """A copy with every tensor on ``device`` (put it there once, not per batch)."""
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return replace(self, train_x=move(self.train_x), train_y=move(self.train_y),
+                       val_x=move(self.val_x), val_y=move(self.val_y))

@@ -1,0 +1,136 @@
+"""Monitor: per-layer hooks that measure activations, gradients and weights on sampled steps.
+
+On a sampled step each layer's forward hook reduces its output to a raw statistics vector and
+hooks the output's gradient; parameters and their gradients are reduced after backward. All
+vectors stay on the device until :meth:`Monitor.collect`, which reads them back in one
+transfer. On unsampled steps the hooks return after one attribute check.
+"""
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+
+import pandas as pd
+import torch
+from torch import nn
+
+from .stats import LayerStats, combine_raw, derive, raw_stats
+
+__all__ = ["Monitor"]
+
+
+def _first_float_tensor(obj) -> torch.Tensor | None:
+    if isinstance(obj, torch.Tensor):
+        return obj if obj.is_floating_point() else None
+    if isinstance(obj, (tuple, list)):
+        for o in obj:
+            t = _first_float_tensor(o)
+            if t is not None:
+                return t
+    if isinstance(obj, dict):
+        return _first_float_tensor(list(obj.values()))
+    return None
+
+
+class Monitor:
+    """Samples LayerStats every ``every`` steps (``every=0`` switches monitoring off)."""
+
+    def __init__(self, model: nn.Module, layers: Sequence[str], every: int = 10,
+                 history: int = 100):
+        if every < 0:
+            raise ValueError(f"monitor.every must be >= 0 (0 = off), got {every}")
+        self.every = every
+        self.layers = list(layers)
+        modules = dict(model.named_modules())
+        self._params = {name: [p for p in modules[name].parameters(recurse=False)]
+                        for name in self.layers}
+        self._pending: list[tuple[str, str, torch.Tensor]] = []
+        self._forward_armed = False
+        self._sampled = False
+        self._grad_scale = 1.0      # loss scale at which gradients are evaluated
+        self._applied_scale = 1.0   # scale the backward actually ran at
+        self.latest: dict[str, LayerStats] = {}
+        self.history: deque[dict[str, LayerStats]] = deque(maxlen=history)
+        self._handles = [modules[name].register_forward_hook(self._forward_hook(name))
+                         for name in self.layers]
+
+    # -- step protocol --------------------------------------------------------------------------
+    def is_sampled(self, step: int) -> bool:
+        return self.every > 0 and step % self.every == 0
+
+    def begin_step(self, step: int, grad_scale: float, applied_scale: float) -> None:
+        """Arm the hooks if ``step`` is sampled; gradients are judged at ``grad_scale``."""
+        self._sampled = self.is_sampled(step)
+        self._forward_armed = self._sampled
+        self._grad_scale, self._applied_scale = grad_scale, applied_scale
+
+    def end_backward(self) -> None:
+        """Only the first micro-batch of a sampled step is measured (accumulation repeats it)."""
+        self._forward_armed = False
+
+    def measure_parameters(self) -> None:
+        """Reduce weights and (still scaled) weight gradients of every layer."""
+        if not self._sampled:
+            return
+        for name, params in self._params.items():
+            if not params:
+                continue
+            self._pending.append((name, "weight", combine_raw([raw_stats(p) for p in params])))
+            grads = [p.grad for p in params if p.grad is not None]
+            if grads:
+                raws = [raw_stats(g, self._grad_scale, self._applied_scale) for g in grads]
+                self._pending.append((name, "wgrad", combine_raw(raws)))
+
+    def collect(self, step: int, format_of: Callable[[str], str]) -> dict[str, LayerStats] | None:
+        """Read back this step's statistics (one device->host transfer); None if unsampled."""
+        if not self._sampled:
+            return None
+        self._sampled = self._forward_armed = False
+        pending, self._pending = self._pending, []
+        grouped: dict[tuple[str, str], list[torch.Tensor]] = {}
+        for name, kind, raw in pending:  # a module called twice in one forward is one layer
+            grouped.setdefault((name, kind), []).append(raw)
+        keys = list(grouped)
+        raws = [v[0] if len(v) == 1 else combine_raw(v) for v in grouped.values()]
+        values = torch.stack(raws).cpu().tolist() if raws else []
+        per_layer: dict[str, dict] = {name: {} for name in self.layers}
+        for (name, kind), raw in zip(keys, values):
+            per_layer[name][kind] = derive(raw)
+        stats = {name: LayerStats(layer=name, step=step, format=format_of(name), **kinds)
+                 for name, kinds in per_layer.items()}
+        self.latest = stats
+        self.history.append(stats)
+        return stats
+
+    def latest_frame(self) -> pd.DataFrame:
+        """The latest sampled statistics, one row per layer."""
+        return pd.DataFrame([s.as_row() for s in self.latest.values()])
+
+    # -- hooks --------------------------------------------------------------------------------
+    def _forward_hook(self, name: str):
+        def hook(module, args, output):
+            if not self._forward_armed:
+                return None
+            t = _first_float_tensor(output)
+            if t is None:
+                return None
+            self._pending.append((name, "act", raw_stats(t)))
+            if t.requires_grad:
+                t.register_hook(self._grad_hook(name))
+            return None
+        return hook
+
+    def _grad_hook(self, name: str):
+        def hook(grad):
+            if self._sampled:
+                self._pending.append((name, "grad", raw_stats(grad, self._grad_scale, self._applied_scale)))
+            return None
+        return hook
+
+    def state_dict(self) -> dict:
+        return {"every": self.every}
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()

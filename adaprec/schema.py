@@ -1,0 +1,92 @@
+"""Typed schema of the top-level config, stored in Hydra's ConfigStore.
+
+Composition checks every override against it: an unknown key or a value of the wrong type
+fails before anything runs. Ranges are checked by :func:`validate` right after composition.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+__all__ = ["AdaprecConfig", "TrainerConfig", "MonitorConfig", "register_schemas", "validate",
+           "ConfigError"]
+
+
+class ConfigError(ValueError):
+    """A config value out of its allowed range (the message names the key and the range)."""
+
+
+class Device(str, Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Executor(str, Enum):
+    native = "native"
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 100            # optimizer steps
+    batch_size: int = 64            # examples per optimizer step (split over grad_accum)
+    grad_accum: int = 1             # micro-batches per optimizer step
+    warmup_steps: int = 10          # linear warm-up, then cosine decay
+    min_lr_ratio: float = 0.0       # final lr as a fraction of the peak
+    eval_every: int = 50            # 0 = only at the end
+    eval_batch_size: int = 256
+    eval_batches: int = 0           # 0 = the whole validation split
+    progress: bool = True           # tqdm bar
+    overwrite: bool = False         # allow writing into a dir that holds a finished run
+
+
+@dataclass
+class MonitorConfig:
+    every: int = 10                 # sample statistics every N steps; 0 = off
+    layers: list[str] = field(default_factory=list)  # extra module-name globs treated as layers
+
+
+@dataclass
+class AdaprecConfig:
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    seed: int = 0
+    device: Device = Device.cpu
+    executor: Executor = Executor.native
+    dataset: Any = MISSING
+    model: Any = MISSING
+    optimizer: Any = MISSING
+    controller: Any = MISSING
+
+
+_RANGES = {  # key: (predicate, allowed range as text)
+    "trainer.max_steps": (lambda v: v >= 1, ">= 1"),
+    "trainer.batch_size": (lambda v: v >= 1, ">= 1"),
+    "trainer.grad_accum": (lambda v: v >= 1, ">= 1"),
+    "trainer.warmup_steps": (lambda v: v >= 0, ">= 0"),
+    "trainer.min_lr_ratio": (lambda v: 0 <= v <= 1, "[0, 1]"),
+    "trainer.eval_every": (lambda v: v >= 0, ">= 0 (0 = only at the end)"),
+    "trainer.eval_batch_size": (lambda v: v >= 1, ">= 1"),
+    "trainer.eval_batches": (lambda v: v >= 0, ">= 0 (0 = all)"),
+    "monitor.every": (lambda v: v >= 0, ">= 0 (0 = off)"),
+}
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check value ranges; raise :class:`ConfigError` naming the key and its allowed range."""
+    from omegaconf import OmegaConf
+    for key, (ok, allowed) in _RANGES.items():
+        value = OmegaConf.select(cfg, key)
+        if value is not None and not ok(value):
+            raise ConfigError(f"{key}={value} is out of range; allowed: {allowed}")
+    tc = cfg.trainer
+    if tc.batch_size % tc.grad_accum:
+        raise ConfigError(f"trainer.batch_size={tc.batch_size} must be divisible by "
+                          f"trainer.grad_accum={tc.grad_accum}")
+
+
+def register_schemas() -> None:
+    ConfigStore.instance().store(name="adaprec_schema", node=AdaprecConfig)

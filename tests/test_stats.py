@@ -1,0 +1,81 @@
+import math
+
+import pytest
+import torch
+
+from adaprec.stats import combine_raw, derive, raw_stats, tensor_stats
+
+FP16_MAX = torch.finfo(torch.float16).max
+FP16_TINY = torch.finfo(torch.float16).smallest_normal
+
+
+def test_counts_on_hand_built_tensor():
+    x = torch.tensor([
+        1.0, -2.0,              # ordinary
+        70000.0, -1e6,          # overflow fp16
+        65519.0,                # rounds down to 65504: not an overflow
+        float("inf"),           # already inf: overflow and non-finite
+        float("nan"),           # non-finite, not an overflow
+        1e-5, -3e-6,            # subnormal in fp16: underflow, not flushed
+        2.0**-26, 0.0,          # flushed to zero; zero itself is neither
+    ])
+    s = tensor_stats(x)
+    n = x.numel()
+    assert s.numel == n
+    assert s.nonfinite_frac == pytest.approx(2 / n)
+    assert s.fp16_overflow == pytest.approx(3 / n)
+    assert s.fp16_underflow == pytest.approx(3 / n)   # 1e-5, 3e-6, 2^-26
+    assert s.fp16_flush == pytest.approx(1 / n)
+    assert s.absmax == 1e6
+    finite = x[torch.isfinite(x)]
+    assert s.norm == pytest.approx(finite.double().norm().item())
+    assert s.mean_abs == pytest.approx(finite.double().abs().mean().item())
+
+
+def test_loss_scale_moves_values_in_and_out_of_fp16_range():
+    g = torch.tensor([1e-9, 1e-6, 1e-2, 1.0])
+    unscaled = tensor_stats(g)
+    assert unscaled.fp16_flush == pytest.approx(1 / 4)       # 1e-9 flushes
+    assert unscaled.fp16_underflow == pytest.approx(2 / 4)   # 1e-9 and 1e-6
+    scaled = tensor_stats(g * 2.0**16, scale=2.0**16, prescaled=2.0**16)
+    assert scaled.fp16_flush == 0.0
+    assert scaled.fp16_overflow == pytest.approx(1 / 4)      # 65536 > 65504
+    # reported magnitudes stay unscaled
+    assert scaled.absmax == pytest.approx(1.0) and scaled.norm == pytest.approx(g.norm().item())
+    # evaluating an unscaled gradient "at" a scale gives the same as scaling it first
+    hypothetical = tensor_stats(g, scale=2.0**16, prescaled=1.0)
+    for name, value in vars(scaled).items():
+        assert getattr(hypothetical, name) == pytest.approx(value, rel=1e-12), name
+
+
+def test_rounding_errors_match_direct_computation():
+    torch.manual_seed(0)
+    x = torch.randn(1000) * 10
+    s = tensor_stats(x)
+    bf = (x - x.bfloat16().float()).norm() / x.norm()
+    h = (x - x.half().float()).norm() / x.norm()
+    assert s.bf16_rel_err == pytest.approx(bf.item(), rel=1e-6)
+    assert s.fp16_rel_err == pytest.approx(h.item(), rel=1e-6)
+    # rounding error is bounded by half an ulp: eps/2 relative
+    assert s.bf16_rel_err <= 2.0**-8 and s.fp16_rel_err <= 2.0**-11
+
+
+def test_fp16_error_ignores_overflowing_values():
+    x = torch.tensor([1.0 + 2**-12, 1e6])
+    s = tensor_stats(x)
+    assert s.fp16_overflow == 0.5
+    assert math.isfinite(s.fp16_rel_err)
+    assert s.fp16_rel_err == pytest.approx(2**-12 / (1.0 + 2**-12), rel=1e-6)
+
+
+def test_combine_equals_concatenation():
+    a, b = torch.randn(100), torch.randn(50) * 1e5
+    combined = derive(combine_raw([raw_stats(a), raw_stats(b)]).tolist())
+    whole = tensor_stats(torch.cat([a, b]))
+    for name, value in vars(whole).items():
+        assert getattr(combined, name) == pytest.approx(value, rel=1e-12), name
+
+
+def test_bf16_tensor_has_zero_bf16_error():
+    s = tensor_stats(torch.randn(64).bfloat16())
+    assert s.bf16_rel_err == 0.0
