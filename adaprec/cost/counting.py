@@ -167,7 +167,9 @@ def count_layers(model: nn.Module, example_inputs: Sequence | torch.Tensor,
     handles = [h for n in names for h in _layer_hooks(modules[n], records[n], counter, order)]
     buffers = {k: b.detach().clone() for k, b in model.named_buffers()}
     try:
-        with torch.random.fork_rng(devices=[]), counter:
+        # fork the RNGs so dropout in the counting pass leaves the training stream untouched
+        cuda = sorted({t.device.index or 0 for t in _tensors(inputs) if t.device.type == "cuda"})
+        with torch.random.fork_rng(devices=cuda), counter:
             out = model(*inputs)
             loss = loss_fn(out) if loss_fn is not None else _default_loss(out)
             counter.tag_graph(loss, None)

@@ -22,7 +22,12 @@ __all__ = ["CostMeter"]
 class CostMeter:
     """Prices each step's plan on every configured profile and accumulates the run's totals."""
 
-    def __init__(self, cost_model: CostModel, profiles: Sequence[str | DeviceProfile] = ("h100",)):
+    def __init__(self, cost_model: CostModel, profiles: Sequence[str | DeviceProfile] = ("h100",),
+                 passes_per_step: int = 1):
+        """``passes_per_step``: counted forward+backward passes per optimizer step (gradient
+        accumulation over k micro-batches of the counted size: k)."""
+        if passes_per_step < 1:
+            raise ValueError(f"passes_per_step must be >= 1, got {passes_per_step}")
         if not profiles:
             raise ValueError("CostMeter needs at least one profile, e.g. profiles=['h100']")
         self.cost_model = cost_model
@@ -33,12 +38,14 @@ class CostMeter:
         self._cache: dict[str, tuple[dict[str, float], dict[str, float]]] = {}
         self.steps = 0
         self._cost = {p.name: 0.0 for p in self.profiles}
-        self.fp32_step = {p.name: cost_model.price("fp32", p).total for p in self.profiles}
+        self.passes = int(passes_per_step)
+        self.fp32_step = {p.name: self.passes * cost_model.price("fp32", p).total for p in self.profiles}
         self._flops = {f: 0.0 for f in FORMATS}
 
     def _priced(self, plan: Plan):
         if plan.hash not in self._cache:
-            columns = {f"cost_{p.name}_{p.unit}": self.cost_model.price(plan, p).total for p in self.profiles}
+            columns = {f"cost_{p.name}_{p.unit}": self.passes * self.cost_model.price(plan, p).total
+                       for p in self.profiles}
             self._cache[plan.hash] = (columns, self.cost_model.flop_shares(plan))
         return self._cache[plan.hash]
 
@@ -68,6 +75,15 @@ class CostMeter:
             out[f"flop_share_{f}"] = n / self.steps if self.steps else float("nan")
         return out
 
+    @property
+    def controller_profile(self) -> DeviceProfile:
+        """The profile controllers see: the first configured one that prices in seconds."""
+        return next((p for p in self.profiles if p.metric == "seconds"), self.profiles[0])
+
     def layer_format_costs(self, profile: str | DeviceProfile | None = None) -> dict[str, dict[str, float]]:
-        """``{layer: {fmt: cost}}`` on ``profile`` (default: the first configured), for controllers."""
-        return self.cost_model.layer_format_costs(profile if profile is not None else self.profiles[0])
+        """``{layer: {fmt: cost of one pass}}`` on ``profile`` (default :attr:`controller_profile`)."""
+        return self.cost_model.layer_format_costs(profile if profile is not None else self.controller_profile)
+
+    def cheapness(self, formats: Sequence[str] = ("bf16", "fp16", "fp32")) -> list[str]:
+        """``formats`` cheapest first on :attr:`controller_profile` (ties keep the given order)."""
+        return self.cost_model.cheapness_order(self.controller_profile, formats)
