@@ -3,7 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from adaprec.cost import CostModel, default_layers
+from adaprec.cost import CostModel
+from adaprec.layers import discover_layers
 from cost_models import AttentionBlock, AttentionCore, Residual, mlp
 
 
@@ -114,7 +115,7 @@ def test_counting_leaves_model_state_untouched():
     assert not model[0]._forward_hooks and not model[0]._forward_pre_hooks
 
 
-def test_layers_follow_forward_execution_order_and_default_rule():
+def test_layers_follow_forward_execution_order():
     class Reversed(nn.Module):
         def __init__(self):
             super().__init__()
@@ -126,7 +127,7 @@ def test_layers_follow_forward_execution_order_and_default_rule():
             return self.core(y, y, y)
 
     model = Reversed()
-    assert default_layers(model) == ["late", "early", "core"]
+    assert discover_layers(model) == ["late", "early", "core"]
     assert CostModel.count(model, torch.randn(2, 3)).layers == ["early", "late", "core"]
 
 

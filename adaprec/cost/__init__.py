@@ -6,10 +6,10 @@
 
 Profiles live in ``conf/cost/<name>.yaml``; ``python -m adaprec.calibrate`` measures this machine.
 """
-from .counting import OP_KINDS, LayerCount, count_layers, default_layers
+from .counting import OP_KINDS, LayerCount, count_layers
 from .meter import CostMeter
 from .model import CostModel, PlanCost
 from .profiles import DeviceProfile, conf_dir, load_profile, profile_names
 
 __all__ = ["CostModel", "PlanCost", "CostMeter", "DeviceProfile", "LayerCount", "OP_KINDS", "load_profile",
-           "profile_names", "conf_dir", "count_layers", "default_layers"]
+           "profile_names", "conf_dir", "count_layers"]

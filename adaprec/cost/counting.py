@@ -25,7 +25,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["LayerCount", "OP_KINDS", "count_layers", "default_layers"]
+from ..layers import discover_layers
+
+__all__ = ["LayerCount", "OP_KINDS", "count_layers"]
 
 OP_KINDS = ("matmul", "conv")  # FLOP-counted op kinds; a local profile may rate each separately
 
@@ -54,19 +56,6 @@ class LayerCount:
     def macs(self) -> int:
         """Forward multiply-accumulates (FLOPs / 2), the quantity BOPs are built on."""
         return self.fwd_total // 2
-
-
-def default_layers(model: nn.Module) -> list[str]:
-    """Layer names: ``adaprec.layers.discover_layers`` when present, else the same rule here.
-
-    The rule: modules with direct parameters or the class attribute ``adaprec_layer = True``.
-    """
-    try:
-        from adaprec.layers import discover_layers
-    except ImportError:
-        return [name for name, mod in model.named_modules()
-                if getattr(type(mod), "adaprec_layer", False) or any(True for _ in mod.parameters(recurse=False))]
-    return list(discover_layers(model))
 
 
 def _op_kind(op) -> str:
@@ -155,7 +144,7 @@ def count_layers(model: nn.Module, example_inputs: Sequence | torch.Tensor,
     floating outputs.
     """
     inputs = tuple(example_inputs) if isinstance(example_inputs, (list, tuple)) else (example_inputs,)
-    names = list(layers) if layers is not None else default_layers(model)
+    names = list(layers) if layers is not None else discover_layers(model)
     modules = dict(model.named_modules())
     unknown = [n for n in names if n not in modules]
     if unknown:
