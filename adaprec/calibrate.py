@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
@@ -28,7 +29,8 @@ import yaml
 
 from .formats import FORMATS, get_format
 
-__all__ = ["calibrate", "write_profile", "time_step", "CLOCKS", "matmul_tflops", "conv_tflops", "elementwise_tbps", "main"]
+__all__ = ["calibrate", "write_profile", "time_step", "CLOCKS", "matmul_tflops", "conv_tflops",
+           "elementwise_tbps", "main"]
 
 DEFAULT_FORMATS = ("fp32", "bf16", "fp16")
 DEFAULT_MATMUL_SIZES = (256, 512, 1024)
@@ -126,7 +128,8 @@ def calibrate(device: str | torch.device = "cpu", formats: Sequence[str] = DEFAU
     for n in matmul_sizes:
         for f in fmts:
             measured["matmul"][f.name][n] = matmul_tflops(n, f.dtype, device, reps, clock)
-        log(f"matmul n={n}: " + ", ".join(f"{f.name} {measured['matmul'][f.name][n]:.4f}" for f in fmts) + " TFLOP/s")
+        log(f"matmul n={n}: " + ", ".join(f"{f.name} {measured['matmul'][f.name][n]:.4f}"
+                                          for f in fmts) + " TFLOP/s")
     for b, c, s in conv_shapes:
         for f in fmts:
             measured["conv"][f.name][f"{b}x{c}x{s}"] = conv_tflops(b, c, s, f.dtype, device, reps, clock)
@@ -184,15 +187,15 @@ def _sig(x: float) -> float:
 def _machine(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+    return (f"{platform.processor() or platform.machine()}, threads={torch.get_num_threads()}, "
             f"torch {torch.__version__}")
 
 
-def write_profile(profile: dict, path: str | Path) -> Path:
-    """Write ``profile`` as YAML with a header saying how it was made."""
+def write_profile(profile: dict, path: str | Path, command: str = "python -m adaprec.calibrate") -> Path:
+    """Write ``profile`` as YAML with a header saying how, where and when it was made."""
     path = Path(path)
     header = (f"# Calibrated cost profile '{profile['name']}': effective training rates measured by\n"
-              f"#   python -m adaprec.calibrate   on {profile['machine']}, {profile['date']}.\n"
+              f"#   {command}\n#   on {profile['machine']}, {profile['date']}.\n"
               "# op_tflops: fwd+bwd TFLOP/s pooled over the sizes in `measurements` (total FLOPs / total\n"
               "# time); peak_tflops: the better kind; bandwidth_tbps: ReLU fwd+bwd, 5 passes, pooled.\n"
               "# Load with load_profile(<this path>), or copy to conf/cost/<name>.yaml.\n")
@@ -228,7 +231,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
         torch.set_num_threads(args.threads)
     prof = calibrate(args.device, args.formats, args.matmul_sizes, args.conv_shapes,
                      args.elementwise_numel, args.reps, args.name, clock=args.clock, log=print)
-    out = write_profile(prof, args.out)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    out = write_profile(prof, args.out, command=" ".join(["python -m adaprec.calibrate", *argv]))
     print(f"wrote {out}")
     return out
 

@@ -1,7 +1,7 @@
 """Predicted vs measured bf16 speed-up of a ResNet-18 training step on this machine.
 
     python -m adaprec.calibrate --out local_profile.yaml          # or use conf/cost/local.yaml
-    python benchmarks/cost_model_resnet18.py --profile local_profile.yaml
+    python -m benchmarks.cost_model_resnet18 --profile local_profile.yaml
 
 Model: CIFAR-style ResNet-18 (adaprec.models.resnet18: 3x3 stem, no max-pool, [2,2,2,2]),
 batch 64 of 32x32 inputs, SGD with momentum. Measured: median step time of plain fp32 vs one

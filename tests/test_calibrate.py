@@ -4,7 +4,7 @@ import torch
 
 from adaprec import calibrate as cal
 from adaprec.cost import CostModel, load_profile
-from cost_models import mlp
+from .cost_models import mlp
 
 TINY = dict(formats=("fp32", "bf16"), matmul_sizes=(16, 32), conv_shapes=((1, 4, 6),),
             elementwise_numel=(4096,), reps=1)  # no fp16: native fp16 conv training is very slow on CPU

@@ -5,7 +5,7 @@ from torch import nn
 
 from adaprec.cost import CostModel
 from adaprec.layers import discover_layers
-from cost_models import AttentionBlock, AttentionCore, Residual, mlp
+from .cost_models import AttentionBlock, AttentionCore, Residual, mlp
 
 
 def linear_flops(n, d_in, d_out):

@@ -6,7 +6,7 @@ from torch import nn
 from adaprec.cost import CostMeter, CostModel, load_profile
 from adaprec.formats import FORMATS
 from adaprec.plan import Plan
-from cost_models import mlp
+from .cost_models import mlp
 
 H100 = load_profile("h100")
 BW = 3.35e12

@@ -177,7 +177,8 @@ def count_layers(model: nn.Module, example_inputs: Sequence | torch.Tensor,
         records[n].fwd_flops = counter.own.get(("fwd", n), {})
         records[n].bwd_flops = counter.own.get(("bwd", n), {})
     ordered = order + [n for n in names if n not in order]  # layers never called come last
-    return [records[n] for n in ordered], counter.own.get(("fwd", None), {}), counter.own.get(("bwd", None), {})
+    other_fwd, other_bwd = counter.own.get(("fwd", None), {}), counter.own.get(("bwd", None), {})
+    return [records[n] for n in ordered], other_fwd, other_bwd
 
 
 def _layer_hooks(module: nn.Module, record: LayerCount, counter: _LayerFlopCounter, order: list[str]):

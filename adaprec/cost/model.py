@@ -106,7 +106,8 @@ class CostModel:
         return {c.name: {f: sum(self._layer_parts(c, f, profile).values()) for f in formats}
                 for c in self.counts}
 
-    def cheapness_order(self, profile: DeviceProfile | str, formats: Sequence[str] | None = None) -> list[str]:
+    def cheapness_order(self, profile: DeviceProfile | str,
+                        formats: Sequence[str] | None = None) -> list[str]:
         """Formats ordered cheapest first for this model on this device (uniform plans compared)."""
         profile = load_profile(profile)
         formats = [get_format(f).name for f in (formats or FORMATS)]
@@ -140,7 +141,8 @@ class CostModel:
             return Plan.uniform(plan, self.layers)
         if isinstance(plan, Mapping):
             return Plan(plan)
-        raise ValueError(f"price() takes a Plan, a {{layer: format}} mapping or a format name, got {type(plan).__name__}")
+        raise ValueError("price() takes a Plan, a {layer: format} mapping or a format name, "
+                         f"got {type(plan).__name__}")
 
     def _price(self, plan: Plan, profile: DeviceProfile) -> tuple[float, float, list[dict]]:
         rows, total, cast = [], 0.0, 0.0
