@@ -143,3 +143,39 @@ def test_transposed_conv_flops_equal_formula():
     fwd = 2 * 2 * 5 * 5 * 3 * 4 * 3 * 3  # every input pixel meets the whole kernel
     assert t.loc["1", "fwd_flops"] == fwd
     assert t.loc["1", "bwd_flops"] == 2 * fwd
+
+
+def _zoo():
+    from adaprec.models import GPT, MLP, SmallCNN, resnet18
+    return {
+        "mlp": (MLP(in_channels=1, image_size=8, num_classes=10, hidden=[16]), torch.randn(2, 1, 8, 8)),
+        "cnn": (SmallCNN(in_channels=1, num_classes=10, width=4), torch.randn(2, 1, 8, 8)),
+        "resnet18": (resnet18(3, 10), torch.randn(2, 3, 8, 8)),
+        "gpt": (GPT(vocab_size=32, block_size=8, n_layer=1, n_head=2, n_embd=16),
+                torch.randint(0, 32, (2, 8))),
+    }
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", pytest.param("resnet18", marks=pytest.mark.slow), "gpt"])
+def test_every_zoo_flop_is_owned_by_a_layer(name):
+    model, x = _zoo()[name]
+    cm = CostModel.count(model, x)
+    assert cm.other_fwd == {} and cm.other_bwd == {}
+    assert cm.layers and sorted(cm.layers) == sorted(discover_layers(model))
+    t = cm.layer_table()
+    flopped = t[t["fwd_flops"] > 0]
+    assert len(flopped) > 0
+    # backward: the weight gradient (1x forward) plus the input gradient (1x) unless it is the input
+    fwd, bwd = flopped["fwd_flops"], flopped["bwd_flops"]
+    assert ((bwd >= fwd) & (bwd <= 2 * fwd)).all()
+
+
+def test_gpt_attention_core_owns_the_attention_matmuls():
+    from adaprec.models import GPT
+    b, t_len, d = 2, 8, 16
+    model = GPT(vocab_size=32, block_size=t_len, n_layer=1, n_head=2, n_embd=d)
+    cm = CostModel.count(model, torch.randint(0, 32, (b, t_len)))
+    cores = [n for n in cm.layers if type(dict(model.named_modules())[n]).__name__ == "CausalAttentionCore"]
+    table = cm.layer_table().set_index("layer")
+    assert len(cores) == 1
+    assert table.loc[cores[0], "fwd_flops"] == 2 * (2 * b * t_len * t_len * d)  # q k^T and a v, all heads
