@@ -7,6 +7,7 @@ Layout of a run directory (the contract ``analysis/`` reads):
   evals.csv             one row per evaluation
   layers.csv.gz         one row per sampled step x layer (format + every statistic)
   decisions.csv         one row per plan change (step, layer, old, new, reason)
+  model.pt              final model weights (state_dict; load with weights_only=True)
   events.jsonl          one JSON object per event (non-finite step with its culprit, resume,
                         divergence)
   checkpoint.pt         the latest checkpoint (``adaprec.checkpoint``), when checkpointing
@@ -26,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunLog", "write_json_atomic", "truncate_tables", "TABLES", "RUN_FILES"]
+__all__ = ["RunLog", "write_json_atomic", "save_atomic", "truncate_tables", "TABLES", "RUN_FILES"]
 
 # table file -> rows kept on resume at step R: rows logged before checkpoint R was written.
 # Steps, layer statistics and events carry the step they ran; decisions and evaluations
@@ -34,7 +35,20 @@ __all__ = ["RunLog", "write_json_atomic", "truncate_tables", "TABLES", "RUN_FILE
 TABLES = {"steps.csv": "<", "layers.csv.gz": "<", "events.jsonl": "<",
           "decisions.csv": "<=", "evals.csv": "<="}
 # what a run leaves in its directory (removed by trainer.overwrite=true)
-RUN_FILES = (*TABLES, "metrics.json", "config_resolved.yaml", "checkpoint.pt", "checkpoint.pt.tmp")
+RUN_FILES = (*TABLES, "metrics.json", "config_resolved.yaml", "checkpoint.pt", "checkpoint.pt.tmp",
+             "model.pt")
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """``torch.save`` via temp file + fsync + rename: a kill leaves the old file or the new one."""
+    import torch
+
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:

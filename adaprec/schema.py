@@ -35,9 +35,9 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from .formats import FORMATS, get_format
 
-__all__ = ["AdaprecConfig", "TrainerConfig", "MonitorConfig", "StaticSchema", "FixedPlanSchema",
-           "AutocastSchema", "Rule", "rule", "register_schemas", "register_group_schema",
-           "validate", "describe_key", "ConfigError", "CONTROLLER_SCHEMAS"]
+__all__ = ["AdaprecConfig", "TrainerConfig", "MonitorConfig", "CostConfig", "StaticSchema",
+           "FixedPlanSchema", "AutocastSchema", "Rule", "rule", "register_schemas",
+           "register_group_schema", "validate", "describe_key", "ConfigError", "CONTROLLER_SCHEMAS"]
 
 
 class ConfigError(ValueError):
@@ -132,9 +132,18 @@ class MonitorConfig:
 
 
 @dataclass
+class CostConfig:
+    enabled: bool = True            # count FLOPs/bytes once: one extra fp32 fwd+bwd on batch 0
+    # profile names in conf/cost/ or paths to YAMLs from `python -m adaprec.calibrate`; each adds
+    # a cost_<name>_s column to steps.csv; the first also prices layers for the controller
+    profiles: list[str] = field(default_factory=lambda: ["h100", "a100", "v100", "bitops"])
+
+
+@dataclass
 class AdaprecConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    cost: CostConfig = field(default_factory=CostConfig)
     seed: int = field(default=0, metadata=rule(ge=0))
     device: Device = Device.cpu
     executor: Executor = Executor.native

@@ -22,10 +22,12 @@ from tqdm import tqdm
 from .batching import eval_batches, train_batch_indices
 from .checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, rng_state,
                          save_checkpoint, set_rng_state)
+from .cost import CostMeter, CostModel
 from .distributed import broadcast_object, is_main_process, rank, world_size, wrap_ddp
 from .instantiate import instantiate
+from .layers import discover_layers
 from .precision import AdaptivePrecision
-from .runlog import RUN_FILES, RunLog, truncate_tables
+from .runlog import RUN_FILES, RunLog, save_atomic, truncate_tables
 from .schema import validate
 
 __all__ = ["train", "evaluate", "lr_lambda", "check_resumable"]
@@ -203,7 +205,7 @@ def _read_status(path: Path) -> str | None:
 
 
 def _build(cfg: DictConfig, device: torch.device):
-    """Data, model, optimizer, scheduler and AdaptivePrecision, built from the config."""
+    """Data, model, optimizer, scheduler, AdaptivePrecision and cost meter, from the config."""
     tc = cfg.trainer
     data = instantiate(cfg.dataset)
     model = instantiate(cfg.model).to(device)
@@ -211,10 +213,19 @@ def _build(cfg: DictConfig, device: torch.device):
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(int(tc.warmup_steps), int(tc.max_steps), float(tc.min_lr_ratio)))
     controller = instantiate(cfg.controller)
+    n_train = data.num_train_examples
+    batch, accum = int(tc.batch_size), int(tc.grad_accum)
+    micro = batch // accum
+    if micro * accum != batch:
+        raise ValueError(f"trainer.batch_size ({batch}) must be divisible by trainer.grad_accum ({accum})")
+    extra_layers = list(cfg.monitor.get("layers") or [])
+    meter = _cost_meter(cfg, model, data, discover_layers(model, extra_layers), device, micro, accum)
     ap = AdaptivePrecision(model, controller=controller, device_type=device.type,
                            executor=_value(cfg.executor), monitor_every=int(cfg.monitor.every),
-                           layers=list(cfg.monitor.get("layers") or []))
-    return data, model, optimizer, scheduler, ap
+                           layers=extra_layers,
+                           layer_costs=meter.layer_format_costs() if meter else None,
+                           cheapness=meter.cheapness() if meter else None)
+    return data, model, optimizer, scheduler, ap, meter
 
 
 def _train(cfg: DictConfig, log: RunLog | None, out: Path, state: dict | None,
@@ -222,13 +233,11 @@ def _train(cfg: DictConfig, log: RunLog | None, out: Path, state: dict | None,
     tc = cfg.trainer
     device = torch.device(_value(cfg.device))
     _seed_everything(int(cfg.seed))
-    data, model, optimizer, scheduler, ap = _build(cfg, device)
+    data, model, optimizer, scheduler, ap, meter = _build(cfg, device)
     net = wrap_ddp(model, device)  # the model itself unless several ranks train together
     n_train = data.num_train_examples
-    batch, accum = int(tc.batch_size), int(tc.grad_accum)
-    micro = batch // accum
-    if micro * accum != batch:
-        raise ValueError(f"trainer.batch_size ({batch}) must be divisible by trainer.grad_accum ({accum})")
+    accum = int(tc.grad_accum)
+    micro = int(tc.batch_size) // accum
     ranks, rank_id = world_size(), rank()
     if micro % ranks:
         raise ValueError(f"trainer.batch_size / grad_accum ({micro}) must be divisible by the "
@@ -240,7 +249,7 @@ def _train(cfg: DictConfig, log: RunLog | None, out: Path, state: dict | None,
     if state is None:
         _append(log, "decisions", initial)
     else:  # the initial plan was logged by the interrupted run
-        start = _restore(state, model, optimizer, scheduler, ap, counters)
+        start = _restore(state, model, optimizer, scheduler, ap, meter, counters)
         last_eval = dict(state["last_eval"])
         if log is not None:
             truncate_tables(out, start)
@@ -280,6 +289,7 @@ def _train(cfg: DictConfig, log: RunLog | None, out: Path, state: dict | None,
             "plan_hash": record.plan.hash,
             **{f"share_{f}": shares.get(f, 0.0) for f in ("fp32", "bf16", "fp16")},
             "culprit": record.nonfinite_layer or "",
+            **(meter.update(record.plan) if meter else {}),
         }])
         if record.skipped:
             _append(log, "events", [{"step": step, "event": "nonfinite_step",
@@ -296,13 +306,16 @@ def _train(cfg: DictConfig, log: RunLog | None, out: Path, state: dict | None,
             _append(log, "evals", [{"step": step + 1, **last_eval}])
         if every > 0 and (step + 1) % every == 0 and not is_last and log is not None:
             save_checkpoint(out / CHECKPOINT_NAME, _checkpoint_state(
-                cfg, step + 1, model, optimizer, scheduler, ap, counters, last_eval, wall_s()))
+                cfg, step + 1, model, optimizer, scheduler, ap, meter, counters, last_eval, wall_s()))
         bar.set_postfix(loss=f"{record.loss:.3f}", **_short(last_eval), **_share_text(shares))
     bar.close()
+    if log is not None:
+        save_atomic(model.state_dict(), log.dir / "model.pt")  # final weights, for adaprec.deploy
     return {"steps": max_steps, "skipped_steps": counters["skipped"],
             "plan_changes": counters["plan_changes"], "final_plan": dict(ap.plan),
             "format_shares": ap.plan.shares(),
-            "train_loss_last": record.loss if record is not None else float("nan"), **last_eval}
+            "train_loss_last": record.loss if record is not None else float("nan"), **last_eval,
+            **(meter.metrics() if meter else {})}
 
 
 def _append(log: RunLog | None, table: str, rows: list[dict]) -> None:
@@ -355,22 +368,49 @@ def check_resumable(cfg: DictConfig, state: dict) -> None:
 
 
 def _checkpoint_state(cfg, step: int, model, optimizer, scheduler, ap: AdaptivePrecision,
-                      counters: dict, last_eval: dict, wall_s: float) -> dict[str, Any]:
+                      meter, counters: dict, last_eval: dict, wall_s: float) -> dict[str, Any]:
     return {"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "precision": ap.state_dict(),
             "rng": rng_state(), "counters": dict(counters), "last_eval": dict(last_eval),
-            "wall_s": wall_s, "config": _comparable_config(cfg)}
+            "wall_s": wall_s, "config": _comparable_config(cfg), "cost_meter": _meter_state(meter)}
 
 
-def _restore(state: dict, model, optimizer, scheduler, ap: AdaptivePrecision,
+def _meter_state(meter: CostMeter | None) -> dict | None:
+    """The cost meter's run totals (its prices are recomputed from the config on resume)."""
+    if meter is None:
+        return None
+    return {"steps": meter.steps, "cost": dict(meter._cost), "flops": dict(meter._flops)}
+
+
+def _load_meter_state(meter: CostMeter | None, state: dict | None) -> None:
+    if meter is not None and state is not None:
+        meter.steps = int(state["steps"])
+        meter._cost.update(state["cost"])
+        meter._flops.update(state["flops"])
+
+
+def _restore(state: dict, model, optimizer, scheduler, ap: AdaptivePrecision, meter,
              counters: dict) -> int:
     model.load_state_dict(state["model"])
+    _load_meter_state(meter, state.get("cost_meter"))
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     ap.load_state_dict(state["precision"])
     counters.update(state["counters"])
     set_rng_state(state["rng"])  # last: building the objects above may draw random numbers
     return int(state["step"])
+
+
+def _cost_meter(cfg: DictConfig, model, data, layers: list[str], device: torch.device,
+                micro: int, accum: int) -> CostMeter | None:
+    """Count the model once on the first training micro-batch (plain fp32, model state and RNG
+    untouched) and price plans on ``cfg.cost.profiles``; None when the cost model is off."""
+    if not cfg.cost.enabled:
+        return None
+    x, y = _get_batch(data, "train", train_batch_indices(data.num_train_examples, micro, int(cfg.seed), 0),
+                      device)
+    cm = CostModel.count(model, (x,), loss_fn=lambda out: _loss(data.task, out, y), layers=layers)
+    return CostMeter(cm, list(cfg.cost.profiles), passes_per_step=accum)
 
 
 def _value(v: Any) -> str:

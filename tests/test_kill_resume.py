@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from test_checkpoint import assert_same_run
+from .test_checkpoint import assert_same_run
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 12

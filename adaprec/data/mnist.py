@@ -70,7 +70,8 @@ def read_idx(file: Path, magic: int, path: str | None = None) -> np.ndarray:
         raise DataError(_LAYOUT.format(root=path or file.parent) + f"; {file} header says "
                         f"{shape} = {int(np.prod(shape))} bytes but holds {len(raw) - header} "
                         f"(truncated or corrupt)")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+    # copied: frombuffer views the immutable bytes, and torch wants writable arrays
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape).copy()
 
 
 def _find_root(path: str | None) -> Path:
