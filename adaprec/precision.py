@@ -20,7 +20,8 @@ from torch import nn
 from .controllers.base import Controller, ControllerContext, StepRecord
 from .controllers.static import Static
 from .diagnose import find_nonfinite_layer
-from .distributed import broadcast_object, gather_objects, reduce_loss_and_found_inf, unwrap
+from .distributed import (broadcast_object, gather_objects, is_distributed,
+                          reduce_loss_and_found_inf, unwrap)
 from .executor import NativeExecutor
 from .formats import BF16, get_format
 from .layers import discover_layers
@@ -190,9 +191,9 @@ class AdaptivePrecision:
             raise TypeError(f"{type(self.controller).__name__}.decide() must return a Plan, "
                             f"got {type(plan).__name__}")
         reasons = getattr(self.controller, "reasons", {}) or {}
-        # DDP: rank 0 decides, every rank applies its plan (and logs its reasons)
-        plan_dict, reasons = broadcast_object((plan.to_dict(), dict(reasons)))
-        plan = Plan.from_dict(plan_dict) if plan_dict["hash"] != plan.hash else plan
+        if is_distributed():  # DDP: rank 0 decides, every rank applies its plan and reasons
+            plan_dict, reasons = broadcast_object((plan.to_dict(), dict(reasons)))
+            plan = Plan.from_dict(plan_dict) if plan_dict["hash"] != plan.hash else plan
         for layer, (old, new) in self._plan.diff(plan).items():
             if layer in self.executor.layers or step == 0:
                 self.decisions.append({"step": step, "layer": layer, "old": old, "new": new,

@@ -122,6 +122,8 @@ def test_resume_after_a_crash_is_bit_identical(tmp_path, controller):
     meta = json.loads((crashed / "metrics.json").read_text())
     (crashed / "metrics.json").write_text(json.dumps({**meta, "status": "running"}))
     assert load_checkpoint(crashed)["step"] == 3  # no checkpoint after the last step
+    # a kill during the next checkpoint write leaves a torn temp file beside the good one
+    (crashed / (CHECKPOINT_NAME + ".tmp")).write_bytes(b"PK\x03\x04 torn")
     metrics = train(tiny_cfg(*args), crashed)
     assert metrics["resumed_from"] == 3 and metrics["status"] == "ok"
     assert_same_run(ref, crashed)
