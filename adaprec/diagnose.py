@@ -46,7 +46,8 @@ def _nonfinite(t: torch.Tensor) -> bool:
 class NonfiniteDiagnosis:
     """What the replay saw: first non-finite output, loss, and first non-finite gradient."""
 
-    def __init__(self) -> None:
+    def __init__(self, params_by_layer: Mapping[str, Sequence[torch.Tensor]] = {}) -> None:
+        self.params_by_layer = params_by_layer
         self.forward: str | None = None
         self.backward: str | None = None
         self.loss_nonfinite = False
@@ -54,8 +55,7 @@ class NonfiniteDiagnosis:
     def check_loss(self, loss: torch.Tensor) -> None:
         self.loss_nonfinite = self.loss_nonfinite or _nonfinite(loss)
 
-    def culprit(self, params_by_layer: Mapping[str, Sequence[torch.Tensor]] = {}
-                ) -> tuple[int, str] | None:
+    def culprit(self) -> tuple[int, str] | None:
         """``(precedence, layer)`` of the culprit (lower precedence wins, see module doc), so
         that ranks of a DDP run can agree on the most telling one; None if all stayed finite."""
         if self.forward is not None:
@@ -64,8 +64,8 @@ class NonfiniteDiagnosis:
             return 1, LOSS_CULPRIT
         if self.backward is not None:
             return 2, self.backward
-        for name in reversed(list(params_by_layer)):
-            if any(p.grad is not None and _nonfinite(p.grad) for p in params_by_layer[name]):
+        for name in reversed(list(self.params_by_layer)):
+            if any(p.grad is not None and _nonfinite(p.grad) for p in self.params_by_layer[name]):
                 return 3, name
         return None
 
@@ -92,8 +92,9 @@ def find_nonfinite_layer(model: nn.Module, layers: Sequence[str]) -> Iterator[No
 
     Registered after the executor's hooks, so they see each layer's output as the executor
     leaves it (cast back to fp32 where the caller expects fp32)."""
-    diagnosis = NonfiniteDiagnosis()
     modules = dict(model.named_modules())
+    diagnosis = NonfiniteDiagnosis({name: list(modules[name].parameters(recurse=False))
+                                    for name in layers})
     handles = [modules[name].register_forward_hook(diagnosis._forward_hook(name))
                for name in layers]
     try:

@@ -83,6 +83,7 @@ class AdaptivePrecision:
         self._micro_batches = 0
         self._in_step = False
         self._diagnosing = False
+        self._diagnosis = None
         self._rng_at_start: tuple[torch.Tensor, torch.Tensor | None] | None = None
         context = ControllerContext(layers=self.layers, device_type=device_type,
                                     layer_costs=layer_costs,
@@ -170,7 +171,7 @@ class AdaptivePrecision:
                 for p in params:  # the skipped step's grads are garbage; replay from zero
                     p.grad = None
                 replay()
-                culprit = diagnosis.culprit(params_by_layer=self.monitor._params)
+                culprit = diagnosis.culprit()
         finally:
             self._diagnosing = False
             self._diagnosis = None
