@@ -116,7 +116,9 @@ def test_resume_after_a_crash_is_bit_identical(tmp_path, controller):
     checkpoint at step 3, tables through step 5) resumes at 3 and reproduces the
     uninterrupted run bit for bit, with no row lost or duplicated."""
     ref, crashed = tmp_path / "ref", tmp_path / "crashed"
-    args = (f"controller={controller}", "trainer.checkpoint_every=3")
+    # dropout and gradient accumulation: the resumed run must draw the same masks
+    args = (f"controller={controller}", "trainer.checkpoint_every=3", "model.dropout=0.2",
+            "trainer.grad_accum=2")
     train(tiny_cfg(*args), ref)
     train(tiny_cfg(*args), crashed)
     meta = json.loads((crashed / "metrics.json").read_text())

@@ -22,7 +22,7 @@ CONTROLLERS = ["fp16", "plan"]
 def cli(run_dir: Path, controller: str) -> list[str]:
     extra = ["+controller.patterns={net.1: fp32}"] if controller == "plan" else []
     return [sys.executable, "-m", "adaprec.run", f"controller={controller}", *extra,
-            "model=mlp", "model.hidden=[64,32]", "dataset.image_size=8",
+            "model=mlp", "model.hidden=[64,32]", "model.dropout=0.1", "dataset.image_size=8",
             "trainer.batch_size=32", f"trainer.max_steps={STEPS}", "trainer.eval_every=5",
             "trainer.eval_batches=2", "trainer.checkpoint_every=1", "trainer.progress=false",
             "monitor.every=3", f"hydra.run.dir={run_dir}"]
