@@ -50,6 +50,7 @@ def test_sigkill_at_a_random_step_then_resume_is_bit_identical(tmp_path, control
     time.sleep(random.uniform(0, 0.05))  # anywhere inside the next step, writes included
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    print(f"killed after {rows(killed / 'steps.csv')} logged steps (waited for {kill_after})")
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     resumed = subprocess.run(cli(killed, controller), cwd=ROOT, env=env(), capture_output=True,
                              text=True)
