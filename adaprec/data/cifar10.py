@@ -72,8 +72,9 @@ def _read_batch(file: Path, path: str) -> tuple[torch.Tensor, torch.Tensor]:
     except Exception as e:  # truncated or foreign files fail in many ways; report them as one
         raise DataError(_LAYOUT.format(root=path) + f"; {file} is not a readable CIFAR-10 batch "
                         f"({type(e).__name__}: {e})") from e
+    bad_labels = labels.min(initial=0) < 0 or labels.max(initial=0) > 9
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 \
-            or labels.shape != (len(data),) or labels.min(initial=0) < 0 or labels.max(initial=0) > 9:
+            or labels.shape != (len(data),) or bad_labels:
         raise DataError(_LAYOUT.format(root=path) + f"; {file} holds data {data.dtype} "
                         f"{data.shape} and {labels.shape} labels, expected uint8 [N, 3072] and "
                         f"N labels in 0..9")
