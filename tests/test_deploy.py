@@ -102,3 +102,8 @@ def test_deploy_cli(make_cfg, tmp_path):
     saved = json.loads((run / "deploy_h100" / "inference_plan.json").read_text())
     assert saved["profile"] == "h100" and saved["rel_latency"] <= 1.0
     assert "modeled latency on h100" in res.stdout
+    report = subprocess.run([sys.executable, "-m", "analysis.report", "--run", str(run), "--out",
+                             str(tmp_path / "fig")], cwd=CONF.parent, capture_output=True, text=True,
+                            timeout=600)
+    assert report.returncode == 0, report.stderr
+    assert (tmp_path / "fig" / "sensitivity_deploy_h100.pdf").stat().st_size > 0
