@@ -31,7 +31,8 @@ import torch
 from .formats import FP16
 
 __all__ = ["TensorStats", "LayerStats", "raw_stats", "combine_raw", "derive",
-           "tensor_stats", "STAT_NAMES", "KINDS", "DEFAULT_SAMPLE"]
+           "tensor_stats", "STAT_NAMES", "KINDS", "DEFAULT_SAMPLE",
+           "Probe", "probe", "reduce_probes", "combine_rows"]
 
 KINDS = ("act", "grad", "weight", "wgrad")
 # positions in the raw vector; counts and sums are estimates for the whole tensor
@@ -39,7 +40,7 @@ KINDS = ("act", "grad", "weight", "wgrad")
  _EXACT_SUMSQ) = range(13)
 _FP16_TINY = FP16.smallest_normal
 _FP16_OVERFLOW_AT = 65520.0  # smallest magnitude that rounds to inf in fp16 (RNE)
-DEFAULT_SAMPLE = 1 << 16
+DEFAULT_SAMPLE = 1 << 14  # rates: standard error <= 0.4% at p = 0.5, 0.08% at p = 0.01
 
 
 @dataclass(frozen=True)
@@ -109,60 +110,94 @@ def _sample(x: torch.Tensor, sample: int) -> torch.Tensor:
     return flat[:: _prime_at_least(-(-n // sample))]
 
 
-def raw_stats(x: torch.Tensor, scale: float = 1.0, prescaled: float = 1.0,
-              sample: int = DEFAULT_SAMPLE, exact_norm: bool = False) -> torch.Tensor:
-    """Sums and counts for ``x`` as a float64 vector on ``x``'s device (no host sync).
+@dataclass
+class Probe:
+    """What a hook keeps of one tensor on a sampled step: exact full-tensor reductions and a
+    small fp32 sample at loss scale ``scale``. Probes are reduced together by
+    :func:`reduce_probes`, so the per-tensor cost is a handful of ops whatever the stat count."""
+
+    sample: torch.Tensor
+    numel: int
+    absmax: torch.Tensor            # 0-dim float64 at ``scale``; NaN/inf propagate
+    sumsq: torch.Tensor | None      # exact sum of squares at ``scale``, or None
+    scale: float
+
+
+def probe(x: torch.Tensor, scale: float = 1.0, prescaled: float = 1.0,
+          sample: int = DEFAULT_SAMPLE, exact_norm: bool = False) -> Probe:
+    """Take a :class:`Probe` of ``x`` (no host sync).
 
     Range checks see ``x`` at loss scale ``scale``; ``prescaled`` is the scale ``x`` already
-    carries (a gradient from a scaled backward). Norm, mean and absmax are reported back at
-    the unscaled magnitude. ``exact_norm`` adds one pass for the exact L2 norm.
+    carries (a gradient from a scaled backward). ``exact_norm`` adds one pass for the exact
+    L2 norm (used for parameters and their gradients).
     """
     x = x.detach()
-    n = x.numel()
-    dev = x.device
-    f64 = torch.float64
     factor = scale / prescaled
+    n = x.numel()
     if n == 0:
-        return torch.zeros(13, dtype=f64, device=dev)
-    absmax = torch.linalg.vector_norm(x, float("inf")).to(f64) * factor  # NaN/inf propagate
-    exact_sumsq = (torch.linalg.vector_norm(x, 2, dtype=torch.float32).to(f64) * factor) ** 2 \
-        if exact_norm else torch.full((), float("nan"), dtype=f64, device=dev)
+        z = torch.zeros((), dtype=torch.float64, device=x.device)
+        return Probe(x.reshape(-1).float(), 0, z, z if exact_norm else None, scale)
+    absmax = torch.linalg.vector_norm(x, float("inf")).to(torch.float64) * factor
+    sumsq = (torch.linalg.vector_norm(x, 2, dtype=torch.float32).to(torch.float64) * factor) ** 2 \
+        if exact_norm else None
     xs = _sample(x, sample).float()
-    if factor != 1.0:
-        xs = xs * factor
-    k = n / xs.numel()  # sample counts -> whole-tensor estimates
+    return Probe(xs * factor if factor != 1.0 else xs, n, absmax, sumsq, scale)
+
+
+def reduce_probes(probes: list[Probe]) -> torch.Tensor:
+    """Raw statistics vectors of many probes as one ``[len(probes), RAW_LEN]`` float64 matrix.
+
+    Every sample is concatenated once and each statistic is one segmented sum over all of
+    them, so a sampled step costs a fixed number of ops rather than ~20 per tensor.
+    """
+    dev = probes[0].sample.device
+    f64 = torch.float64
+    lengths = [p.sample.numel() for p in probes]
+    xs = torch.cat([p.sample for p in probes])
+    seg = torch.repeat_interleave(torch.arange(len(probes), device=dev),
+                                  torch.tensor(lengths, device=dev))
     a = xs.abs()
     finite = torch.isfinite(a)
     zero = torch.zeros((), device=dev)
     af = torch.where(finite, a, zero)
     h = af.to(torch.float16)
     hf = h.float()
-    bf = af.to(torch.bfloat16).float()
     h_ok = torch.isfinite(hf)
     nonzero = af > 0
     err_h = torch.where(h_ok, hf - af, zero)
     af_h = torch.where(h_ok, af, zero)
-    nonfin = (~finite).sum(dtype=f64) * k
-    overflow = (torch.isinf(h).sum(dtype=f64) + torch.isinf(a).sum(dtype=f64)) * k
+    columns = [~finite, torch.isinf(h) | torch.isinf(a), af, af * af,
+               nonzero & (af < _FP16_TINY), nonzero & (h == 0),
+               (af.to(torch.bfloat16).float() - af) ** 2, err_h * err_h, af_h * af_h]
+    sums = torch.stack([torch.zeros(len(probes), dtype=f64, device=dev).index_add_(0, seg, c.to(f64))
+                        for c in columns], 1)
+    numel = torch.tensor([float(p.numel) for p in probes], dtype=f64, device=dev)
+    k = numel / torch.tensor([float(max(m, 1)) for m in lengths], dtype=f64, device=dev)
+    sums = sums * k[:, None]  # sample counts -> whole-tensor estimates
+    absmax = torch.stack([p.absmax for p in probes])
+    nan = torch.full((), float("nan"), dtype=f64, device=dev)
+    exact = torch.stack([p.sumsq if p.sumsq is not None else nan for p in probes])
     # the exact absmax sees every element: presence is never missed by the sample
-    nonfin = torch.where(torch.isfinite(absmax), nonfin, nonfin.clamp(min=1.0))
-    overflow = torch.where(absmax.nan_to_num(0.0) >= _FP16_OVERFLOW_AT, overflow.clamp(min=1.0), overflow)
+    nonfin = torch.where(torch.isfinite(absmax), sums[:, 0], sums[:, 0].clamp(min=1.0))
+    overflow = torch.where(absmax.nan_to_num(0.0) >= _FP16_OVERFLOW_AT, sums[:, 1].clamp(min=1.0), sums[:, 1])
     absmax = torch.where(torch.isnan(absmax), float("inf"), absmax)  # any non-finite -> inf
-    return torch.stack([
-        torch.tensor(float(n), dtype=f64, device=dev),
-        nonfin,
-        absmax,
-        af.sum(dtype=f64) * k,
-        (af * af).sum(dtype=f64) * k,
-        overflow,
-        (nonzero & (af < _FP16_TINY)).sum(dtype=f64) * k,
-        (nonzero & (h == 0)).sum(dtype=f64) * k,
-        ((bf - af) ** 2).sum(dtype=f64) * k,
-        (err_h * err_h).sum(dtype=f64) * k,
-        (af_h * af_h).sum(dtype=f64) * k,
-        torch.tensor(float(scale), dtype=f64, device=dev),
-        exact_sumsq,
-    ])
+    scale = torch.tensor([p.scale for p in probes], dtype=f64, device=dev)
+    return torch.stack([numel, nonfin, absmax, sums[:, 2], sums[:, 3], overflow, sums[:, 4],
+                        sums[:, 5], sums[:, 6], sums[:, 7], sums[:, 8], scale, exact], 1)
+
+
+def raw_stats(x: torch.Tensor, scale: float = 1.0, prescaled: float = 1.0,
+              sample: int = DEFAULT_SAMPLE, exact_norm: bool = False) -> torch.Tensor:
+    """The raw statistics vector of one tensor (see :func:`probe`)."""
+    return reduce_probes([probe(x, scale, prescaled, sample, exact_norm)])[0]
+
+
+def combine_rows(rows: list[list[float]]) -> list[float]:
+    """Host-side :func:`combine_raw` of read-back rows."""
+    out = [sum(col) for col in zip(*rows)]
+    out[_ABSMAX] = max(r[_ABSMAX] for r in rows)
+    out[_SCALE] = rows[0][_SCALE]
+    return out
 
 
 def combine_raw(vectors: list[torch.Tensor]) -> torch.Tensor:

@@ -20,7 +20,8 @@ from .style import (COLUMN_WIDTH_IN, FORMAT_COLORS, FORMAT_ORDER, controller_sty
                     paper_rc)
 
 __all__ = ["quality_cost_scatter", "precision_timeline", "fp16_rates", "training_curves",
-           "flop_share_bars", "loss_scale_trace", "save_figure", "timeline_codes", "rates_matrix"]
+           "flop_share_bars", "loss_scale_trace", "deploy_sensitivity", "save_figure",
+           "timeline_codes", "rates_matrix"]
 
 
 # Heat maps with more cells than this embed their mesh as an image inside the vector PDF (text
@@ -217,6 +218,31 @@ def loss_scale_trace(table: pd.DataFrame, *, ax=None):
     ax.set_xlabel("step")
     ax.set_ylabel("loss scale")
     ax.legend(loc="best")
+    return fig, ax
+
+
+@_paper
+def deploy_sensitivity(table: pd.DataFrame, *, tolerance: float | None = None, ax=None):
+    """Per-layer sensitivity of a deploy search: quality drop with one layer in each format
+    (all others fp32), one bar per format; layers the final plan put in 16-bit are starred.
+    ``table``: rows ``layer, format, drop`` (+ optional ``chosen`` bool) in layer order."""
+    _need(table, ["layer", "format", "drop"], "deploy_sensitivity")
+    layers = list(dict.fromkeys(table["layer"]))
+    fmts = [f for f in FORMAT_ORDER if f in set(table["format"])]
+    fig, ax = _axes(ax, height=min(8.0, 0.9 + 0.16 * len(layers) * max(1, len(fmts)) ** 0.5))
+    width = 0.8 / max(1, len(fmts))
+    for i, fmt in enumerate(fmts):
+        rows = table[table["format"] == fmt].set_index("layer").reindex(layers)
+        ax.barh(np.arange(len(layers)) + (i - (len(fmts) - 1) / 2) * width,
+                rows["drop"].clip(lower=0).fillna(0).to_numpy(), height=width,
+                color=FORMAT_COLORS[fmt], label=fmt, gid=f"drop:{fmt}")
+    if tolerance is not None:
+        ax.axvline(tolerance, color="0.3", linestyle="--", linewidth=0.8, label="tolerance")
+    chosen = set(table.loc[table.get("chosen", pd.Series(False, index=table.index)).astype(bool), "layer"])
+    ax.set_yticks(range(len(layers)), [f"{n} *" if n in chosen else n for n in layers])
+    ax.invert_yaxis()
+    ax.set_xlabel("quality drop vs fp32 (one layer changed)")
+    ax.legend(loc="lower right")
     return fig, ax
 
 

@@ -134,10 +134,28 @@ def run_figures(run: pd.DataFrame, out: Path, styles: dict | None = None) -> lis
     else:
         notes.append("no steps.csv with loss_scale/skipped: no loss-scale trace")
     _curves(steps, "loss", out / "train_loss", styles, smooth=True)
+    for search in sorted(Path(run["run_dir"].iloc[0]).glob("deploy_*/deploy_search.csv")):
+        _deploy_figure(search, out / f"sensitivity_{search.parent.name}")
     metric = run["quality_metric"].iloc[0]
     if metric and metric in evals:
         _curves(evals, metric, out / metric, styles)
     return notes
+
+
+def _deploy_figure(search_csv: Path, stem: Path) -> None:
+    """Sensitivity figure of an ``adaprec.deploy`` search found in a run directory."""
+    import json
+    table = pd.read_csv(search_csv)
+    sens = table[table["stage"] == "sensitivity"][["layer", "format", "drop"]].copy()
+    plan_file = search_csv.parent / "inference_plan.json"
+    tolerance = None
+    if plan_file.exists():
+        saved = json.loads(plan_file.read_text())
+        tolerance = saved.get("tolerance")
+        entries = saved.get("plan", {}).get("entries", {})
+        sens["chosen"] = sens["layer"].map(lambda n: entries.get(n, "fp32") != "fp32")
+    fig, _ = figures.deploy_sensitivity(sens, tolerance=tolerance)
+    figures.save_figure(fig, stem, data=sens)
 
 
 def run_report(run_dir: str | Path, out: str | Path) -> str:

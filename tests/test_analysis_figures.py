@@ -190,3 +190,16 @@ def test_curve_smoothing_is_per_run_trailing_mean():
     np.testing.assert_allclose(curve["mean"], [(x + 1.0) / 2 for x in a])
     with pytest.raises(ValueError, match="smooth"):
         curve_table(steps, "loss", smooth=0)
+
+
+def test_deploy_sensitivity_plots_each_drop(tmp_path):
+    import pandas as pd
+    from analysis.figures import deploy_sensitivity, save_figure
+    table = pd.DataFrame({"layer": ["a", "a", "b", "b"], "format": ["bf16", "fp16", "bf16", "fp16"],
+                          "drop": [0.0, 0.01, 0.5, 0.2], "chosen": [True, True, False, False]})
+    fig, ax = deploy_sensitivity(table, tolerance=0.05)
+    widths = {c.patches[0].get_gid(): [p.get_width() for p in c.patches] for c in ax.containers}
+    assert widths == {"drop:bf16": [0.0, 0.5], "drop:fp16": [0.01, 0.2]}
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a *", "b"]
+    paths = save_figure(fig, tmp_path / "sens", data=table)
+    assert all(p.stat().st_size > 0 for p in paths)

@@ -109,3 +109,15 @@ def test_sample_stride_does_not_alias_with_channels():
 def test_bf16_tensor_has_zero_bf16_error():
     s = tensor_stats(torch.randn(64).bfloat16())
     assert s.bf16_rel_err == 0.0
+
+
+def test_batched_reduction_equals_one_tensor_at_a_time():
+    from adaprec.stats import probe, reduce_probes
+    torch.manual_seed(0)
+    xs = [torch.randn(100) * 1e3, torch.randn(3, 50000).bfloat16(), torch.tensor([float("nan"), 1e-9]),
+          torch.empty(0)]
+    probes = [probe(x, scale=s, exact_norm=e) for x, s, e in zip(xs, (1.0, 2.0**10, 1.0, 1.0),
+                                                                  (True, False, False, True))]
+    batched = reduce_probes(probes)
+    for i, p in enumerate(probes):
+        torch.testing.assert_close(batched[i], reduce_probes([p])[0], equal_nan=True)

@@ -114,12 +114,16 @@ class CostModel:
         totals = {f: self.price(Plan.uniform(f, self.layers), profile).total for f in formats}
         return sorted(formats, key=lambda f: (totals[f], formats.index(f)))
 
-    def price(self, plan: Plan | Mapping[str, str] | str, profile: DeviceProfile | str) -> PlanCost:
-        """Modeled cost of one training step under ``plan`` (a Plan, a mapping, or one format name)."""
+    def price(self, plan: Plan | Mapping[str, str] | str, profile: DeviceProfile | str,
+              inference: bool = False) -> PlanCost:
+        """Modeled cost of one training step under ``plan`` (a Plan, a mapping, or one format name).
+
+        ``inference``: one forward pass instead, weights converted once ahead of time (no
+        per-step weight casts) and no backward or gradient casts."""
         profile = load_profile(profile)
         plan = self._as_plan(plan)
-        total, cast, rows = self._price(plan, profile)
-        fp32_total, _, _ = self._price(Plan.uniform("fp32", self.layers), profile)
+        total, cast, rows = self._price(plan, profile, inference)
+        fp32_total, _, _ = self._price(Plan.uniform("fp32", self.layers), profile, inference)
         return PlanCost(profile=profile.name, unit=profile.unit, total=total,
                         rel_to_fp32=total / fp32_total if fp32_total else float("nan"), cast=cast,
                         flop_shares=self.flop_shares(plan), per_layer=pd.DataFrame(rows))
@@ -144,25 +148,29 @@ class CostModel:
         raise ValueError("price() takes a Plan, a {layer: format} mapping or a format name, "
                          f"got {type(plan).__name__}")
 
-    def _price(self, plan: Plan, profile: DeviceProfile) -> tuple[float, float, list[dict]]:
+    def _price(self, plan: Plan, profile: DeviceProfile, inference: bool = False
+               ) -> tuple[float, float, list[dict]]:
         rows, total, cast = [], 0.0, 0.0
         prev = _INPUT_FORMAT
+        passes = 0.5 if inference else 1.0  # activation casts: forward only, no gradient cast
         for c in self.counts:
             fmt = plan.format_of(c.name)
             parts = self._layer_parts(c, fmt, profile)
-            parts["act_cast"] = self._act_cast(c.act_in_elems, prev, fmt, profile)
+            if inference:
+                parts["bwd"] = parts["weight_cast"] = 0.0
+            parts["act_cast"] = passes * self._act_cast(c.act_in_elems, prev, fmt, profile)
             rows.append({"layer": c.name, "format": fmt, "runs_as": _runs_as(profile, fmt), **parts,
                          "total": sum(parts.values())})
             total += rows[-1]["total"]
             cast += parts["act_cast"] + parts["weight_cast"]
             prev = fmt
         if self.counts:  # the last layer's output goes to the fp32 loss
-            out_cast = self._act_cast(self.counts[-1].act_out_elems, prev, _INPUT_FORMAT, profile)
+            out_cast = passes * self._act_cast(self.counts[-1].act_out_elems, prev, _INPUT_FORMAT, profile)
             rows[-1]["act_cast"] += out_cast
             rows[-1]["total"] += out_cast
             total += out_cast
             cast += out_cast
-        total += self._other_cost(plan.default, profile)
+        total += self._other_cost(plan.default, profile, inference)
         return total, cast, rows
 
     def _layer_parts(self, c: LayerCount, fmt: str, profile: DeviceProfile) -> dict[str, float]:
@@ -190,12 +198,13 @@ class CostModel:
         nbytes = elems * (get_format(src).bytes + get_format(dst).bytes)
         return 2 * nbytes / profile.bandwidth(dst)
 
-    def _other_cost(self, fmt: str, profile: DeviceProfile) -> float:
+    def _other_cost(self, fmt: str, profile: DeviceProfile, inference: bool = False) -> float:
         if profile.metric == "bitops":
             bits = get_format(fmt).bits
             return sum(self.other_fwd.values()) / 2 * bits * bits
         eff = profile.resolve(fmt)
-        return _compute_s(self.other_fwd, eff, profile) + _compute_s(self.other_bwd, eff, profile)
+        bwd = 0.0 if inference else _compute_s(self.other_bwd, eff, profile)
+        return _compute_s(self.other_fwd, eff, profile) + bwd
 
 
 def _compute_s(flops: Mapping[str, int], eff: str, profile: DeviceProfile) -> float:
