@@ -25,11 +25,12 @@ import torch.nn.functional as F
 from adaprec import AdaptivePrecision
 from adaprec.checkpoint import rng_state, save_checkpoint
 from adaprec.controllers import Static
-from benchmarks.harness import base_parser, compare, machine_line
-from benchmarks.workloads import workload
+from benchmarks.harness import compare
+from benchmarks.workloads import setup
 
 
 def make_step(model, x, y, device, flags: bool = False, checkpoint: Path | None = None):
+    """Like ``workloads.adaprec_step``, plus a replay callable, optional flags and checkpoint."""
     model = copy.deepcopy(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     ap = AdaptivePrecision(model, controller=Static("bf16"), device_type=device.type, monitor_every=0)
@@ -62,12 +63,7 @@ def make_step(model, x, y, device, flags: bool = False, checkpoint: Path | None 
 
 
 def main():
-    p = base_parser(__doc__)
-    p.add_argument("--model", default="resnet18", choices=["resnet18", "gpt"])
-    args = p.parse_args()
-    device = torch.device(args.device)
-    print(machine_line(device))
-    model, x, y, task = workload(args.model, args.batch, device)
+    args, device, model, x, y = setup(__doc__)
     print(f"# {args.model}, batch {args.batch}, bf16 plan, monitor off")
     with tempfile.TemporaryDirectory() as tmp:
         med = compare({"guard": make_step(model, x, y, device),
