@@ -1,0 +1,136 @@
+"""Format emulation: round fp32 tensors to a narrower format in forward *and* backward.
+
+Emulation computes in fp32 kernels on values that were rounded to the target format where the
+hardware would hold them in that format (the approach of QPyTorch and of Kalamkar et al.'s
+bf16 study). Rounding is round-to-nearest-even through torch's own dtype casts
+(``x.to(fp16).to(fp32)``), so overflow to inf, subnormals (fp16 down to 2^-24) and flush to
+zero follow the real format bit for bit.
+
+16-bit formats round plainly. fp8 formats round with a per-tensor scale in the style of
+Transformer Engine: ``scale = (fp8_max / amax) / 2^margin`` from this tensor's amax
+(``current``) or from the maximum of an amax history (``delayed``), and values beyond the
+format's range saturate to +-max (as TE's casts do, and as torch's e4m3fn cast does; e5m2's
+torch cast would give inf). Inputs that are already inf or NaN stay inf or NaN, so a
+non-finite gradient still reaches the loss scaler and skips the step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from .formats import Format
+
+__all__ = ["FP8Config", "AmaxState", "round_to", "round_scaled", "RoundFn", "ScaledRoundFn",
+           "SCALINGS", "round_tree"]
+
+SCALINGS = ("current", "delayed")
+
+
+@dataclass(frozen=True)
+class FP8Config:
+    """Per-tensor fp8 scaling.
+
+    ``scaling``: ``current`` (amax of the tensor being cast) or ``delayed`` (max over the last
+    ``amax_history_len`` amaxes of the same layer and tensor role, TE's default recipe);
+    ``margin``: scale down by ``2^margin`` to leave headroom.
+    """
+
+    scaling: str = "delayed"
+    amax_history_len: int = 16
+    margin: int = 0
+
+    def __post_init__(self):
+        if self.scaling not in SCALINGS:
+            raise ValueError(f"fp8 scaling must be one of {', '.join(SCALINGS)}, got {self.scaling!r}")
+        if self.amax_history_len < 1:
+            raise ValueError(f"amax_history_len must be >= 1, got {self.amax_history_len}")
+        if self.margin < 0:
+            raise ValueError(f"fp8 margin must be >= 0, got {self.margin}")
+
+
+class AmaxState:
+    """Scale of one tensor role of one layer (e.g. ``("fc1", "weight:weight")``).
+
+    Everything stays on the device: computing a scale never syncs with the host. The history
+    holds finite amaxes only (a non-finite amax must not poison the next ``len`` scales); an
+    empty history (the first use) falls back to the current amax.
+    """
+
+    def __init__(self, config: FP8Config, fmt: Format, device: torch.device):
+        self.config = config
+        self.fmt_max = fmt.max
+        self.history = torch.zeros(config.amax_history_len, dtype=torch.float32, device=device)
+        self.pos = 0
+        self.last_scale = torch.ones((), dtype=torch.float32, device=device)
+
+    def scale_for(self, amax: torch.Tensor) -> torch.Tensor:
+        """The scale for a tensor of amax ``amax``; records ``amax`` (delayed scaling)."""
+        if self.config.scaling == "delayed":
+            past = self.history.max()
+            ref = torch.where(past > 0, past, amax)
+            finite_amax = torch.where(torch.isfinite(amax), amax, torch.zeros_like(amax))
+            self.history[self.pos % self.history.numel()] = finite_amax
+            self.pos += 1
+        else:
+            ref = amax
+        scale = (self.fmt_max / ref) / (2.0 ** self.config.margin)
+        # amax 0 or non-finite: keep the previous scale (TE does the same)
+        ok = torch.isfinite(scale) & (ref > 0)
+        scale = torch.where(ok, scale, self.last_scale)
+        self.last_scale = scale
+        return scale
+
+
+def round_to(x: torch.Tensor, fmt: Format) -> torch.Tensor:
+    """RNE-round ``x`` to ``fmt`` and return it in ``x``'s dtype (no scaling)."""
+    return x.to(fmt.dtype).to(x.dtype)
+
+
+def round_scaled(x: torch.Tensor, fmt: Format, state: AmaxState) -> torch.Tensor:
+    """Scale, saturate and round ``x`` to fp8 ``fmt``, then unscale (values stay fp32)."""
+    amax = x.detach().abs().amax().float() if x.numel() else torch.zeros((), device=x.device)
+    scale = state.scale_for(amax)
+    y = (x * scale).clamp_(-fmt.max, fmt.max).to(fmt.dtype).to(x.dtype).div_(scale)
+    # clamp saturates inf to max: put inf back so found_inf still sees it (NaN survives clamp)
+    return torch.where(torch.isinf(x), x, y)
+
+
+class RoundFn(torch.autograd.Function):
+    """Round to a 16-bit (unscaled) format in forward; round the gradient the same way."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, fmt: Format) -> torch.Tensor:
+        ctx.fmt = fmt
+        return round_to(x, fmt)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return round_to(grad, ctx.fmt), None
+
+
+class ScaledRoundFn(torch.autograd.Function):
+    """fp8 rounding with per-tensor scaling; the gradient has its own scaling state."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, fmt: Format, fwd: AmaxState, bwd: AmaxState) -> torch.Tensor:
+        ctx.fmt, ctx.bwd = fmt, bwd
+        return round_scaled(x, fmt, fwd)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return round_scaled(grad, ctx.fmt, ctx.bwd), None, None, None
+
+
+def round_tree(obj: Any, fn: Callable[[torch.Tensor, str], torch.Tensor], role: str = "") -> Any:
+    """Apply ``fn(tensor, role)`` to every floating tensor in nested tuples/lists/dicts;
+    ``role`` gets the position appended (``input:0``, ``input:1.x``, ...)."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj, role) if obj.is_floating_point() else obj
+    if isinstance(obj, (tuple, list)):
+        out = [round_tree(o, fn, f"{role}{'.' if ':' in role else ':'}{i}") for i, o in enumerate(obj)]
+        return tuple(out) if isinstance(obj, tuple) else out
+    if isinstance(obj, dict):
+        return {k: round_tree(v, fn, f"{role}{'.' if ':' in role else ':'}{k}") for k, v in obj.items()}
+    return obj
