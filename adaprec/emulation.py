@@ -7,7 +7,8 @@ bf16 study). Rounding is round-to-nearest-even through torch's own dtype casts
 zero follow the real format bit for bit.
 
 16-bit formats round plainly. fp8 formats round with a per-tensor scale in the style of
-Transformer Engine: ``scale = (fp8_max / amax) / 2^margin`` from this tensor's amax
+Transformer Engine: ``scale = (fp8_max / amax) / 2^margin``, rounded down to a power of two
+so that scaling is exact, from this tensor's amax
 (``current``) or from the maximum of an amax history (``delayed``), and values beyond the
 format's range saturate to +-max (as TE's casts do, and as torch's e4m3fn cast does; e5m2's
 torch cast would give inf). Inputs that are already inf or NaN stay inf or NaN, so a
@@ -23,6 +24,7 @@ import torch
 from .formats import Format
 
 __all__ = ["FP8Config", "AmaxState", "round_to", "round_scaled", "RoundFn", "ScaledRoundFn",
+           "RoundedSoftmaxFn",
            "SCALINGS", "round_tree"]
 
 SCALINGS = ("current", "delayed")
@@ -75,7 +77,9 @@ class AmaxState:
             self.pos += 1
         else:
             ref = amax
-        scale = (self.fmt_max / ref) / (2.0 ** self.config.margin)
+        # a power of two: scaling and unscaling are exact in fp32, so the only rounding is the
+        # fp8 cast itself (TE's power-of-two option; MXFP8 does the same)
+        scale = torch.exp2(torch.floor(torch.log2(self.fmt_max / ref)) - self.config.margin)
         # amax 0 or non-finite: keep the previous scale (TE does the same)
         ok = torch.isfinite(scale) & (ref > 0)
         scale = torch.where(ok, scale, self.last_scale)
@@ -98,29 +102,55 @@ def round_scaled(x: torch.Tensor, fmt: Format, state: AmaxState) -> torch.Tensor
 
 
 class RoundFn(torch.autograd.Function):
-    """Round to a 16-bit (unscaled) format in forward; round the gradient the same way."""
+    """Round to a 16-bit (unscaled) format in forward; round the gradient the same way unless
+    ``round_grad`` is False (then the caller rounds it, e.g. in a tensor hook)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, fmt: Format) -> torch.Tensor:
-        ctx.fmt = fmt
+    def forward(ctx, x: torch.Tensor, fmt: Format, round_grad: bool = True) -> torch.Tensor:
+        ctx.fmt, ctx.round_grad = fmt, round_grad
         return round_to(x, fmt)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return round_to(grad, ctx.fmt), None
+        return (round_to(grad, ctx.fmt) if ctx.round_grad else grad), None, None
 
 
 class ScaledRoundFn(torch.autograd.Function):
-    """fp8 rounding with per-tensor scaling; the gradient has its own scaling state."""
+    """fp8 rounding with per-tensor scaling; the gradient has its own scaling state
+    (``bwd=None``: passed through unrounded)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, fmt: Format, fwd: AmaxState, bwd: AmaxState) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, fmt: Format, fwd: AmaxState,
+                bwd: AmaxState | None) -> torch.Tensor:
         ctx.fmt, ctx.bwd = fmt, bwd
         return round_scaled(x, fmt, fwd)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return round_scaled(grad, ctx.fmt, ctx.bwd), None, None, None
+        out = grad if ctx.bwd is None else round_scaled(grad, ctx.fmt, ctx.bwd)
+        return out, None, None, None
+
+
+class RoundedSoftmaxFn(torch.autograd.Function):
+    """(log-)softmax whose output is rounded and whose backward uses that rounded output, as a
+    native low-precision softmax saves its low-precision result; gradients rounded both ways."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, dim: int, fmt: Format, log: bool) -> torch.Tensor:
+        y = round_to(torch.log_softmax(x, dim) if log else torch.softmax(x, dim), fmt)
+        ctx.save_for_backward(y)
+        ctx.dim, ctx.fmt, ctx.log = dim, fmt, log
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (y,) = ctx.saved_tensors
+        g = round_to(grad, ctx.fmt)
+        if ctx.log:
+            gx = torch.ops.aten._log_softmax_backward_data(g, y, ctx.dim, y.dtype)
+        else:
+            gx = torch.ops.aten._softmax_backward_data(g, y, ctx.dim, y.dtype)
+        return round_to(gx, ctx.fmt), None, None, None
 
 
 def round_tree(obj: Any, fn: Callable[[torch.Tensor, str], torch.Tensor], role: str = "") -> Any:

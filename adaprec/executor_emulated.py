@@ -39,7 +39,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .emulation import AmaxState, FP8Config, RoundFn, ScaledRoundFn, round_tree
+from .emulation import (AmaxState, FP8Config, RoundedSoftmaxFn, RoundFn, ScaledRoundFn,
+                        round_scaled, round_to, round_tree)
 from .executor import cast_floating
 from .formats import FP32, Format, get_format
 from .plan import Plan
@@ -65,6 +66,10 @@ _ROUNDED_OPS = frozenset({
     torch.mul, torch.Tensor.mul, torch.Tensor.__mul__, torch.Tensor.__rmul__,
     torch.div, torch.Tensor.div, torch.Tensor.__truediv__, torch.Tensor.__rtruediv__,
 })
+
+
+_LOG_SOFTMAX = frozenset({torch.log_softmax, torch.Tensor.log_softmax, F.log_softmax})
+_SOFTMAX = frozenset({torch.softmax, torch.Tensor.softmax, F.softmax}) | _LOG_SOFTMAX
 
 
 @dataclass
@@ -117,9 +122,15 @@ class _OpRounding(TorchFunctionMode):
         self.executor, self.frame = executor, frame
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
         stack = self.executor._stack
-        if func in _ROUNDED_OPS and stack and stack[-1] is self.frame:
+        mine = func in _ROUNDED_OPS and stack and stack[-1] is self.frame
+        if mine and func in _SOFTMAX and self.frame.fmt.bits > 8:
+            dim = args[1] if len(args) > 1 else kwargs.get("dim")
+            if dim is not None and kwargs.get("dtype") is None and args[0].dtype == torch.float32:
+                return RoundedSoftmaxFn.apply(args[0], dim, self.frame.fmt, func in _LOG_SOFTMAX)
+        out = func(*args, **kwargs)
+        if mine:
             self.frame.op_count += 1
             out = round_tree(out, self.executor._rounder(self.frame), f"op{self.frame.op_count}")
         return out
@@ -235,7 +246,7 @@ class EmulatedExecutor:
         for pname, p in module._parameters.items():
             if p is not None and p.is_floating_point():
                 # shadows module._parameters[pname] for attribute lookup during this forward
-                module.__dict__[pname] = rounder(p, f"weight:{pname}", tagged=False)
+                module.__dict__[pname] = rounder(p, f"weight:{pname}", skip_tagged=False)
                 frame.shadowed.append(pname)
         return args, kwargs
 
@@ -251,29 +262,38 @@ class EmulatedExecutor:
             if frame.ctx is not None:
                 frame.ctx.__exit__(None, None, None)
             if frame.kind == "emulated":
-                return round_tree(output, self._rounder(frame, tag=True), "output")
+                return round_tree(output, self._rounder(frame, output=True), "output")
             if frame.kind == "native" and self._parent().kind != "native":
                 return cast_floating(output, torch.float32)
             return None
         return hook
 
     # -- rounding -----------------------------------------------------------------------------
-    def _rounder(self, frame: _Frame, tag: bool = False):
-        """``fn(tensor, role)`` rounding to ``frame``'s format (scaled for fp8)."""
+    def _rounder(self, frame: _Frame, output: bool = False):
+        """``fn(tensor, role)`` rounding to ``frame``'s format (scaled for fp8), forward and
+        backward. ``output``: the tensor is the layer's output, held in its format, so the
+        gradient *arriving at it* is rounded (a tensor hook, which runs before any hook the
+        monitor registers later) rather than the gradient leaving it; the output is tagged."""
         fmt = frame.fmt
         scaled = fmt.bits <= 8
         name = frame.layer or ""
 
-        def fn(t: torch.Tensor, role: str, tagged: bool = True) -> torch.Tensor:
+        def fn(t: torch.Tensor, role: str, skip_tagged: bool = True) -> torch.Tensor:
             if t.dtype in _LOW_DTYPES:  # from a native region: emulation works on fp32
                 t = t.float()
             if scaled:
-                return ScaledRoundFn.apply(t, fmt, self._state(name, role, fmt, t.device),
-                                           self._state(name, "grad_" + role, fmt, t.device))
-            if tagged and self.skip_rounded and getattr(t, _TAG, None) == (fmt.name, t._version):
+                fwd = self._state(name, role, fmt, t.device)
+                bwd = self._state(name, "grad_" + role, fmt, t.device)
+                out = ScaledRoundFn.apply(t, fmt, fwd, None if output else bwd)
+                if output and out.requires_grad:
+                    out.register_hook(lambda g: round_scaled(g, fmt, bwd))
+                return out
+            if skip_tagged and self.skip_rounded and getattr(t, _TAG, None) == (fmt.name, t._version):
                 return t
-            out = RoundFn.apply(t, fmt)
-            if tag:
+            out = RoundFn.apply(t, fmt, not output)
+            if output:
+                if out.requires_grad:
+                    out.register_hook(lambda g: round_to(g, fmt))
                 setattr(out, _TAG, (fmt.name, out._version))
             return out
         return fn

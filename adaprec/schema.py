@@ -12,7 +12,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
-__all__ = ["AdaprecConfig", "TrainerConfig", "MonitorConfig", "register_schemas", "validate",
+__all__ = ["AdaprecConfig", "TrainerConfig", "MonitorConfig", "EmulationConfig", "register_schemas", "validate",
            "ConfigError"]
 
 
@@ -26,7 +26,14 @@ class Device(str, Enum):
 
 
 class Executor(str, Enum):
-    native = "native"
+    native = "native"      # per-layer torch.autocast regions
+    emulated = "emulated"  # fp32 kernels on values rounded to each layer's format (fp8 too)
+    auto = "auto"          # per layer: native where the device runs the format fast, else emulated
+
+
+class FP8Scaling(str, Enum):
+    current = "current"    # scale from this tensor's amax
+    delayed = "delayed"    # scale from the max of an amax history (Transformer Engine's recipe)
 
 
 @dataclass
@@ -50,12 +57,20 @@ class MonitorConfig:
 
 
 @dataclass
+class EmulationConfig:
+    fp8_scaling: FP8Scaling = FP8Scaling.delayed  # per-tensor scaling of fp8 layers
+    amax_history_len: int = 16      # delayed scaling: amaxes remembered per layer and tensor role
+    fp8_margin: int = 0             # scale = fp8_max / amax / 2^margin (headroom against growth)
+
+
+@dataclass
 class AdaprecConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     seed: int = 0
     device: Device = Device.cpu
     executor: Executor = Executor.native
+    emulation: EmulationConfig = field(default_factory=EmulationConfig)
     dataset: Any = MISSING
     model: Any = MISSING
     optimizer: Any = MISSING
@@ -72,6 +87,8 @@ _RANGES = {  # key: (predicate, allowed range as text)
     "trainer.eval_batch_size": (lambda v: v >= 1, ">= 1"),
     "trainer.eval_batches": (lambda v: v >= 0, ">= 0 (0 = all)"),
     "monitor.every": (lambda v: v >= 0, ">= 0 (0 = off)"),
+    "emulation.amax_history_len": (lambda v: v >= 1, ">= 1"),
+    "emulation.fp8_margin": (lambda v: v >= 0, ">= 0"),
 }
 
 

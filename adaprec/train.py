@@ -129,7 +129,8 @@ def _train(cfg: DictConfig, log: RunLog) -> dict[str, Any]:
     controller = instantiate(cfg.controller)
     ap = AdaptivePrecision(model, controller=controller, device_type=device.type,
                            executor=_value(cfg.executor), monitor_every=int(cfg.monitor.every),
-                           layers=list(cfg.monitor.get("layers") or []))
+                           layers=list(cfg.monitor.get("layers") or []),
+                           executor_options=_executor_options(cfg))
     log.decisions.append(ap.pop_decisions())
     n_train = data.num_train_examples
     batch, accum = int(tc.batch_size), int(tc.grad_accum)
@@ -175,6 +176,15 @@ def _train(cfg: DictConfig, log: RunLog) -> dict[str, Any]:
     return {"steps": int(tc.max_steps), "skipped_steps": skipped, "plan_changes": plan_changes,
             "final_plan": dict(ap.plan), "format_shares": ap.plan.shares(),
             "train_loss_last": record.loss, **last_eval}
+
+
+def _executor_options(cfg: DictConfig) -> dict[str, Any]:
+    """fp8 scaling for the emulated and auto executors (the native one takes no options)."""
+    em = cfg.get("emulation")
+    if _value(cfg.executor) == "native" or em is None:
+        return {}
+    return {"fp8": {"scaling": _value(em.fp8_scaling), "amax_history_len": int(em.amax_history_len),
+                    "margin": int(em.fp8_margin)}}
 
 
 def _value(v: Any) -> str:
