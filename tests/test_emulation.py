@@ -359,3 +359,41 @@ def test_auto_probe_decides_and_caches(monkeypatch):
     fast = ee.native_is_fast(BF16, "matmul", "cpu")
     assert ee._PROBE_CACHE == {("cpu", "bf16", "matmul"): fast}
     assert torch.equal(torch.get_rng_state(), rng)  # probing leaves the seed stream alone
+
+
+# -- config and the training loop ------------------------------------------------------------------
+def compose(*overrides):
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from pathlib import Path
+    from adaprec.schema import register_schemas
+    register_schemas()
+    conf = str(Path(__file__).resolve().parents[1] / "conf")
+    with initialize_config_dir(config_dir=conf, version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides))
+
+
+def test_config_selects_executor_and_validates_fp8_keys():
+    from hydra.errors import ConfigCompositionException
+    from adaprec.schema import ConfigError, validate
+    cfg = compose("executor=emulated", "emulation.fp8_scaling=current", "emulation.amax_history_len=4")
+    assert cfg.executor.value == "emulated" and cfg.emulation.fp8_scaling.value == "current"
+    validate(cfg)
+    with pytest.raises(ConfigCompositionException, match="executor"):
+        compose("executor=magic")
+    with pytest.raises(ConfigCompositionException, match="fp8_scaling"):
+        compose("emulation.fp8_scaling=sometimes")
+    with pytest.raises(ConfigError, match="amax_history_len"):
+        validate(compose("emulation.amax_history_len=0"))
+
+
+@pytest.mark.parametrize("controller,executor", [("fp16", "emulated"), ("fp8_e4m3", "emulated"),
+                                                 ("bf16", "auto")])
+def test_train_runs_emulated_and_auto_executors(tmp_path, controller, executor):
+    import json
+    from adaprec.train import train as train_run
+    cfg = compose(f"executor={executor}", f"controller={controller}", "model=mlp",
+                  "trainer.max_steps=4", "trainer.eval_every=0", "trainer.progress=false",
+                  "trainer.batch_size=16", "monitor.every=2", "emulation.fp8_scaling=current")
+    metrics = train_run(cfg, tmp_path)
+    assert metrics["status"] == "ok" and math.isfinite(metrics["val_loss"])
+    assert set(json.loads((tmp_path / "metrics.json").read_text())["final_plan"].values()) == {controller}
