@@ -13,15 +13,19 @@ Granularity: a layer that is a stock ``torch.nn`` module is one op, so rounding 
 is exact. A custom layer (``adaprec_layer = True`` or a class outside ``torch.nn``, such as an
 attention core calling ``torch.matmul`` and ``softmax``) additionally gets op-level rounding: a
 ``TorchFunctionMode``, active only while that layer's own ops run, rounds the outputs of its
-matmul/conv/linear, softmax, dropout and elementwise add/sub/mul/div calls. Ops outside every
-layer (residual adds, pooling, the loss) run in fp32.
+matmul/conv/linear, softmax, dropout and elementwise add/sub/mul/div calls (softmax backward then
+uses the rounded softmax output, as the native kernel uses its low-precision result). Ops
+outside every layer (residual adds, pooling, the loss) run in fp32. fp8 layers use the same
+boundaries, each tensor role (``input:0``, ``weight:weight``, ``output``, ``grad_output``, ...)
+with its own scaling state in ``executor.fp8_states``.
 
 Already-rounded inputs are not rounded again: a layer's output is tagged with its format and
-the tensor's version counter, and the next layer in the same format skips that input (its
-gradient is rounded by the producer's output rounding, so numerics are unchanged).
+the tensor's version counter (passed through ReLU/MaxPool/Flatten/Identity modules, which keep
+values on the grid), and the next layer in the same format skips that input (its gradient is
+rounded by the producer's output rounding, so numerics are unchanged).
 
-:class:`AutoExecutor` decides per layer: native autocast where a quick, cached probe shows the
-device computes that format fast (bf16 on an AMX/AVX512-bf16 CPU, fp16/bf16 on CUDA), emulation
+:class:`AutoExecutor` decides per layer: native autocast where a capability probe says the
+device computes that format fast (bf16 on an AMX/AVX512-BF16 CPU, fp16/bf16 on CUDA), emulation
 where it does not (fp16 on a CPU without AVX512-FP16/AMX-FP16, where convolution training takes
 minutes per step) and always for fp8. ``executor.choices`` and a log line per layer show it.
 """
