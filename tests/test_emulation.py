@@ -392,14 +392,17 @@ def test_config_selects_executor_and_validates_fp8_keys():
         validate(compose("emulation.amax_history_len=0"))
 
 
-@pytest.mark.parametrize("controller,executor", [("fp16", "emulated"), ("fp8_e4m3", "emulated"),
-                                                 ("bf16", "auto")])
+@pytest.mark.parametrize("controller,executor", [
+    ("fp16", "emulated"),
+    pytest.param("fp8_e4m3", "emulated", marks=pytest.mark.slow),
+    pytest.param("bf16", "auto", marks=pytest.mark.slow)])
 def test_train_runs_emulated_and_auto_executors(tmp_path, controller, executor):
     import json
     from adaprec.train import train as train_run
     cfg = compose(f"executor={executor}", f"controller={controller}", "model=mlp",
                   "trainer.max_steps=4", "trainer.eval_every=0", "trainer.progress=false",
-                  "trainer.batch_size=16", "monitor.every=2", "emulation.fp8_scaling=current")
+                  "trainer.batch_size=16", "trainer.eval_batches=1", "monitor.every=2",
+                  "emulation.fp8_scaling=current")
     metrics = train_run(cfg, tmp_path)
     assert metrics["status"] == "ok" and math.isfinite(metrics["val_loss"])
     assert set(json.loads((tmp_path / "metrics.json").read_text())["final_plan"].values()) == {controller}
