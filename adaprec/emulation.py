@@ -13,6 +13,11 @@ so that scaling is exact, from this tensor's amax
 format's range saturate to +-max (as TE's casts do, and as torch's e4m3fn cast does; e5m2's
 torch cast would give inf). Inputs that are already inf or NaN stay inf or NaN, so a
 non-finite gradient still reaches the loss scaler and skips the step.
+
+A plan gives each layer one format, so an fp8 layer uses it for forward tensors and gradients
+alike (not TE's HYBRID recipe, e4m3 forward / e5m2 backward: a plan that wants that can put
+the layer in e5m2, or a later two-format plan entry can express it). Delayed-scaling histories
+are updated on every use, evaluation forwards included.
 """
 from __future__ import annotations
 
