@@ -72,7 +72,8 @@ class AdaptivePrecision:
         self.controller: Controller = controller if controller is not None else Static("fp32")
         self.executor = EXECUTORS[executor](model, self.layers, device_type, **(executor_options or {}))
         self.monitor = Monitor(model, self.layers, monitor_every)
-        device = next(model.parameters()).device
+        # a model may own no parameters (only parameterless adaprec_layer blocks)
+        device = next(model.parameters(), torch.empty(0)).device
         self.scaler = LossScaler(device=device, **(scaler or {}))
         self.step_count = 0
         self.decisions: list[dict[str, Any]] = []

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from .batching import eval_batches, train_batch_indices
 from .cost import CostMeter, CostModel
+from .formats import FORMATS
 from .instantiate import instantiate
 from .layers import discover_layers
 from .precision import AdaptivePrecision
@@ -168,7 +169,7 @@ def _train(cfg: DictConfig, log: RunLog) -> dict[str, Any]:
             "step": step, "loss": record.loss, "lr": lr, "loss_scale": record.loss_scale,
             "skipped": int(record.skipped), "step_ms": round(step_ms, 3),
             "plan_hash": record.plan.hash,
-            **{f"share_{f}": shares.get(f, 0.0) for f in ("fp32", "bf16", "fp16")},
+            **{f"share_{f}": shares.get(f, 0.0) for f in FORMATS},
             **(meter.update(record.plan) if meter else {}),
         }])
         if record.stats is not None:
