@@ -35,8 +35,8 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from .formats import FORMATS, get_format
 
-__all__ = ["AdaprecConfig", "TrainerConfig", "MonitorConfig", "CostConfig", "StaticSchema",
-           "FixedPlanSchema", "AutocastSchema", "Rule", "rule", "register_schemas",
+__all__ = ["AdaprecConfig", "TrainerConfig", "MonitorConfig", "CostConfig", "EmulationConfig",
+           "StaticSchema", "FixedPlanSchema", "AutocastSchema", "Rule", "rule", "register_schemas",
            "register_group_schema", "validate", "describe_key", "ConfigError", "CONTROLLER_SCHEMAS"]
 
 
@@ -104,7 +104,14 @@ class Device(str, Enum):
 
 
 class Executor(str, Enum):
-    native = "native"
+    native = "native"      # per-layer torch.autocast regions
+    emulated = "emulated"  # fp32 kernels on values rounded to each layer's format (fp8 too)
+    auto = "auto"          # per layer: native where the device runs the format fast, else emulated
+
+
+class FP8Scaling(str, Enum):
+    current = "current"    # scale from this tensor's amax
+    delayed = "delayed"    # scale from the max of an amax history (Transformer Engine's recipe)
 
 
 @dataclass
@@ -132,6 +139,13 @@ class MonitorConfig:
 
 
 @dataclass
+class EmulationConfig:
+    fp8_scaling: FP8Scaling = FP8Scaling.delayed  # per-tensor scaling of fp8 layers
+    amax_history_len: int = field(default=16, metadata=rule(ge=1))  # delayed scaling: amaxes remembered per layer and tensor role
+    fp8_margin: int = field(default=0, metadata=rule(ge=0))  # scale = fp8_max / amax / 2^margin (headroom against growth)
+
+
+@dataclass
 class CostConfig:
     enabled: bool = True            # count FLOPs/bytes once: one extra fp32 fwd+bwd on batch 0
     # profile names in conf/cost/ or paths to YAMLs from `python -m adaprec.calibrate`; each adds
@@ -147,6 +161,7 @@ class AdaprecConfig:
     seed: int = field(default=0, metadata=rule(ge=0))
     device: Device = Device.cpu
     executor: Executor = Executor.native
+    emulation: EmulationConfig = field(default_factory=EmulationConfig)
     dataset: Any = MISSING
     model: Any = MISSING
     optimizer: Any = MISSING

@@ -24,6 +24,7 @@ from .checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, rng_
                          save_checkpoint, set_rng_state)
 from .cost import CostMeter, CostModel
 from .distributed import broadcast_object, is_main_process, rank, world_size, wrap_ddp
+from .formats import FORMATS
 from .instantiate import instantiate
 from .layers import discover_layers
 from .precision import AdaptivePrecision
@@ -224,7 +225,8 @@ def _build(cfg: DictConfig, device: torch.device):
                            executor=_value(cfg.executor), monitor_every=int(cfg.monitor.every),
                            layers=extra_layers,
                            layer_costs=meter.layer_format_costs() if meter else None,
-                           cheapness=meter.cheapness() if meter else None)
+                           cheapness=meter.cheapness() if meter else None,
+                           executor_options=_executor_options(cfg))
     return data, model, optimizer, scheduler, ap, meter
 
 
@@ -287,7 +289,7 @@ def _train(cfg: DictConfig, log: RunLog | None, out: Path, state: dict | None,
             "step": step, "loss": record.loss, "lr": lr, "loss_scale": record.loss_scale,
             "skipped": int(record.skipped), "step_ms": round(step_ms, 3),
             "plan_hash": record.plan.hash,
-            **{f"share_{f}": shares.get(f, 0.0) for f in ("fp32", "bf16", "fp16")},
+            **{f"share_{f}": shares.get(f, 0.0) for f in FORMATS},
             "culprit": record.nonfinite_layer or "",
             **(meter.update(record.plan) if meter else {}),
         }])
@@ -411,6 +413,15 @@ def _cost_meter(cfg: DictConfig, model, data, layers: list[str], device: torch.d
                       device)
     cm = CostModel.count(model, (x,), loss_fn=lambda out: _loss(data.task, out, y), layers=layers)
     return CostMeter(cm, list(cfg.cost.profiles), passes_per_step=accum)
+
+
+def _executor_options(cfg: DictConfig) -> dict[str, Any]:
+    """fp8 scaling for the emulated and auto executors (the native one takes no options)."""
+    em = cfg.get("emulation")
+    if _value(cfg.executor) == "native" or em is None:
+        return {}
+    return {"fp8": {"scaling": _value(em.fp8_scaling), "amax_history_len": int(em.amax_history_len),
+                    "margin": int(em.fp8_margin)}}
 
 
 def _value(v: Any) -> str:
