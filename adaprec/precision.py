@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -171,6 +172,8 @@ class AdaptivePrecision:
         """Replay the step from its starting RNG state with finiteness checks on every layer;
         the RNG stream afterwards is left as the original step left it."""
         rng_after = _torch_rng_state(self.device_type)
+        # the replay must not advance run state either (fp8 amax histories record each cast)
+        executor_before = copy.deepcopy(executor_state(self.executor))
         _set_torch_rng_state(self._rng_at_start, self.device_type)
         self._diagnosing = True
         try:
@@ -186,6 +189,7 @@ class AdaptivePrecision:
             for p in params:
                 p.grad = None
             _set_torch_rng_state(rng_after, self.device_type)
+            load_executor_state(self.executor, executor_before)
         # under DDP every rank replays; the most telling culprit of any rank wins
         found = [c for c in gather_objects(culprit) if c is not None]
         return min(found, key=lambda c: c[0])[1] if found else None
@@ -250,7 +254,7 @@ class AdaptivePrecision:
         controller and monitor state (tensors and plain values only)."""
         return {"step": self.step_count, "plan": self._plan.to_dict(),
                 "scaler": self.scaler.state_dict(), "controller": self.controller.state_dict(),
-                "monitor": self.monitor.state_dict()}
+                "monitor": self.monitor.state_dict(), "executor": executor_state(self.executor)}
 
     def load_state_dict(self, state: dict) -> None:
         self.step_count = int(state["step"])
@@ -258,6 +262,7 @@ class AdaptivePrecision:
         self.controller.load_state_dict(state["controller"])
         if "monitor" in state:
             self.monitor.load_state_dict(state["monitor"])
+        load_executor_state(self.executor, state.get("executor") or {})
         plan = Plan.from_dict(state["plan"])
         self._install(plan)
 
@@ -279,3 +284,30 @@ def _set_torch_rng_state(state, device_type: str) -> None:
     torch.set_rng_state(cpu)
     if cuda is not None and device_type == "cuda":
         torch.cuda.set_rng_state(cuda)
+
+
+def executor_state(executor) -> dict:
+    """The executor's run state for checkpoints: its own ``state_dict()`` if it has one, else
+    the fp8 scaling states of an emulated executor (tensors and plain values only)."""
+    if hasattr(executor, "state_dict"):
+        return executor.state_dict()
+    states = getattr(executor, "fp8_states", None) or {}
+    return {"fp8": [{"layer": layer, "role": role, "fmt_max": st.fmt_max, "pos": st.pos,
+                     "history": st.history.clone(), "last_scale": st.last_scale.clone()}
+                    for (layer, role), st in states.items()]}
+
+
+def load_executor_state(executor, state: dict) -> None:
+    """Restore what :func:`executor_state` captured (states it lacks are dropped)."""
+    if hasattr(executor, "load_state_dict"):
+        executor.load_state_dict(state)
+        return
+    if not hasattr(executor, "fp8_states"):
+        return
+    from .emulation import AmaxState  # only emulated executors keep fp8 scaling state
+    executor.fp8_states.clear()
+    for entry in state.get("fp8", []):
+        st = AmaxState.__new__(AmaxState)  # fields set below, exactly as saved
+        st.config, st.fmt_max, st.pos = executor.fp8, entry["fmt_max"], int(entry["pos"])
+        st.history, st.last_scale = entry["history"].clone(), entry["last_scale"].clone()
+        executor.fp8_states[(entry["layer"], entry["role"])] = st

@@ -110,14 +110,18 @@ def test_truncate_tables_drops_torn_lines_and_later_rows(tmp_path):
     assert kept == {"steps.csv": 2, "decisions.csv": 2, "layers.csv.gz": 2, "events.jsonl": 1}
 
 
-@pytest.mark.parametrize("controller", ["bf16", "fp16"])
-def test_resume_after_a_crash_is_bit_identical(tmp_path, controller):
+@pytest.mark.parametrize("precision", [
+    ["controller=bf16"], ["controller=fp16"],
+    # fp8 with delayed scaling: the executor's amax histories are run state too
+    ["controller=fp32", "controller.format=fp8_e4m3", "executor=emulated"],
+], ids=["bf16", "fp16", "fp8-emulated"])
+def test_resume_after_a_crash_is_bit_identical(tmp_path, precision):
     """A run that crashed after logging every step but before finishing (status running,
     checkpoint at step 3, tables through step 5) resumes at 3 and reproduces the
     uninterrupted run bit for bit, with no row lost or duplicated."""
     ref, crashed = tmp_path / "ref", tmp_path / "crashed"
     # dropout and gradient accumulation: the resumed run must draw the same masks
-    args = (f"controller={controller}", "trainer.checkpoint_every=3", "model.dropout=0.2",
+    args = (*precision, "trainer.checkpoint_every=3", "model.dropout=0.2",
             "trainer.grad_accum=2")
     train(tiny_cfg(*args), ref)
     train(tiny_cfg(*args), crashed)

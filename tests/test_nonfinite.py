@@ -181,3 +181,36 @@ def _first_nonfinite_layer_by_hand(cfg, run_dir, step):
     model(x)
     assert order, "the reference forward should overflow"
     return order[0]
+
+
+def test_culprit_replay_leaves_fp8_scaling_state_untouched():
+    """The replay re-runs casts; the emulated executor's amax histories must not record them."""
+    from adaprec.precision import executor_state
+
+    def run(replay: bool):
+        model = _mlp()
+        ap = AdaptivePrecision(model, controller=Static("fp8_e4m3"), executor="emulated",
+                               monitor_every=0)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        model[2].register_forward_hook(lambda m, a, o: o * float("nan") if ap.step_count == 1 else o)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(3):
+            x, y = torch.randn(32, 8, generator=g), torch.randint(0, 4, (32,), generator=g)
+
+            def fwd_bwd():
+                with ap.autocast():
+                    loss = nn.functional.cross_entropy(model(x), y)
+                ap.backward(loss)
+
+            opt.zero_grad(set_to_none=True)
+            fwd_bwd()
+            rec = ap.step(opt, replay=fwd_bwd if replay else None)
+            if rec.step == 1:
+                assert rec.skipped and rec.nonfinite_layer == ("2" if replay else None)
+        return executor_state(ap.executor)["fp8"], [p.detach().clone() for p in model.parameters()]
+
+    (with_replay, w1), (without, w2) = run(True), run(False)
+    assert len(with_replay) == len(without) > 0
+    for a, b in zip(with_replay, without):
+        assert a["pos"] == b["pos"] and torch.equal(a["history"], b["history"])
+    assert all(torch.equal(a, b) for a, b in zip(w1, w2))
