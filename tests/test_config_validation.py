@@ -79,6 +79,13 @@ def test_every_controller_config_composes_and_validates(controller):
     assert compose_message([f"controller={controller}"]) is None
 
 
+@pytest.mark.parametrize("controller", sorted(p.stem for p in (ROOT / "conf" / "controller").glob("*.yaml")))
+def test_every_controller_config_is_typed(controller):
+    """Each controller YAML lists a schema in its defaults, so a mistyped key fails."""
+    got = compose_message([f"controller={controller}", "controller.zzz=1"])
+    assert got is not None and got.startswith("controller.zzz: Key 'zzz' not in"), got
+
+
 @dataclass
 class _ThresholdLike:
     """What an adaptive controller's schema looks like: ruled fields plus ``_target_``."""
