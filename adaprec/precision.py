@@ -73,9 +73,13 @@ class AdaptivePrecision:
         self._loss_sum: torch.Tensor | None = None
         self._micro_batches = 0
         self._in_step = False
+        modules = dict(model.named_modules())
         context = ControllerContext(layers=self.layers, device_type=device_type,
                                     layer_costs=layer_costs,
-                                    cheapness=tuple(cheapness or ControllerContext.cheapness))
+                                    cheapness=tuple(cheapness or ControllerContext.cheapness),
+                                    layer_types={n: type(modules[n]).__name__ for n in self.layers},
+                                    executor=executor,
+                                    modules={n: modules[n] for n in self.layers})
         if hasattr(self.controller, "setup"):
             self.controller.setup(context)
         self._plan = Plan.uniform("fp32", self.layers)

@@ -1,5 +1,7 @@
 """Controllers decide each layer's format while training runs."""
 from .base import Controller, ControllerContext, StepRecord
 from .static import Autocast, FixedPlan, Static
+from .threshold import Threshold
 
-__all__ = ["Controller", "ControllerContext", "StepRecord", "Static", "FixedPlan", "Autocast"]
+__all__ = ["Controller", "ControllerContext", "StepRecord", "Static", "FixedPlan", "Autocast",
+           "Threshold"]
