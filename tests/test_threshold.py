@@ -9,7 +9,7 @@ LAYERS = ["a", "b", "c"]
 
 
 def make(cheapness=("fp16", "bf16", "fp32"), layer_types=None, **kw):
-    kw = {"interval": 1, "cooldown": 0, "patience": 2, "start": "fp16", **kw}
+    kw = {"interval": 1, "cooldown": 0, "patience": 2, "start": "fp16", "cpu_fp16": True, **kw}
     c = Threshold(**kw)
     c.setup(context(LAYERS, cheapness=cheapness, layer_types=layer_types))
     return c
@@ -123,6 +123,9 @@ def test_unsampled_steps_change_nothing():
 def test_convolutions_get_no_fp16_on_cpu_with_the_native_executor():
     c = make(layer_types={"a": "Conv2d", "b": "Linear", "c": "LayerNorm"})
     assert c.decide(0)["a"] == "bf16" and c.decide(0)["b"] == "fp16"
+    default = Threshold(start="fp16")  # without cpu_fp16 no layer gets fp16 on CPU
+    default.setup(context(LAYERS, layer_types={"a": "Conv2d", "b": "Linear"}))
+    assert set(default.decide(0).values()) == {"bf16"}
     cuda = Threshold(start="fp16")
     cuda.setup(context(LAYERS, device_type="cuda", layer_types={"a": "Conv2d"}))
     assert cuda.decide(0)["a"] == "fp16"

@@ -61,16 +61,22 @@ def check_formats(name: str, formats: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def allowed_formats(formats: Sequence[str], layer: str, context) -> list[str]:
-    """The formats ``layer`` may use on this device: ``formats`` minus fp16 for convolutions on
-    CPU under the native executor, minus emulation-only formats under the native executor."""
+def allowed_formats(formats: Sequence[str], layer: str, context, cpu_fp16: bool = False) -> list[str]:
+    """The formats ``layer`` may use on this device.
+
+    With the native executor on CPU, fp16 is dropped: PyTorch's CPU fp16 training kernels are
+    slow (a 512x512 Linear forward+backward measured ~5x slower than fp32 and ~13x slower than
+    bf16 here; convolutions far worse). ``cpu_fp16=True`` keeps fp16 for non-convolution layers
+    (small models, tests); convolutions never get it. Emulation-only formats (fp8) need a
+    non-native executor.
+    """
     types = context.layer_types or {}
+    slow_fp16 = context.device_type == "cpu" and context.executor == "native"
     out = []
     for f in formats:
         if context.executor == "native" and not get_format(f).native:
             continue
-        if (f == "fp16" and context.device_type == "cpu" and context.executor == "native"
-                and types.get(layer) in SLOW_FP16_TYPES):
+        if f == "fp16" and slow_fp16 and (not cpu_fp16 or types.get(layer) in SLOW_FP16_TYPES):
             continue
         out.append(f)
     return out or ["fp32"]

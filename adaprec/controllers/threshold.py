@@ -39,8 +39,10 @@ class Threshold:
         patience: clean windows before moving to a cheaper format.
         cooldown: steps after a switch during which the layer does not switch again.
         interval: decide every this many steps.
-        formats: the formats a layer may use (fp16 is dropped for convolutions on CPU).
+        formats: the formats a layer may use.
         start: the initial format of every layer, or ``"cheapest"`` (cheapest allowed).
+        cpu_fp16: keep fp16 on CPU with the native executor for non-convolution layers (slow
+            kernels; off by default, see ``_common.allowed_formats``).
     """
 
     global_autocast = False
@@ -48,7 +50,7 @@ class Threshold:
     def __init__(self, overflow_max: float = 1e-4, underflow_max: float = 0.01,
                  rounding_err_max: float = 0.005, patience: int = 3, cooldown: int = 20,
                  interval: int = 10, formats: Sequence[str] = ("bf16", "fp16", "fp32"),
-                 start: str = "cheapest"):
+                 start: str = "cheapest", cpu_fp16: bool = False):
         check_range("overflow_max", overflow_max, 0, 1)
         check_range("underflow_max", underflow_max, 0, 1)
         check_range("rounding_err_max", rounding_err_max, 0, 1)
@@ -62,6 +64,7 @@ class Threshold:
         if "fp32" not in self.formats:
             self.formats.append("fp32")  # the escalation target must always be reachable
         self.start = start if start == "cheapest" else check_formats("start", [start])[0]
+        self.cpu_fp16 = bool(cpu_fp16)
         self.reasons: dict[str, str] = {}
         self._layers: list[str] = []
         self._order: dict[str, list[str]] = {}   # allowed formats per layer, cheapest first
@@ -76,7 +79,7 @@ class Threshold:
         self._layers = list(context.layers)
         costs = relative_costs(context, self.formats)
         for layer in self._layers:
-            allowed = allowed_formats(self.formats, layer, context)
+            allowed = allowed_formats(self.formats, layer, context, self.cpu_fp16)
             self._order[layer] = cheapest_first(allowed, costs[layer], context.cheapness)
             first = self._order[layer][0] if self.start == "cheapest" else self.start
             self._fmt[layer] = first if first in allowed else self._order[layer][0]
