@@ -22,7 +22,7 @@ from ..stats import LayerStats
 
 __all__ = ["check_range", "check_formats", "allowed_formats", "relative_costs",
            "DEFAULT_REL_COST", "RANGE_KINDS", "overflow_rate", "flush_rate", "rel_err",
-           "trace_nonfinite", "SLOW_FP16_TYPES"]
+           "trace_nonfinite", "SLOW_FP16_TYPES", "quant_mse", "cheapest_first"]
 
 RANGE_KINDS = ("act", "grad", "weight", "wgrad")
 
@@ -146,3 +146,17 @@ def trace_nonfinite(stats: Mapping[str, LayerStats], layers: Sequence[str]) -> s
         if bad(stats[name], "grad"):
             return name
     return None
+
+
+def quant_mse(s: LayerStats, fmt: str) -> float:
+    """Worst mean squared rounding error of the layer's tensors in ``fmt`` at their true
+    magnitude: ``(rel_err * norm)^2 / numel`` per tensor (0 for fp32)."""
+    stat = {"bf16": "bf16_rel_err", "fp16": "fp16_rel_err"}.get(fmt)
+    if stat is None:
+        return 0.0
+    out = 0.0
+    for kind in RANGE_KINDS:
+        t = getattr(s, kind)
+        if t is not None and t.numel:
+            out = max(out, (getattr(t, stat) * t.norm) ** 2 / t.numel)
+    return out
