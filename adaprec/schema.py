@@ -90,3 +90,5 @@ def validate(cfg: DictConfig) -> None:
 
 def register_schemas() -> None:
     ConfigStore.instance().store(name="adaprec_schema", node=AdaprecConfig)
+    from .controllers.schemas import register_controller_schemas
+    register_controller_schemas()
