@@ -10,7 +10,7 @@ from torch import nn
 from adaprec import AdaptivePrecision
 from adaprec.controllers import Bandit, Static, Threshold
 
-STEPS = 30
+STEPS = 20
 
 
 class Overflowing(nn.Module):
