@@ -50,8 +50,8 @@ def _summary(s: LayerStats) -> Window:
 
 
 def summarize_step(stats: Mapping[str, LayerStats] | None, layers: Sequence[str],
-                   formats: Mapping[str, str], culprit: str | None = None) -> dict[str, Window]:
-    """One step's per-layer summaries.
+                   plan, culprit: str | None = None) -> dict[str, Window]:
+    """One step's per-layer summaries (``plan``: the Plan the step ran under).
 
     When non-finite values are traced to a layer (``culprit``, else found by
     :func:`trace_nonfinite`), only that layer is summarized: every other layer's statistics of
@@ -60,10 +60,10 @@ def summarize_step(stats: Mapping[str, LayerStats] | None, layers: Sequence[str]
     if stats is None:
         if culprit is None:
             return {}
-        return {culprit: Window(samples=0, nonfinite=formats[culprit])}
+        return {culprit: Window(samples=0, nonfinite=plan.format_of(culprit))}
     culprit = culprit or trace_nonfinite(stats, layers)
     if culprit is not None:
         w = _summary(stats[culprit]) if culprit in stats else Window()
-        w.nonfinite = formats[culprit]
+        w.nonfinite = plan.format_of(culprit)
         return {culprit: w}
     return {name: _summary(stats[name]) for name in layers if name in stats}

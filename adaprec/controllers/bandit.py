@@ -130,7 +130,7 @@ class Bandit:
         if finite:
             self._loss_sum += record.loss
             self._loss_n += 1
-        traced = summarize_step(record.stats, self._layers, dict(record.plan.items()),
+        traced = summarize_step(record.stats, self._layers, record.plan,
                                 record.nonfinite_layer)
         self._skipped += record.skipped and not any(w.nonfinite for w in traced.values())
         for layer, w in traced.items():

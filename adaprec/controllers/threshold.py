@@ -89,7 +89,7 @@ class Threshold:
 
     def observe(self, record: StepRecord) -> None:
         self._scale = record.loss_scale
-        for layer, w in summarize_step(record.stats, self._layers, dict(record.plan.items()),
+        for layer, w in summarize_step(record.stats, self._layers, record.plan,
                                        record.nonfinite_layer).items():
             self._window.setdefault(layer, Window()).add(w)
 
