@@ -73,3 +73,18 @@ def test_a_plugin_controller_is_selected_by_its_dotted_path(tmp_path):
 def test_the_plugin_config_requires_a_target():
     with pytest.raises(Exception, match="_target_"):
         instantiate(cfg("controller=plugin").controller)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ADAPTIVE)
+def test_every_adaptive_controller_runs_from_the_cli(name, tmp_path):
+    import json
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "adaprec.run", f"controller={name}", *QUICK, f"hydra.run.dir={tmp_path}"]
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "ok" and metrics["choices"]["controller"] == name
+    assert (tmp_path / "decisions.csv").read_text().startswith("step,layer,old,new,reason")
