@@ -75,10 +75,12 @@ class Monitor:
         for name, params in self._params.items():
             if not params:
                 continue
-            self._pending.append((name, "weight", combine_raw([raw_stats(p) for p in params])))
+            # parameter norms are exact (controllers such as MuPPET use gradient norms)
+            raws = [raw_stats(p, exact_norm=True) for p in params]
+            self._pending.append((name, "weight", combine_raw(raws)))
             grads = [p.grad for p in params if p.grad is not None]
             if grads:
-                raws = [raw_stats(g, self._grad_scale, self._applied_scale) for g in grads]
+                raws = [raw_stats(g, self._grad_scale, self._applied_scale, exact_norm=True) for g in grads]
                 self._pending.append((name, "wgrad", combine_raw(raws)))
 
     def collect(self, step: int, format_of: Callable[[str], str]) -> dict[str, LayerStats] | None:

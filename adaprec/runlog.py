@@ -7,6 +7,7 @@ Layout of a run directory (the contract ``analysis/`` reads):
   evals.csv             one row per evaluation
   layers.csv.gz         one row per sampled step x layer (format + every statistic)
   decisions.csv         one row per plan change (step, layer, old, new, reason)
+  model.pt              final model weights (state_dict; load with weights_only=True)
 """
 from __future__ import annotations
 
@@ -18,7 +19,19 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunLog", "write_json_atomic"]
+__all__ = ["RunLog", "write_json_atomic", "save_atomic"]
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """``torch.save`` via temp file + fsync + rename: a kill leaves the old file or the new one."""
+    import torch
+
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
-__all__ = ["AdaprecConfig", "TrainerConfig", "MonitorConfig", "register_schemas", "validate",
+__all__ = ["AdaprecConfig", "TrainerConfig", "MonitorConfig", "CostConfig", "register_schemas", "validate",
            "ConfigError"]
 
 
@@ -50,9 +50,18 @@ class MonitorConfig:
 
 
 @dataclass
+class CostConfig:
+    enabled: bool = True            # count FLOPs/bytes once: one extra fp32 fwd+bwd on batch 0
+    # profile names in conf/cost/ or paths to YAMLs from `python -m adaprec.calibrate`; each adds
+    # a cost_<name>_s column to steps.csv; the first also prices layers for the controller
+    profiles: list[str] = field(default_factory=lambda: ["h100", "a100", "v100", "bitops"])
+
+
+@dataclass
 class AdaprecConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    cost: CostConfig = field(default_factory=CostConfig)
     seed: int = 0
     device: Device = Device.cpu
     executor: Executor = Executor.native

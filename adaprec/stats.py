@@ -11,24 +11,35 @@ which fp16 would see them):
   2^-14; ``fp16_flush``: nonzero values that round to zero in fp16 (|x| <= 2^-25).
 - ``<fmt>_rel_err``: ||x - round_fmt(x)|| / ||x|| over elements finite in x and in the format,
   so the error measures mantissa loss and range problems are counted by the rates above.
-- ``norm``: L2 norm of the finite values at the true (unscaled) magnitude.
+- ``absmax`` and ``norm`` at the true (unscaled) magnitude; both are inf when any element is
+  inf or NaN (``nonfinite_frac`` then says how many). ``mean_abs`` averages the finite values.
+
+Cost: ``absmax`` (and, with ``exact_norm``, ``norm``) take one fused pass over the whole
+tensor. Rates, mean and rounding errors are computed on a strided sample of at most
+``sample`` elements (all of them for smaller tensors, so small tensors are exact); the
+stride is a prime, so the sample never aliases with power-of-two or small periodic layouts.
+Presence is never missed: when the exact absmax is non-finite or beyond fp16's range and the
+sample saw none, the count is raised to one element.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from functools import lru_cache
 
 import torch
 
 from .formats import FP16
 
 __all__ = ["TensorStats", "LayerStats", "raw_stats", "combine_raw", "derive",
-           "tensor_stats", "STAT_NAMES", "KINDS"]
+           "tensor_stats", "STAT_NAMES", "KINDS", "DEFAULT_SAMPLE"]
 
 KINDS = ("act", "grad", "weight", "wgrad")
-# positions in the raw vector
-_N, _NONFIN, _ABSMAX, _SUMABS, _SUMSQ, _OVF, _UNF, _FLUSH, _ERRBF, _ERRH, _SUMSQH, _SCALE = range(12)
-_RAW_LEN = 12
+# positions in the raw vector; counts and sums are estimates for the whole tensor
+(_N, _NONFIN, _ABSMAX, _SUMABS, _SUMSQ, _OVF, _UNF, _FLUSH, _ERRBF, _ERRH, _SUMSQH, _SCALE,
+ _EXACT_SUMSQ) = range(13)
 _FP16_TINY = FP16.smallest_normal
+_FP16_OVERFLOW_AT = 65520.0  # smallest magnitude that rounds to inf in fp16 (RNE)
+DEFAULT_SAMPLE = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -82,44 +93,76 @@ class LayerStats:
         return max(vals, default=0.0)
 
 
-def raw_stats(x: torch.Tensor, scale: float = 1.0, prescaled: float = 1.0) -> torch.Tensor:
+@lru_cache(maxsize=4096)
+def _prime_at_least(k: int) -> int:
+    k = max(k, 2)
+    while any(k % d == 0 for d in range(2, int(k**0.5) + 1)):
+        k += 1
+    return k
+
+
+def _sample(x: torch.Tensor, sample: int) -> torch.Tensor:
+    flat = x.reshape(-1)
+    n = flat.numel()
+    if n <= sample:
+        return flat
+    return flat[:: _prime_at_least(-(-n // sample))]
+
+
+def raw_stats(x: torch.Tensor, scale: float = 1.0, prescaled: float = 1.0,
+              sample: int = DEFAULT_SAMPLE, exact_norm: bool = False) -> torch.Tensor:
     """Sums and counts for ``x`` as a float64 vector on ``x``'s device (no host sync).
 
     Range checks see ``x`` at loss scale ``scale``; ``prescaled`` is the scale ``x`` already
     carries (a gradient from a scaled backward). Norm, mean and absmax are reported back at
-    the unscaled magnitude.
+    the unscaled magnitude. ``exact_norm`` adds one pass for the exact L2 norm.
     """
     x = x.detach()
-    xf = x.float()
-    if scale != prescaled:
-        xf = xf * (scale / prescaled)
-    a = xf.abs()
+    n = x.numel()
+    dev = x.device
+    f64 = torch.float64
+    factor = scale / prescaled
+    if n == 0:
+        return torch.zeros(13, dtype=f64, device=dev)
+    absmax = torch.linalg.vector_norm(x, float("inf")).to(f64) * factor  # NaN/inf propagate
+    exact_sumsq = (torch.linalg.vector_norm(x, 2, dtype=torch.float32).to(f64) * factor) ** 2 \
+        if exact_norm else torch.full((), float("nan"), dtype=f64, device=dev)
+    xs = _sample(x, sample).float()
+    if factor != 1.0:
+        xs = xs * factor
+    k = n / xs.numel()  # sample counts -> whole-tensor estimates
+    a = xs.abs()
     finite = torch.isfinite(a)
-    af = torch.where(finite, a, torch.zeros((), device=a.device))
+    zero = torch.zeros((), device=dev)
+    af = torch.where(finite, a, zero)
     h = af.to(torch.float16)
     hf = h.float()
     bf = af.to(torch.bfloat16).float()
     h_ok = torch.isfinite(hf)
     nonzero = af > 0
-    sumsq = (af * af).sum(dtype=torch.float64)
-    err_h = torch.where(h_ok, hf - af, torch.zeros((), device=a.device))
-    af_h = torch.where(h_ok, af, torch.zeros((), device=a.device))
-    out = torch.stack([
-        torch.tensor(float(x.numel()), dtype=torch.float64, device=a.device),
-        (~finite).sum(dtype=torch.float64),
-        af.max().double() if x.numel() else torch.zeros((), dtype=torch.float64, device=a.device),
-        af.sum(dtype=torch.float64),
-        sumsq,
-        # inf in fp16: finite values that overflow, plus values already inf (not NaN)
-        (torch.isinf(h).sum(dtype=torch.float64) + torch.isinf(a).sum(dtype=torch.float64)),
-        (nonzero & (af < _FP16_TINY)).sum(dtype=torch.float64),
-        (nonzero & (h == 0)).sum(dtype=torch.float64),
-        ((bf - af) ** 2).sum(dtype=torch.float64),
-        (err_h * err_h).sum(dtype=torch.float64),
-        (af_h * af_h).sum(dtype=torch.float64),
-        torch.tensor(float(scale), dtype=torch.float64, device=a.device),
+    err_h = torch.where(h_ok, hf - af, zero)
+    af_h = torch.where(h_ok, af, zero)
+    nonfin = (~finite).sum(dtype=f64) * k
+    overflow = (torch.isinf(h).sum(dtype=f64) + torch.isinf(a).sum(dtype=f64)) * k
+    # the exact absmax sees every element: presence is never missed by the sample
+    nonfin = torch.where(torch.isfinite(absmax), nonfin, nonfin.clamp(min=1.0))
+    overflow = torch.where(absmax.nan_to_num(0.0) >= _FP16_OVERFLOW_AT, overflow.clamp(min=1.0), overflow)
+    absmax = torch.where(torch.isnan(absmax), float("inf"), absmax)  # any non-finite -> inf
+    return torch.stack([
+        torch.tensor(float(n), dtype=f64, device=dev),
+        nonfin,
+        absmax,
+        af.sum(dtype=f64) * k,
+        (af * af).sum(dtype=f64) * k,
+        overflow,
+        (nonzero & (af < _FP16_TINY)).sum(dtype=f64) * k,
+        (nonzero & (h == 0)).sum(dtype=f64) * k,
+        ((bf - af) ** 2).sum(dtype=f64) * k,
+        (err_h * err_h).sum(dtype=f64) * k,
+        (af_h * af_h).sum(dtype=f64) * k,
+        torch.tensor(float(scale), dtype=f64, device=dev),
+        exact_sumsq,
     ])
-    return out
 
 
 def combine_raw(vectors: list[torch.Tensor]) -> torch.Tensor:
@@ -137,21 +180,26 @@ def derive(raw: list[float]) -> TensorStats:
     scale = raw[_SCALE] or 1.0
     n_fin = max(n - nonfin, 1.0)
     sumsq = raw[_SUMSQ]
+    exact = raw[_EXACT_SUMSQ]
+    norm_sq = exact if exact == exact else sumsq  # NaN marks "not measured exactly"
+    if nonfin > 0:
+        norm_sq = float("inf")
     return TensorStats(
         numel=int(n),
         absmax=raw[_ABSMAX] / scale,
         mean_abs=raw[_SUMABS] / n_fin / scale,
-        nonfinite_frac=nonfin / n if n else 0.0,
-        fp16_overflow=raw[_OVF] / n if n else 0.0,
+        nonfinite_frac=min(nonfin / n, 1.0) if n else 0.0,
+        fp16_overflow=min(raw[_OVF] / n, 1.0) if n else 0.0,
         fp16_underflow=raw[_UNF] / n if n else 0.0,
         fp16_flush=raw[_FLUSH] / n if n else 0.0,
         bf16_rel_err=(raw[_ERRBF] / sumsq) ** 0.5 if sumsq > 0 else 0.0,
         fp16_rel_err=(raw[_ERRH] / raw[_SUMSQH]) ** 0.5 if raw[_SUMSQH] > 0 else 0.0,
-        norm=sumsq**0.5 / scale,
+        norm=norm_sq**0.5 / scale,
     )
 
 
-def tensor_stats(x: torch.Tensor, scale: float = 1.0, prescaled: float = 1.0) -> TensorStats:
+def tensor_stats(x: torch.Tensor, scale: float = 1.0, prescaled: float = 1.0,
+                 sample: int = DEFAULT_SAMPLE, exact_norm: bool = True) -> TensorStats:
     """Convenience: raw stats read back and derived (one sync)."""
-    return derive(raw_stats(x, scale, prescaled).tolist())
+    return derive(raw_stats(x, scale, prescaled, sample, exact_norm).tolist())
 

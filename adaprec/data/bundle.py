@@ -67,7 +67,9 @@ class DataBundle:
     @property
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one model input: ``(C, H, W)`` / ``(D,)``, or ``(block_size,)`` for lm."""
-        return tuple(self.train_x.shape[1:]) if self.task == "classification" else (self.block_size,)
+        if self.task == "lm":
+            return (self.block_size,)
+        return tuple(self.train_x.shape[1:])
 
     def get_batch(self, split: str, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Classification examples ``indices`` of ``split`` as ``(x, y)``."""
