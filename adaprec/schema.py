@@ -12,8 +12,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
-__all__ = ["AdaprecConfig", "TrainerConfig", "MonitorConfig", "register_schemas", "validate",
-           "ConfigError"]
+__all__ = ["AdaprecConfig", "TrainerConfig", "MonitorConfig", "ScalerConfig", "register_schemas",
+           "validate", "ConfigError"]
 
 
 class ConfigError(ValueError):
@@ -50,9 +50,17 @@ class MonitorConfig:
 
 
 @dataclass
+class ScalerConfig:
+    enabled: bool = True            # false: never scale the loss, even with fp16 layers
+    init_scale: float = 65536.0     # 2^16, as torch.amp.GradScaler
+    growth_interval: int = 2000     # clean steps before the scale doubles
+
+
+@dataclass
 class AdaprecConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    scaler: ScalerConfig = field(default_factory=ScalerConfig)
     seed: int = 0
     device: Device = Device.cpu
     executor: Executor = Executor.native
@@ -72,6 +80,8 @@ _RANGES = {  # key: (predicate, allowed range as text)
     "trainer.eval_batch_size": (lambda v: v >= 1, ">= 1"),
     "trainer.eval_batches": (lambda v: v >= 0, ">= 0 (0 = all)"),
     "monitor.every": (lambda v: v >= 0, ">= 0 (0 = off)"),
+    "scaler.init_scale": (lambda v: v > 0, "> 0"),
+    "scaler.growth_interval": (lambda v: v >= 1, ">= 1"),
 }
 
 
