@@ -41,6 +41,7 @@ class TrainerConfig:
     eval_batches: int = 0           # 0 = the whole validation split
     progress: bool = True           # tqdm bar
     overwrite: bool = False         # allow writing into a dir that holds a finished run
+    num_threads: int = 0            # torch intra-op threads; 0 = torch's default (1 per parallel sweep job)
 
 
 @dataclass
@@ -79,6 +80,7 @@ _RANGES = {  # key: (predicate, allowed range as text)
     "trainer.eval_every": (lambda v: v >= 0, ">= 0 (0 = only at the end)"),
     "trainer.eval_batch_size": (lambda v: v >= 1, ">= 1"),
     "trainer.eval_batches": (lambda v: v >= 0, ">= 0 (0 = all)"),
+    "trainer.num_threads": (lambda v: v >= 0, ">= 0 (0 = torch's default)"),
     "monitor.every": (lambda v: v >= 0, ">= 0 (0 = off)"),
     "scaler.init_scale": (lambda v: v > 0, "> 0"),
     "scaler.growth_interval": (lambda v: v >= 1, ">= 1"),

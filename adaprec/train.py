@@ -126,6 +126,8 @@ def _train(cfg: DictConfig, log: RunLog) -> dict[str, Any]:
     validate(cfg)
     tc = cfg.trainer
     device = torch.device(_value(cfg.device))
+    if tc.get("num_threads", 0) > 0:  # parallel sweep jobs on a few cores: one thread each
+        torch.set_num_threads(int(tc.num_threads))
     _seed_everything(int(cfg.seed))
     data = instantiate(cfg.dataset)
     model = instantiate(cfg.model).to(device)
