@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
-__all__ = ["AdaprecConfig", "TrainerConfig", "MonitorConfig", "ScalerConfig", "register_schemas",
-           "validate", "ConfigError"]
+__all__ = ["AdaprecConfig", "TrainerConfig", "MonitorConfig", "ScalerConfig",
+           "ObjectiveConfig", "register_schemas", "validate", "ConfigError"]
 
 
 class ConfigError(ValueError):
@@ -58,10 +58,20 @@ class ScalerConfig:
 
 
 @dataclass
+class ObjectiveConfig:
+    """What a hyperparameter sweeper minimizes (adaprec/objective.py)."""
+    metric: str = "val_rmse"        # quality: val_accuracy (as 1 - acc), val_rmse, val_perplexity, val_loss
+    cost: str = "rel_cost_h100"     # a metrics.json field, dotted for nested: format_shares.fp32
+    budget: float = 0.6             # cost allowed before the penalty starts
+    penalty: float = 10.0           # objective added per unit of relative overspend
+
+
+@dataclass
 class AdaprecConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     scaler: ScalerConfig = field(default_factory=ScalerConfig)
+    objective: Optional[ObjectiveConfig] = None  # set by the tuning sweeps; main then returns it
     seed: int = 0
     device: Device = Device.cpu
     executor: Executor = Executor.native
