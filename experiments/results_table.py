@@ -25,8 +25,9 @@ NUMERIC = ["rel_cost_h100", "wall_s", "share_fp32", "share_bf16", "share_fp16", 
 
 
 def load_metrics(sweep_dir: str | Path) -> pd.DataFrame:
-    """One row per job: ``experiment``, ``controller``, ``seed``, ``status``, ``error``,
-    ``quality`` (the workload's metric, see QUALITY) and the NUMERIC columns (NaN if absent)."""
+    """One row per job: ``experiment``, ``controller``, ``variant`` (see :func:`_variant`),
+    ``seed``, ``status``, ``error``, ``quality`` (the workload's metric, see QUALITY) and the
+    NUMERIC columns (NaN if absent)."""
     rows = []
     for path in sorted(Path(sweep_dir).glob("**/metrics.json")):
         m = json.loads(path.read_text())
@@ -34,6 +35,7 @@ def load_metrics(sweep_dir: str | Path) -> pd.DataFrame:
         exp = choices.get("experiment") or "?"
         shares = m.get("format_shares") or {}
         rows.append({"experiment": exp, "controller": choices.get("controller", "?"),
+                     "variant": _variant(path.parent / "config_resolved.yaml"),
                      "seed": m.get("seed"), "status": m.get("status"), "error": m.get("error"),
                      "metric": QUALITY.get(exp, "val_loss"),
                      "quality": m.get(QUALITY.get(exp, "val_loss"), float("nan")),
@@ -48,10 +50,23 @@ def load_metrics(sweep_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _variant(config_path: Path) -> str:
+    """What sets a job apart beyond its group choices: a fixed plan's patterns, loss scaling off."""
+    if not config_path.exists():
+        return ""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(config_path)
+    parts = [f"{k}:{v}" for k, v in (OmegaConf.select(cfg, "controller.patterns") or {}).items()]
+    if OmegaConf.select(cfg, "scaler.enabled") is False:
+        parts.append("no loss scaling")
+    return " ".join(parts)
+
+
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean and std over the seeds that finished ``ok``, per (experiment, controller), plus
     ``ok`` (finished seeds) and ``n`` (seeds run); failed seeds only count in ``n``."""
-    keys = ["experiment", "controller"]
+    keys = ["experiment", "controller", "variant"]
     ok = runs[runs.status == "ok"]
     cols = ["quality", *NUMERIC]
     stats = ok.groupby(keys)[cols].agg(["mean", "std"])
@@ -75,7 +90,8 @@ def to_markdown(summary: pd.DataFrame) -> str:
     for r in summary.itertuples(index=False):
         shares = "/".join("–" if pd.isna(getattr(r, f"share_{f}_mean")) else
                           f"{getattr(r, f'share_{f}_mean'):.2f}" for f in ("fp32", "bf16", "fp16"))
-        cells = [r.experiment, r.controller, f"{r.metric} {_pm(r.quality_mean, r.quality_std, 4)}",
+        policy = f"{r.controller} ({r.variant})" if r.variant else r.controller
+        cells = [r.experiment, policy, f"{r.metric} {_pm(r.quality_mean, r.quality_std, 4)}",
                  _pm(r.rel_cost_h100_mean, r.rel_cost_h100_std, 3),
                  _pm(r.wall_s_mean, r.wall_s_std, 3), shares,
                  _pm(r.skipped_steps_mean, r.skipped_steps_std, 3), f"{r.ok}/{r.n}"]
