@@ -64,21 +64,24 @@ def _variant(config_path: Path) -> str:
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over the seeds that finished ``ok``, per (experiment, controller), plus
-    ``ok`` (finished seeds) and ``n`` (seeds run); failed seeds only count in ``n``."""
+    """Mean and std over the seeds that finished ``ok``, per (experiment, controller, variant),
+    plus ``ok`` (finished seeds) and ``n`` (seeds run); failed seeds only count in ``n``. A
+    NaN quality (a run that finished but diverged) makes its group's quality NaN, not hidden."""
     keys = ["experiment", "controller", "variant"]
     ok = runs[runs.status == "ok"]
-    cols = ["quality", *NUMERIC]
-    stats = ok.groupby(keys)[cols].agg(["mean", "std"])
+    stats = ok.groupby(keys)[NUMERIC].agg(["mean", "std"])
     stats.columns = [f"{c}_{s}" for c, s in stats.columns]
+    quality = ok.groupby(keys)["quality"]
+    stats["quality_mean"] = quality.apply(lambda q: q.mean(skipna=False))
+    stats["quality_std"] = quality.apply(lambda q: q.std(skipna=False))
     counts = runs.groupby(keys).agg(n=("status", "size"), ok=("status", lambda s: (s == "ok").sum()),
                                     metric=("metric", "first"))
     return counts.join(stats).reset_index()
 
 
-def _pm(mean: float, std: float, digits: int) -> str:
+def _pm(mean: float, std: float, digits: int, missing: str = "–") -> str:
     if pd.isna(mean):
-        return "–"
+        return missing
     return f"{mean:.{digits}g}" if pd.isna(std) else f"{mean:.{digits}g} ± {std:.2g}"
 
 
@@ -91,7 +94,7 @@ def to_markdown(summary: pd.DataFrame) -> str:
         shares = "/".join("–" if pd.isna(getattr(r, f"share_{f}_mean")) else
                           f"{getattr(r, f'share_{f}_mean'):.2f}" for f in ("fp32", "bf16", "fp16"))
         policy = f"{r.controller} ({r.variant})" if r.variant else r.controller
-        cells = [r.experiment, policy, f"{r.metric} {_pm(r.quality_mean, r.quality_std, 4)}",
+        cells = [r.experiment, policy, f"{r.metric} {_pm(r.quality_mean, r.quality_std, 4, 'NaN')}",
                  _pm(r.rel_cost_h100_mean, r.rel_cost_h100_std, 3),
                  _pm(r.wall_s_mean, r.wall_s_std, 3), shares,
                  _pm(r.skipped_steps_mean, r.skipped_steps_std, 3), f"{r.ok}/{r.n}"]
