@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .stats import LayerStats, combine_raw, derive, raw_stats
+from .stats import LayerStats, Probe, combine_rows, derive, probe, reduce_probes
 
 __all__ = ["Monitor"]
 
@@ -44,7 +44,7 @@ class Monitor:
         modules = dict(model.named_modules())
         self._params = {name: [p for p in modules[name].parameters(recurse=False)]
                         for name in self.layers}
-        self._pending: list[tuple[str, str, torch.Tensor]] = []
+        self._pending: list[tuple[str, str, Probe]] = []
         self._forward_armed = False
         self._sampled = False
         self._grad_scale = 1.0      # loss scale at which gradients are evaluated
@@ -75,11 +75,12 @@ class Monitor:
         for name, params in self._params.items():
             if not params:
                 continue
-            self._pending.append((name, "weight", combine_raw([raw_stats(p) for p in params])))
-            grads = [p.grad for p in params if p.grad is not None]
-            if grads:
-                raws = [raw_stats(g, self._grad_scale, self._applied_scale) for g in grads]
-                self._pending.append((name, "wgrad", combine_raw(raws)))
+            # parameter norms are exact (controllers such as MuPPET use gradient norms)
+            for p in params:
+                self._pending.append((name, "weight", probe(p, exact_norm=True)))
+                if p.grad is not None:
+                    self._pending.append((name, "wgrad", probe(p.grad, self._grad_scale,
+                                                               self._applied_scale, exact_norm=True)))
 
     def collect(self, step: int, format_of: Callable[[str], str]) -> dict[str, LayerStats] | None:
         """Read back this step's statistics (one device->host transfer); None if unsampled."""
@@ -87,15 +88,14 @@ class Monitor:
             return None
         self._sampled = self._forward_armed = False
         pending, self._pending = self._pending, []
-        grouped: dict[tuple[str, str], list[torch.Tensor]] = {}
-        for name, kind, raw in pending:  # a module called twice in one forward is one layer
-            grouped.setdefault((name, kind), []).append(raw)
-        keys = list(grouped)
-        raws = [v[0] if len(v) == 1 else combine_raw(v) for v in grouped.values()]
-        values = torch.stack(raws).cpu().tolist() if raws else []
+        rows = reduce_probes([p for _, _, p in pending]).cpu().tolist() if pending else []
+        grouped: dict[tuple[str, str], list[list[float]]] = {}
+        # a layer's weight and bias, or a module called twice in one forward, combine
+        for (name, kind, _), row in zip(pending, rows):
+            grouped.setdefault((name, kind), []).append(row)
         per_layer: dict[str, dict] = {name: {} for name in self.layers}
-        for (name, kind), raw in zip(keys, values):
-            per_layer[name][kind] = derive(raw)
+        for (name, kind), group in grouped.items():
+            per_layer[name][kind] = derive(group[0] if len(group) == 1 else combine_rows(group))
         stats = {name: LayerStats(layer=name, step=step, format=format_of(name), **kinds)
                  for name, kinds in per_layer.items()}
         self.latest = stats
@@ -114,7 +114,7 @@ class Monitor:
             t = _first_float_tensor(output)
             if t is None:
                 return None
-            self._pending.append((name, "act", raw_stats(t)))
+            self._pending.append((name, "act", probe(t)))
             if t.requires_grad:
                 t.register_hook(self._grad_hook(name))
             return None
@@ -123,7 +123,7 @@ class Monitor:
     def _grad_hook(self, name: str):
         def hook(grad):
             if self._sampled:
-                self._pending.append((name, "grad", raw_stats(grad, self._grad_scale, self._applied_scale)))
+                self._pending.append((name, "grad", probe(grad, self._grad_scale, self._applied_scale)))
             return None
         return hook
 

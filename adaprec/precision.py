@@ -8,7 +8,9 @@
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from contextlib import contextmanager
 from typing import Any
 
@@ -144,9 +146,37 @@ class AdaptivePrecision:
             if layer in self.executor.layers or step == 0:
                 self.decisions.append({"step": step, "layer": layer, "old": old, "new": new,
                                        "reason": reasons.get(layer, type(self.controller).__name__)})
+        self._install(plan)
+
+    def _install(self, plan: Plan) -> None:
         self._plan = plan
         self.executor.set_plan(plan, global_region=getattr(self.controller, "global_autocast", False))
         self.scaler.active = needs_loss_scaling(plan)
+
+    def set_plan(self, plan: Plan | dict, reason: str = "set by user") -> None:
+        """Apply ``plan`` now (inference, or a manual override until the controller's next
+        decision); the change is logged with ``reason``."""
+        plan = plan if isinstance(plan, Plan) else Plan(plan)
+        for layer, (old, new) in self._plan.diff(plan).items():
+            self.decisions.append({"step": self.step_count, "layer": layer, "old": old,
+                                   "new": new, "reason": reason})
+        self._install(plan)
+
+    @classmethod
+    def from_plan(cls, model: nn.Module, path: str | Path, device_type: str = "cpu",
+                  executor: str = "native") -> "AdaptivePrecision":
+        """Apply a saved plan (``inference_plan.json`` from ``adaprec.deploy``, or a plan JSON)
+        for inference: ``with ap.autocast(): model(x)``."""
+        data = json.loads(Path(path).read_text())
+        plan = Plan.from_dict(data["plan"] if "plan" in data else data)
+        ap = cls(model, controller=Static("fp32"), device_type=device_type, executor=executor,
+                 monitor_every=0)
+        unknown = set(plan) - set(ap.layers)
+        if unknown:
+            ap.remove()
+            raise ValueError(f"plan {path} names layers this model lacks: {sorted(unknown)[:5]}")
+        ap.set_plan(plan, reason=f"from {path}")
+        return ap
 
     def pop_decisions(self) -> list[dict[str, Any]]:
         """Plan changes since the last call (for loggers)."""
@@ -163,9 +193,7 @@ class AdaptivePrecision:
         self.scaler.load_state_dict(state["scaler"])
         self.controller.load_state_dict(state["controller"])
         plan = Plan.from_dict(state["plan"])
-        self._plan = plan
-        self.executor.set_plan(plan, global_region=getattr(self.controller, "global_autocast", False))
-        self.scaler.active = needs_loss_scaling(plan)
+        self._install(plan)
 
     def remove(self) -> None:
         """Detach every hook from the model."""

@@ -13,7 +13,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
 __all__ = ["AdaprecConfig", "TrainerConfig", "MonitorConfig", "ScalerConfig",
-           "ObjectiveConfig", "register_schemas", "validate", "ConfigError"]
+           "ObjectiveConfig", "CostConfig", "register_schemas", "validate", "ConfigError"]
 
 
 class ConfigError(ValueError):
@@ -67,11 +67,20 @@ class ObjectiveConfig:
 
 
 @dataclass
+class CostConfig:
+    enabled: bool = True            # count FLOPs/bytes once: one extra fp32 fwd+bwd on batch 0
+    # profile names in conf/cost/ or paths to YAMLs from `python -m adaprec.calibrate`; each adds
+    # a cost_<name>_s column to steps.csv; the first also prices layers for the controller
+    profiles: list[str] = field(default_factory=lambda: ["h100", "a100", "v100", "bitops"])
+
+
+@dataclass
 class AdaprecConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     scaler: ScalerConfig = field(default_factory=ScalerConfig)
     objective: Optional[ObjectiveConfig] = None  # set by the tuning sweeps; main then returns it
+    cost: CostConfig = field(default_factory=CostConfig)
     seed: int = 0
     device: Device = Device.cpu
     executor: Executor = Executor.native

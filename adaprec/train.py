@@ -18,7 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from .batching import eval_batches, train_batch_indices
+from .cost import CostMeter, CostModel
 from .instantiate import instantiate
+from .layers import discover_layers
 from .precision import AdaptivePrecision
 from .runlog import RunLog, save_atomic
 from .schema import validate
@@ -135,16 +137,20 @@ def _train(cfg: DictConfig, log: RunLog) -> dict[str, Any]:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(int(tc.warmup_steps), int(tc.max_steps), float(tc.min_lr_ratio)))
     controller = instantiate(cfg.controller)
-    ap = AdaptivePrecision(model, controller=controller, device_type=device.type,
-                           executor=_value(cfg.executor), monitor_every=int(cfg.monitor.every),
-                           layers=list(cfg.monitor.get("layers") or []),
-                           scaler=dict(cfg.get("scaler") or {}))
-    log.decisions.append(ap.pop_decisions())
     n_train = data.num_train_examples
     batch, accum = int(tc.batch_size), int(tc.grad_accum)
     micro = batch // accum
     if micro * accum != batch:
         raise ValueError(f"trainer.batch_size ({batch}) must be divisible by trainer.grad_accum ({accum})")
+    extra_layers = list(cfg.monitor.get("layers") or [])
+    meter = _cost_meter(cfg, model, data, discover_layers(model, extra_layers), device, micro, accum)
+    ap = AdaptivePrecision(model, controller=controller, device_type=device.type,
+                           executor=_value(cfg.executor), monitor_every=int(cfg.monitor.every),
+                           layers=extra_layers,
+                           layer_costs=meter.layer_format_costs() if meter else None,
+                           cheapness=meter.cheapness() if meter else None,
+                           scaler=dict(cfg.get("scaler") or {}))
+    log.decisions.append(ap.pop_decisions())
     skipped = plan_changes = 0
     last_eval: dict[str, float] = {}
     bar = tqdm(range(int(tc.max_steps)), disable=not tc.progress, dynamic_ncols=True, leave=False)
@@ -171,6 +177,7 @@ def _train(cfg: DictConfig, log: RunLog) -> dict[str, Any]:
             "skipped": int(record.skipped), "step_ms": round(step_ms, 3),
             "plan_hash": record.plan.hash,
             **{f"share_{f}": shares.get(f, 0.0) for f in ("fp32", "bf16", "fp16")},
+            **(meter.update(record.plan) if meter else {}),
         }])
         if record.stats is not None:
             log.layers.append([s.as_row() for s in record.stats.values()])
@@ -184,7 +191,19 @@ def _train(cfg: DictConfig, log: RunLog) -> dict[str, Any]:
     save_atomic(model.state_dict(), log.dir / "model.pt")  # final weights, for adaprec.deploy
     return {"steps": int(tc.max_steps), "skipped_steps": skipped, "plan_changes": plan_changes,
             "final_plan": dict(ap.plan), "format_shares": ap.plan.shares(),
-            "train_loss_last": record.loss, **last_eval}
+            "train_loss_last": record.loss, **last_eval, **(meter.metrics() if meter else {})}
+
+
+def _cost_meter(cfg: DictConfig, model, data, layers: list[str], device: torch.device,
+                micro: int, accum: int) -> CostMeter | None:
+    """Count the model once on the first training micro-batch (plain fp32, model state and RNG
+    untouched) and price plans on ``cfg.cost.profiles``; None when the cost model is off."""
+    if not cfg.cost.enabled:
+        return None
+    x, y = _get_batch(data, "train", train_batch_indices(data.num_train_examples, micro, int(cfg.seed), 0),
+                      device)
+    cm = CostModel.count(model, (x,), loss_fn=lambda out: _loss(data.task, out, y), layers=layers)
+    return CostMeter(cm, list(cfg.cost.profiles), passes_per_step=accum)
 
 
 def _value(v: Any) -> str:

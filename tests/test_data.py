@@ -134,7 +134,8 @@ def test_bundle_batches_and_checks():
         DataBundle("segmentation", x, y, x, y)
     with pytest.raises(ValueError, match="train_y must be"):
         DataBundle("classification", x, y[:3], x, y)
-    lm = DataBundle("lm", torch.arange(20), None, torch.arange(10), None, vocab_size=20, block_size=4)
+    lm = DataBundle("lm", torch.arange(20), None, torch.arange(10), None,
+                    vocab_size=20, block_size=4)
     assert lm.num_train_examples == 16
     with pytest.raises(ValueError, match=r"\[0, 6\)"):
         lm.get_lm_batch("val", [6])
@@ -180,6 +181,8 @@ def test_cifar10_holdout_and_resize(tmp_path):
     _write_cifar(tmp_path / "cifar-10-batches-py", n_per_batch=10, str_keys=True)
     b = load_cifar10(str(tmp_path), val_fraction=0.2, image_size=16)
     assert len(b.train_x) + len(b.val_x) == 50 and b.val_x.shape[1:] == (3, 16, 16)
+    with pytest.raises(ValueError, match="set channels: 3"):
+        load_cifar10(str(tmp_path), channels=1)
 
 
 def test_cifar10_missing_or_corrupt(tmp_path):

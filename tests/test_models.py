@@ -123,6 +123,23 @@ def test_gradient_reaches_every_parameter(model, x, y):
         assert p.grad.abs().sum() > 0, f"zero gradient for {name}"
 
 
+# the first layer's input needs no gradient; torch warns that its hook sees output grads only
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")
+@pytest.mark.parametrize("model,x,y", _gradient_cases())
+def test_full_backward_hooks_work_on_every_layer(model, x, y):
+    """A monitor hooks every parameter-owning module; an in-place op on a hooked module's output
+    (e.g. ReLU(inplace=True) after BatchNorm) would make backward raise."""
+    seen = []
+    for name, m in model.named_modules():
+        if list(m.parameters(recurse=False)) or getattr(m, "adaprec_layer", False):
+            m.register_full_backward_hook(lambda mod, gi, go, name=name: seen.append(name))
+    logits = model(x)
+    torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1)).backward()
+    n_layers = sum(1 for m in model.modules()
+                   if list(m.parameters(recurse=False)) or getattr(m, "adaprec_layer", False))
+    assert len(set(seen)) == n_layers
+
+
 def _model_dataset_pairs():
     """Every model config with every dataset config of the task it serves."""
     tasks = {p.stem: OmegaConf.load(p).task for p in (CONF / "dataset").glob("*.yaml")}

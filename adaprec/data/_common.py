@@ -39,8 +39,10 @@ def resize_and_repeat(x: torch.Tensor, image_size: int, channels: int) -> torch.
     return x.expand(-1, channels, -1, -1).contiguous()
 
 
-def holdout_or_test(train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
-                    val_fraction: float | None, seed: int):
+Pair = tuple[torch.Tensor, torch.Tensor]
+
+
+def holdout_or_test(train: Pair, test: Pair, val_fraction: float | None, seed: int):
     """``(train_x, train_y, val_x, val_y)``: the official test set as validation when
     ``val_fraction`` is None, else a stratified hold-out of the training set (test set unused)."""
     if val_fraction is None:

@@ -32,9 +32,9 @@ def load_cifar10(path: str, val_fraction: float | None = None, seed: int = 0,
     ``image_size`` resizes bilinearly. Extra keys (``num_classes``, ``task``) are ignored.
     """
     root = _find_root(path)
-    parts = [_read_batch(root / name, path) for name in _TRAIN_BATCHES]
+    parts = [_read_batch(root / name) for name in _TRAIN_BATCHES]
     train = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
-    test = _read_batch(root / "test_batch", path)
+    test = _read_batch(root / "test_batch")
     mean = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
 
@@ -58,8 +58,10 @@ def _find_root(path: str | None) -> Path:
     raise DataError(_LAYOUT.format(root=p) + "; data_batch_1 not found there")
 
 
-def _read_batch(file: Path, path: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _read_batch(file: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """``(uint8 [N, 3, 32, 32], int64 [N])`` from one pickled batch dict."""
+    folder = file.parent
+    path = folder.parent if folder.name == "cifar-10-batches-py" else folder
     if not file.is_file():
         raise DataError(_LAYOUT.format(root=path) + f"; {file.name} is missing")
     try:
@@ -72,8 +74,9 @@ def _read_batch(file: Path, path: str) -> tuple[torch.Tensor, torch.Tensor]:
     except Exception as e:  # truncated or foreign files fail in many ways; report them as one
         raise DataError(_LAYOUT.format(root=path) + f"; {file} is not a readable CIFAR-10 batch "
                         f"({type(e).__name__}: {e})") from e
+    bad_labels = labels.min(initial=0) < 0 or labels.max(initial=0) > 9
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 \
-            or labels.shape != (len(data),) or labels.min(initial=0) < 0 or labels.max(initial=0) > 9:
+            or labels.shape != (len(data),) or bad_labels:
         raise DataError(_LAYOUT.format(root=path) + f"; {file} holds data {data.dtype} "
                         f"{data.shape} and {labels.shape} labels, expected uint8 [N, 3072] and "
                         f"N labels in 0..9")

@@ -1,4 +1,8 @@
-"""MNIST (or any data set in the same IDX files, e.g. Fashion-MNIST) read from disk."""
+"""MNIST read from its IDX files on disk.
+
+Fashion-MNIST ships files of the same names and format and loads too (normalized with MNIST's
+statistics, so its inputs are not exactly zero-mean).
+"""
 from __future__ import annotations
 
 import gzip
@@ -56,7 +60,7 @@ def read_idx(file: Path, magic: int, path: str | None = None) -> np.ndarray:
         opener = gzip.open if file.suffix == ".gz" else open
         with opener(file, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError, zlib.error) as e:  # gzip raises these for truncated or non-gzip files
+    except (OSError, EOFError, zlib.error) as e:  # how gzip fails on truncated or foreign files
         raise DataError(_LAYOUT.format(root=path or file.parent) + f"; cannot read {file} "
                         f"({type(e).__name__}: {e})") from e
     ndim = magic & 0xFF

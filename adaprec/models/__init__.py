@@ -1,4 +1,5 @@
-"""Model zoo: small, constructor-kwargs-only ``nn.Module``s that Hydra instantiates by ``_target_``."""
+"""Model zoo: small ``nn.Module``s built from keyword arguments only, so Hydra can instantiate
+them by ``_target_``."""
 from adaprec.models.cnn import SmallCNN
 from adaprec.models.gpt import GPT, CausalAttentionCore
 from adaprec.models.mlp import MLP

@@ -10,7 +10,7 @@ __all__ = ["SmallCNN"]
 def _conv_bn_relu(cin: int, cout: int, stride: int) -> nn.Sequential:
     # no conv bias: the BatchNorm shift that follows makes it redundant
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
-                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+                         nn.BatchNorm2d(cout), nn.ReLU())
 
 
 class SmallCNN(nn.Module):

@@ -19,7 +19,7 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = nn.ReLU()
         self.shortcut = nn.Sequential()
         if stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False),
@@ -42,7 +42,7 @@ class ResNet(nn.Module):
                              f"got {in_channels} and {num_classes}")
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = nn.ReLU()
         stages, cin = [], widths[0]
         for i, (n, cout) in enumerate(zip(blocks, widths)):
             stride = 1 if i == 0 else 2

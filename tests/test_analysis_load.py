@@ -1,0 +1,142 @@
+"""Loader column contract, against the committed tiny sweep (real trainer) and synthetic trees."""
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from analysis import load_decisions, load_evals, load_layers, load_runs, load_steps
+from tests.analysis_runtree import LAYERS, write_run
+
+SWEEP = Path(__file__).parent / "data" / "sweep_tiny"
+
+CONTRACT = ["run_id", "workload", "controller", "model", "dataset", "experiment", "seed", "status",
+            "error", "quality_metric", "quality", "higher_is_better", "steps", "skipped_steps",
+            "wall_s", "val_loss", "val_accuracy", "plan_changes", "final_plan", "overrides", "run_dir",
+            "optimizer", "cfg.trainer.max_steps", "cfg.seed"]
+
+
+@pytest.fixture(scope="module")
+def runs():
+    return load_runs(SWEEP)
+
+
+def _metrics():
+    return {p.parent.name: json.loads(p.read_text()) for p in SWEEP.glob("*/metrics.json")}
+
+
+def test_one_row_per_run_with_every_contract_column(runs):
+    assert len(runs) == len(list(SWEEP.glob("*/metrics.json"))) == 5
+    missing = [c for c in CONTRACT if c not in runs.columns]
+    assert not missing
+    assert runs["run_id"].is_unique
+    assert any(c.startswith("format_share_") for c in runs.columns)
+    assert (runs["cfg.trainer.max_steps"] == 6).all()
+
+
+def test_values_come_from_the_run_files(runs):
+    for run_id, m in _metrics().items():
+        row = runs.set_index("run_id").loc[run_id]
+        assert row["controller"] == m["choices"]["controller"]
+        assert row["dataset"] == m["choices"]["dataset"]
+        assert row["seed"] == m["seed"]
+        assert row["status"] == m["status"]
+        flat = {k for k in m if k not in ("choices", "format_shares")}
+        assert flat <= set(runs.columns)  # every value of metrics.json is a column
+        if m["status"] == "ok":
+            assert row["val_accuracy"] == m["val_accuracy"] == row["quality"]
+            assert row["final_plan"] == m["final_plan"]
+            for fmt, share in m["format_shares"].items():
+                assert row[f"format_share_{fmt}"] == share
+    ok = runs[runs["status"] == "ok"]
+    assert set(ok["workload"]) == {"mlp/digits"}
+    assert (ok["quality_metric"] == "val_accuracy").all() and ok["higher_is_better"].all()
+    assert set(ok["controller"]) == {"fp32", "fp16"} and set(ok["seed"]) == {0, 1}
+    assert runs["overrides"].str.contains("controller=").all()
+
+
+def test_failed_run_is_listed_with_its_error(runs):
+    failed = runs[runs["status"] != "ok"]
+    assert len(failed) == 1
+    row = failed.iloc[0]
+    assert row["status"] == "failed" and row["dataset"] == "mnist"
+    assert "nonexistent" in row["error"] and math.isnan(row["quality"])
+
+
+def test_long_tables_are_keyed_by_run(runs):
+    steps, evals = load_steps(runs), load_evals(runs)
+    layers, decisions = load_layers(runs), load_decisions(runs)
+    ok_ids = set(runs.loc[runs["status"] == "ok", "run_id"])
+    for table in (steps, evals, layers):
+        assert set(table["run_id"]) == ok_ids
+        assert list(table.columns[:4]) == ["run_id", "workload", "controller", "seed"]
+    first = runs.iloc[0]
+    raw = pd.read_csv(Path(first["run_dir"]) / "steps.csv")
+    mine = steps[steps["run_id"] == first["run_id"]].drop(columns=["run_id", "workload", "controller", "seed"])
+    pd.testing.assert_frame_equal(mine.reset_index(drop=True), raw)
+    assert {"step", "layer", "format", "act_fp16_overflow", "grad_fp16_underflow"} <= set(layers.columns)
+    # the fp32 runs' decisions.csv holds only a header: no rows, no crash
+    assert set(decisions["controller"]) <= {"fp16"}
+    assert {"step", "layer", "old", "new", "reason"} <= set(decisions.columns)
+
+
+def test_folder_names_are_never_parsed(tmp_path):
+    write_run(tmp_path / "controller=bf16,seed=7", controller="fp32", seed=1)
+    runs = load_runs(tmp_path)
+    assert runs.loc[0, "controller"] == "fp32" and runs.loc[0, "seed"] == 1
+
+
+def test_incomplete_and_broken_runs_are_listed_not_fatal(tmp_path):
+    write_run(tmp_path / "a", controller="fp32", seed=0, quality=0.9)
+    killed = write_run(tmp_path / "b", controller="bf16", seed=0)
+    (killed / "metrics.json").unlink()  # config only: never finished
+    running = write_run(tmp_path / "c", controller="bf16", seed=1, status="running")
+    broken = write_run(tmp_path / "d", controller="bf16", seed=2)
+    (broken / "metrics.json").write_text("{not json")
+    write_run(tmp_path / "e", controller="bf16", seed=3, status="diverged", error="loss is nan")
+    runs = load_runs(tmp_path).set_index("run_id")
+    assert runs.loc["a", "status"] == "ok"
+    assert runs.loc["b", "status"] == "incomplete" and "no metrics.json" in runs.loc["b", "error"]
+    assert runs.loc["c", "status"] == "incomplete" and "running" in runs.loc["c", "error"]
+    assert runs.loc["d", "status"] == "incomplete" and "unreadable" in runs.loc["d", "error"]
+    assert runs.loc["e", "status"] == "diverged" and runs.loc["e", "error"] == "loss is nan"
+    assert runs.loc["b", "seed"] == 0  # from config_resolved.yaml
+    # tables are read wherever the files exist (b and d wrote steps.csv before they broke)
+    assert set(load_steps(runs.reset_index())["run_id"]) == {"a", "b", "d"}
+    assert pd.isna(runs.loc["d", "workload"])  # nothing readable names its workload
+
+
+def test_quality_direction_and_experiment_workload(tmp_path):
+    write_run(tmp_path / "lm", controller="bf16", seed=0, metric="val_perplexity", quality=31.0,
+              model="gpt", dataset="text", experiment="lm_small")
+    write_run(tmp_path / "cls", controller="bf16", seed=0, quality=0.8)
+    runs = load_runs(tmp_path).set_index("run_id")
+    assert runs.loc["lm", "workload"] == "lm_small" and runs.loc["cls", "workload"] == "mlp/digits"
+    assert runs.loc["lm", "quality_metric"] == "val_perplexity" and not runs.loc["lm", "higher_is_better"]
+    assert runs.loc["lm", "quality"] == 31.0
+    assert runs.loc["cls", "quality_metric"] == "val_accuracy" and runs.loc["cls", "higher_is_better"]
+
+
+def test_layers_table_reads_gzip(tmp_path):
+    write_run(tmp_path / "r", controller="fp16", seed=0, steps=4)
+    layers = load_layers(tmp_path)
+    assert len(layers) == 2 * len(LAYERS)  # steps 0 and 2 sampled, every layer
+    assert list(layers["layer"][:3]) == list(LAYERS)
+
+
+def test_bad_paths_fail_clearly(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        load_runs(tmp_path / "nope")
+    with pytest.raises(ValueError, match="no run directories"):
+        load_runs(tmp_path)
+
+
+def test_killed_run_takes_its_choices_from_hydra_files(tmp_path):
+    import shutil
+    run = shutil.copytree(SWEEP / "2", tmp_path / "2")
+    (run / "metrics.json").unlink()  # as if the job was killed before it wrote its metrics
+    row = load_runs(run).iloc[0]  # a run directory itself is a one-run tree
+    assert row["run_id"] == "2" and row["status"] == "incomplete"
+    assert (row["controller"], row["model"], row["dataset"]) == ("fp16", "mlp", "digits")
+    assert row["workload"] == "mlp/digits" and row["seed"] == 0
