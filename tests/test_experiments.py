@@ -141,3 +141,10 @@ def test_a_failed_job_is_recorded_and_the_sweep_goes_on(tmp_path, launcher):
     assert len(runs) == 2 and by_scale == {"ok": 0, "failed": 1}
     failed = runs[1]
     assert failed["error"].startswith("ValueError") and "input_scale must be > 0" in failed["error"]
+
+
+def test_monitor_survives_a_loss_scale_collapsed_to_zero():
+    # mixed_needs under static fp16 overflows every step until the scale halves to 0.0
+    from adaprec.stats import probe
+    p = probe(torch.zeros(8), scale=0.0, prescaled=0.0)
+    assert p.absmax.item() == 0.0
