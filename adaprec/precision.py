@@ -21,6 +21,7 @@ from torch import nn
 from .controllers.base import Controller, ControllerContext, StepRecord
 from .controllers.static import Static
 from .executor import NativeExecutor
+from .executor_emulated import AutoExecutor, EmulatedExecutor
 from .formats import BF16, get_format
 from .layers import discover_layers
 from .monitor import Monitor
@@ -29,7 +30,7 @@ from .scaler import LossScaler
 
 __all__ = ["AdaptivePrecision", "EXECUTORS", "needs_loss_scaling"]
 
-EXECUTORS = {"native": NativeExecutor}
+EXECUTORS = {"native": NativeExecutor, "emulated": EmulatedExecutor, "auto": AutoExecutor}
 
 
 def needs_loss_scaling(plan: Plan) -> bool:
@@ -46,7 +47,10 @@ class AdaptivePrecision:
         model: any ``nn.Module``; parameters stay fp32 (master weights).
         controller: decides the plan each step (default ``Static("fp32")``).
         device_type: ``"cpu"`` or ``"cuda"``, as for ``torch.autocast``.
-        executor: ``"native"`` (per-layer autocast regions).
+        executor: ``"native"`` (per-layer autocast regions), ``"emulated"`` (fp32 kernels on
+            values rounded to each layer's format; fp8 too) or ``"auto"`` (native where the
+            device runs the format fast, emulated elsewhere).
+        executor_options: keyword arguments for the executor (emulated/auto: ``fp8``).
         monitor_every: sample statistics every N optimizer steps (0 = off).
         layers: extra glob patterns of module names to treat as layers.
         scaler: keyword arguments for :class:`~adaprec.scaler.LossScaler`.
@@ -56,7 +60,8 @@ class AdaptivePrecision:
     def __init__(self, model: nn.Module, controller: Controller | None = None,
                  device_type: str = "cpu", executor: str = "native", monitor_every: int = 10,
                  layers: Sequence[str] = (), scaler: dict | None = None,
-                 layer_costs: dict | None = None, cheapness: Sequence[str] | None = None):
+                 layer_costs: dict | None = None, cheapness: Sequence[str] | None = None,
+                 executor_options: dict | None = None):
         if executor not in EXECUTORS:
             raise ValueError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
         self.model = model
@@ -65,9 +70,10 @@ class AdaptivePrecision:
         if not self.layers:
             raise ValueError(f"{type(model).__name__} has no layers (no module owns parameters)")
         self.controller: Controller = controller if controller is not None else Static("fp32")
-        self.executor = EXECUTORS[executor](model, self.layers, device_type)
+        self.executor = EXECUTORS[executor](model, self.layers, device_type, **(executor_options or {}))
         self.monitor = Monitor(model, self.layers, monitor_every)
-        device = next(model.parameters()).device
+        # a model may own no parameters (only parameterless adaprec_layer blocks)
+        device = next(model.parameters(), torch.empty(0)).device
         self.scaler = LossScaler(device=device, **(scaler or {}))
         self.step_count = 0
         self.decisions: list[dict[str, Any]] = []

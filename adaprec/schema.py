@@ -13,7 +13,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
 __all__ = ["AdaprecConfig", "TrainerConfig", "MonitorConfig", "ScalerConfig",
-           "ObjectiveConfig", "CostConfig", "register_schemas", "validate", "ConfigError"]
+           "ObjectiveConfig", "CostConfig", "EmulationConfig", "register_schemas",
+           "validate", "ConfigError"]
 
 
 class ConfigError(ValueError):
@@ -26,7 +27,14 @@ class Device(str, Enum):
 
 
 class Executor(str, Enum):
-    native = "native"
+    native = "native"      # per-layer torch.autocast regions
+    emulated = "emulated"  # fp32 kernels on values rounded to each layer's format (fp8 too)
+    auto = "auto"          # per layer: native where the device runs the format fast, else emulated
+
+
+class FP8Scaling(str, Enum):
+    current = "current"    # scale from this tensor's amax
+    delayed = "delayed"    # scale from the max of an amax history (Transformer Engine's recipe)
 
 
 @dataclass
@@ -67,6 +75,13 @@ class ObjectiveConfig:
 
 
 @dataclass
+class EmulationConfig:
+    fp8_scaling: FP8Scaling = FP8Scaling.delayed  # per-tensor scaling of fp8 layers
+    amax_history_len: int = 16      # delayed scaling: amaxes remembered per layer and tensor role
+    fp8_margin: int = 0             # scale = fp8_max / amax / 2^margin (headroom against growth)
+
+
+@dataclass
 class CostConfig:
     enabled: bool = True            # count FLOPs/bytes once: one extra fp32 fwd+bwd on batch 0
     # profile names in conf/cost/ or paths to YAMLs from `python -m adaprec.calibrate`; each adds
@@ -84,6 +99,7 @@ class AdaprecConfig:
     seed: int = 0
     device: Device = Device.cpu
     executor: Executor = Executor.native
+    emulation: EmulationConfig = field(default_factory=EmulationConfig)
     dataset: Any = MISSING
     model: Any = MISSING
     optimizer: Any = MISSING
@@ -103,6 +119,8 @@ _RANGES = {  # key: (predicate, allowed range as text)
     "monitor.every": (lambda v: v >= 0, ">= 0 (0 = off)"),
     "scaler.init_scale": (lambda v: v > 0, "> 0"),
     "scaler.growth_interval": (lambda v: v >= 1, ">= 1"),
+    "emulation.amax_history_len": (lambda v: v >= 1, ">= 1"),
+    "emulation.fp8_margin": (lambda v: v >= 0, ">= 0"),
 }
 
 

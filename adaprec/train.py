@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from .batching import eval_batches, train_batch_indices
 from .cost import CostMeter, CostModel
+from .formats import FORMATS
 from .instantiate import instantiate
 from .layers import discover_layers
 from .precision import AdaptivePrecision
@@ -149,7 +150,8 @@ def _train(cfg: DictConfig, log: RunLog) -> dict[str, Any]:
                            layers=extra_layers,
                            layer_costs=meter.layer_format_costs() if meter else None,
                            cheapness=meter.cheapness() if meter else None,
-                           scaler=dict(cfg.get("scaler") or {}))
+                           scaler=dict(cfg.get("scaler") or {}),
+                           executor_options=_executor_options(cfg))
     log.decisions.append(ap.pop_decisions())
     skipped = plan_changes = 0
     last_eval: dict[str, float] = {}
@@ -176,7 +178,7 @@ def _train(cfg: DictConfig, log: RunLog) -> dict[str, Any]:
             "step": step, "loss": record.loss, "lr": lr, "loss_scale": record.loss_scale,
             "skipped": int(record.skipped), "step_ms": round(step_ms, 3),
             "plan_hash": record.plan.hash,
-            **{f"share_{f}": shares.get(f, 0.0) for f in ("fp32", "bf16", "fp16")},
+            **{f"share_{f}": shares.get(f, 0.0) for f in FORMATS},
             **(meter.update(record.plan) if meter else {}),
         }])
         if record.stats is not None:
@@ -204,6 +206,15 @@ def _cost_meter(cfg: DictConfig, model, data, layers: list[str], device: torch.d
                       device)
     cm = CostModel.count(model, (x,), loss_fn=lambda out: _loss(data.task, out, y), layers=layers)
     return CostMeter(cm, list(cfg.cost.profiles), passes_per_step=accum)
+
+
+def _executor_options(cfg: DictConfig) -> dict[str, Any]:
+    """fp8 scaling for the emulated and auto executors (the native one takes no options)."""
+    em = cfg.get("emulation")
+    if _value(cfg.executor) == "native" or em is None:
+        return {}
+    return {"fp8": {"scaling": _value(em.fp8_scaling), "amax_history_len": int(em.amax_history_len),
+                    "margin": int(em.fp8_margin)}}
 
 
 def _value(v: Any) -> str:

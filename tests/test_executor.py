@@ -231,3 +231,17 @@ def test_unknown_executor_and_empty_model_errors():
         AdaptivePrecision(mlp(), executor="magic")
     with pytest.raises(ValueError, match="no layers"):
         AdaptivePrecision(nn.ReLU())
+
+
+def test_model_without_parameters_but_a_declared_layer():
+    class Core(nn.Module):
+        adaprec_layer = True
+
+        def forward(self, x):
+            return torch.softmax(torch.matmul(x, x.transpose(-1, -2)), -1)
+
+    model = nn.Sequential(Core())
+    ap = AdaptivePrecision(model, controller=Static("bf16"))
+    with ap.autocast():
+        out = model(torch.randn(3, 4))
+    assert ap.layers == ["0"] and out.dtype == torch.bfloat16

@@ -1,0 +1,171 @@
+"""Format emulation: round fp32 tensors to a narrower format in forward *and* backward.
+
+Emulation computes in fp32 kernels on values that were rounded to the target format where the
+hardware would hold them in that format (the approach of QPyTorch and of Kalamkar et al.'s
+bf16 study). Rounding is round-to-nearest-even through torch's own dtype casts
+(``x.to(fp16).to(fp32)``), so overflow to inf, subnormals (fp16 down to 2^-24) and flush to
+zero follow the real format bit for bit.
+
+16-bit formats round plainly. fp8 formats round with a per-tensor scale in the style of
+Transformer Engine: ``scale = (fp8_max / amax) / 2^margin``, rounded down to a power of two
+so that scaling is exact, from this tensor's amax
+(``current``) or from the maximum of an amax history (``delayed``), and values beyond the
+format's range saturate to +-max (as TE's casts do, and as torch's e4m3fn cast does; e5m2's
+torch cast would give inf). Inputs that are already inf or NaN stay inf or NaN, so a
+non-finite gradient still reaches the loss scaler and skips the step.
+
+A plan gives each layer one format, so an fp8 layer uses it for forward tensors and gradients
+alike (not TE's HYBRID recipe, e4m3 forward / e5m2 backward: a plan that wants that can put
+the layer in e5m2, or a later two-format plan entry can express it). Delayed-scaling histories
+are updated on every use, evaluation forwards included.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from .formats import Format
+
+__all__ = ["FP8Config", "AmaxState", "round_to", "round_scaled", "RoundFn", "ScaledRoundFn",
+           "RoundedSoftmaxFn",
+           "SCALINGS", "round_tree"]
+
+SCALINGS = ("current", "delayed")
+
+
+@dataclass(frozen=True)
+class FP8Config:
+    """Per-tensor fp8 scaling.
+
+    ``scaling``: ``current`` (amax of the tensor being cast) or ``delayed`` (max over the last
+    ``amax_history_len`` amaxes of the same layer and tensor role, TE's default recipe);
+    ``margin``: scale down by ``2^margin`` to leave headroom.
+    """
+
+    scaling: str = "delayed"
+    amax_history_len: int = 16
+    margin: int = 0
+
+    def __post_init__(self):
+        if self.scaling not in SCALINGS:
+            raise ValueError(f"fp8 scaling must be one of {', '.join(SCALINGS)}, got {self.scaling!r}")
+        if self.amax_history_len < 1:
+            raise ValueError(f"amax_history_len must be >= 1, got {self.amax_history_len}")
+        if self.margin < 0:
+            raise ValueError(f"fp8 margin must be >= 0, got {self.margin}")
+
+
+class AmaxState:
+    """Scale of one tensor role of one layer (e.g. ``("fc1", "weight:weight")``).
+
+    Everything stays on the device: computing a scale never syncs with the host. The history
+    holds finite amaxes only (a non-finite amax must not poison the next ``len`` scales); an
+    empty history (the first use) falls back to the current amax.
+    """
+
+    def __init__(self, config: FP8Config, fmt: Format, device: torch.device):
+        self.config = config
+        self.fmt_max = fmt.max
+        self.history = torch.zeros(config.amax_history_len, dtype=torch.float32, device=device)
+        self.pos = 0
+        self.last_scale = torch.ones((), dtype=torch.float32, device=device)
+
+    def scale_for(self, amax: torch.Tensor) -> torch.Tensor:
+        """The scale for a tensor of amax ``amax``; records ``amax`` (delayed scaling)."""
+        if self.config.scaling == "delayed":
+            past = self.history.max()
+            ref = torch.where(past > 0, past, amax)
+            finite_amax = torch.where(torch.isfinite(amax), amax, torch.zeros_like(amax))
+            self.history[self.pos % self.history.numel()] = finite_amax
+            self.pos += 1
+        else:
+            ref = amax
+        # a power of two: scaling and unscaling are exact in fp32, so the only rounding is the
+        # fp8 cast itself (TE's power-of-two option; MXFP8 does the same)
+        scale = torch.exp2(torch.floor(torch.log2(self.fmt_max / ref)) - self.config.margin)
+        # amax 0 or non-finite: keep the previous scale (TE does the same)
+        ok = torch.isfinite(scale) & (ref > 0)
+        scale = torch.where(ok, scale, self.last_scale)
+        self.last_scale = scale
+        return scale
+
+
+def round_to(x: torch.Tensor, fmt: Format) -> torch.Tensor:
+    """RNE-round ``x`` to ``fmt`` and return it in ``x``'s dtype (no scaling)."""
+    return x.to(fmt.dtype).to(x.dtype)
+
+
+def round_scaled(x: torch.Tensor, fmt: Format, state: AmaxState) -> torch.Tensor:
+    """Scale, saturate and round ``x`` to fp8 ``fmt``, then unscale (values stay fp32)."""
+    amax = x.detach().abs().amax().float() if x.numel() else torch.zeros((), device=x.device)
+    scale = state.scale_for(amax)
+    y = (x * scale).clamp_(-fmt.max, fmt.max).to(fmt.dtype).to(x.dtype).div_(scale)
+    # clamp saturates inf to max: put inf back so found_inf still sees it (NaN survives clamp)
+    return torch.where(torch.isinf(x), x, y)
+
+
+class RoundFn(torch.autograd.Function):
+    """Round to a 16-bit (unscaled) format in forward; round the gradient the same way unless
+    ``round_grad`` is False (then the caller rounds it, e.g. in a tensor hook)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, fmt: Format, round_grad: bool = True) -> torch.Tensor:
+        ctx.fmt, ctx.round_grad = fmt, round_grad
+        return round_to(x, fmt)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return (round_to(grad, ctx.fmt) if ctx.round_grad else grad), None, None
+
+
+class ScaledRoundFn(torch.autograd.Function):
+    """fp8 rounding with per-tensor scaling; the gradient has its own scaling state
+    (``bwd=None``: passed through unrounded)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, fmt: Format, fwd: AmaxState,
+                bwd: AmaxState | None) -> torch.Tensor:
+        ctx.fmt, ctx.bwd = fmt, bwd
+        return round_scaled(x, fmt, fwd)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        out = grad if ctx.bwd is None else round_scaled(grad, ctx.fmt, ctx.bwd)
+        return out, None, None, None
+
+
+class RoundedSoftmaxFn(torch.autograd.Function):
+    """(log-)softmax whose output is rounded and whose backward uses that rounded output, as a
+    native low-precision softmax saves its low-precision result; gradients rounded both ways."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, dim: int, fmt: Format, log: bool) -> torch.Tensor:
+        y = round_to(torch.log_softmax(x, dim) if log else torch.softmax(x, dim), fmt)
+        ctx.save_for_backward(y)
+        ctx.dim, ctx.fmt, ctx.log = dim, fmt, log
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (y,) = ctx.saved_tensors
+        g = round_to(grad, ctx.fmt)
+        if ctx.log:
+            gx = torch.ops.aten._log_softmax_backward_data(g, y, ctx.dim, y.dtype)
+        else:
+            gx = torch.ops.aten._softmax_backward_data(g, y, ctx.dim, y.dtype)
+        return round_to(gx, ctx.fmt), None, None, None
+
+
+def round_tree(obj: Any, fn: Callable[[torch.Tensor, str], torch.Tensor], role: str = "") -> Any:
+    """Apply ``fn(tensor, role)`` to every floating tensor in nested tuples/lists/dicts;
+    ``role`` gets the position appended (``input:0``, ``input:1.x``, ...)."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj, role) if obj.is_floating_point() else obj
+    if isinstance(obj, (tuple, list)):
+        out = [round_tree(o, fn, f"{role}{'.' if ':' in role else ':'}{i}") for i, o in enumerate(obj)]
+        return tuple(out) if isinstance(obj, tuple) else out
+    if isinstance(obj, dict):
+        return {k: round_tree(v, fn, f"{role}{'.' if ':' in role else ':'}{k}") for k, v in obj.items()}
+    return obj
