@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 
 import pandas as pd
 import torch
 from torch import nn
 
-from .stats import LayerStats, Probe, combine_rows, derive, probe, reduce_probes
+from .stats import KINDS, LayerStats, Probe, TensorStats, combine_rows, derive, probe, reduce_probes
 
 __all__ = ["Monitor"]
 
@@ -128,9 +129,29 @@ class Monitor:
         return hook
 
     def state_dict(self) -> dict:
-        return {"every": self.every}
+        """Latest and recent statistics as plain dicts (``torch.load(weights_only=True)``-safe),
+        so a controller or user reading them sees the same after a resume."""
+        return {"every": self.every, "latest": _stats_to_plain(self.latest),
+                "history": [_stats_to_plain(h) for h in self.history]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.latest = _stats_from_plain(state.get("latest", {}))
+        self.history.clear()
+        self.history.extend(_stats_from_plain(h) for h in state.get("history", []))
 
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+
+
+def _stats_to_plain(stats: dict[str, LayerStats]) -> dict[str, dict]:
+    return {name: asdict(ls) for name, ls in stats.items()}
+
+
+def _stats_from_plain(plain: dict[str, dict]) -> dict[str, LayerStats]:
+    out = {}
+    for name, d in plain.items():
+        kinds = {k: TensorStats(**d[k]) if d.get(k) is not None else None for k in KINDS}
+        out[name] = LayerStats(layer=d["layer"], step=d["step"], format=d["format"], **kinds)
+    return out

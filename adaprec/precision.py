@@ -8,8 +8,10 @@
 """
 from __future__ import annotations
 
+import copy
 import json
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from contextlib import contextmanager
 from typing import Any
@@ -20,6 +22,9 @@ from torch import nn
 
 from .controllers.base import Controller, ControllerContext, StepRecord
 from .controllers.static import Static
+from .diagnose import find_nonfinite_layer
+from .distributed import (broadcast_object, gather_objects, is_distributed,
+                          reduce_loss_and_found_inf, unwrap)
 from .executor import NativeExecutor
 from .executor_emulated import AutoExecutor, EmulatedExecutor
 from .formats import BF16, get_format
@@ -43,6 +48,10 @@ def needs_loss_scaling(plan: Plan) -> bool:
 class AdaptivePrecision:
     """Per-layer adaptive mixed precision around an unmodified model and optimizer.
 
+    Under DDP pass the wrapped model or the inner one: layers are named as in the inner model
+    (no ``module.`` prefix), rank 0's controller decides and its plan is broadcast, and
+    found-inf is reduced across ranks before the skip decision (see ``adaprec.distributed``).
+
     Args:
         model: any ``nn.Module``; parameters stay fp32 (master weights).
         controller: decides the plan each step (default ``Static("fp32")``).
@@ -64,6 +73,7 @@ class AdaptivePrecision:
                  executor_options: dict | None = None):
         if executor not in EXECUTORS:
             raise ValueError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+        model = unwrap(model)
         self.model = model
         self.device_type = device_type
         self.layers = discover_layers(model, layers)
@@ -81,6 +91,9 @@ class AdaptivePrecision:
         self._loss_sum: torch.Tensor | None = None
         self._micro_batches = 0
         self._in_step = False
+        self._diagnosing = False
+        self._diagnosis = None
+        self._rng_at_start: tuple[torch.Tensor, torch.Tensor | None] | None = None
         context = ControllerContext(layers=self.layers, device_type=device_type,
                                     layer_costs=layer_costs,
                                     cheapness=tuple(cheapness or ControllerContext.cheapness))
@@ -101,6 +114,7 @@ class AdaptivePrecision:
         step arms the monitor if the step is sampled; in eval mode nothing is measured."""
         if not self._in_step and self.model.training:
             self._in_step = True
+            self._rng_at_start = _torch_rng_state(self.device_type)  # for a culprit replay
             self.monitor.begin_step(self.step_count, self.scaler.scale, self.scaler.applied_scale)
         with self.executor.region():
             yield
@@ -109,34 +123,76 @@ class AdaptivePrecision:
         """Scaled backward; call once per micro-batch when accumulating gradients (divide
         each micro-batch loss by the number of micro-batches, as with torch.amp: the step's
         recorded loss is the sum of what is passed here)."""
+        if self._diagnosing:  # a culprit replay: plain scaled backward, nothing recorded
+            self._diagnosis.check_loss(loss)
+            self.scaler.scale_loss(loss).backward(**kwargs)
+            return
         detached = loss.detach().float()
         self._loss_sum = detached if self._loss_sum is None else self._loss_sum + detached
         self._micro_batches += 1
         self.scaler.scale_loss(loss).backward(**kwargs)
         self.monitor.end_backward()
 
-    def step(self, optimizer: torch.optim.Optimizer) -> StepRecord:
-        """Unscale, skip the update on inf/NaN, update the scale, let the controller decide."""
+    def step(self, optimizer: torch.optim.Optimizer, replay: Callable[[], None] | None = None
+             ) -> StepRecord:
+        """Unscale, skip the update on inf/NaN, update the scale, let the controller decide.
+
+        ``replay``: a callable that re-runs this step's forward and backward (the same
+        ``ap.autocast()`` / ``ap.backward()`` calls on the same micro-batches). It is called only
+        on a skipped step, to name the culprit layer (``StepRecord.nonfinite_layer``); clean
+        steps pay nothing for it.
+        """
         if self._loss_sum is None:
             raise RuntimeError("ap.step() called before ap.backward(loss)")
         self.monitor.measure_parameters()
         params = [p for group in optimizer.param_groups for p in group["params"]]
         found_inf = self.scaler.unscale_(p.grad for p in params)
-        loss_value, inf_value = torch.stack([self._loss_sum, found_inf]).tolist()  # one host sync
-        skipped = inf_value > 0 or not torch.isfinite(torch.tensor(loss_value)).item()
+        # one collective (under DDP) and one host sync: mean loss, ranks that found inf/NaN
+        loss_value, inf_value = reduce_loss_and_found_inf(self._loss_sum, found_inf).tolist()
+        skipped = inf_value > 0 or not math.isfinite(loss_value)
+        culprit = None
         if not skipped:
             optimizer.step()
+        elif replay is not None:
+            culprit = self._find_culprit(replay, params)
         scale_used = self.scaler.applied_scale
-        self.scaler.update(found_inf)
+        self.scaler.update(found_inf.new_full((), float(inf_value > 0)))
         stats = self.monitor.collect(self.step_count, self._plan.format_of)
         record = StepRecord(step=self.step_count, loss=loss_value, skipped=skipped,
-                            loss_scale=scale_used, plan=self._plan, stats=stats)
+                            loss_scale=scale_used, plan=self._plan, stats=stats,
+                            nonfinite_layer=culprit)
         self.last_record = record
         self.controller.observe(record)
         self.step_count += 1
         self._loss_sum, self._micro_batches, self._in_step = None, 0, False
         self._apply(self.controller.decide(self.step_count), step=self.step_count)
         return record
+
+    def _find_culprit(self, replay: Callable[[], None], params: list[torch.Tensor]) -> str | None:
+        """Replay the step from its starting RNG state with finiteness checks on every layer;
+        the RNG stream afterwards is left as the original step left it."""
+        rng_after = _torch_rng_state(self.device_type)
+        # the replay must not advance run state either (fp8 amax histories record each cast)
+        executor_before = copy.deepcopy(executor_state(self.executor))
+        _set_torch_rng_state(self._rng_at_start, self.device_type)
+        self._diagnosing = True
+        try:
+            with find_nonfinite_layer(self.model, self.layers) as diagnosis:
+                self._diagnosis = diagnosis
+                for p in params:  # the skipped step's grads are garbage; replay from zero
+                    p.grad = None
+                replay()
+                culprit = diagnosis.culprit()
+        finally:
+            self._diagnosing = False
+            self._diagnosis = None
+            for p in params:
+                p.grad = None
+            _set_torch_rng_state(rng_after, self.device_type)
+            load_executor_state(self.executor, executor_before)
+        # under DDP every rank replays; the most telling culprit of any rank wins
+        found = [c for c in gather_objects(culprit) if c is not None]
+        return min(found, key=lambda c: c[0])[1] if found else None
 
     def latest_stats(self) -> pd.DataFrame:
         """Latest sampled LayerStats, one row per layer (empty before the first sample)."""
@@ -148,6 +204,9 @@ class AdaptivePrecision:
             raise TypeError(f"{type(self.controller).__name__}.decide() must return a Plan, "
                             f"got {type(plan).__name__}")
         reasons = getattr(self.controller, "reasons", {}) or {}
+        if is_distributed():  # DDP: rank 0 decides, every rank applies its plan and reasons
+            plan_dict, reasons = broadcast_object((plan.to_dict(), dict(reasons)))
+            plan = Plan.from_dict(plan_dict) if plan_dict["hash"] != plan.hash else plan
         for layer, (old, new) in self._plan.diff(plan).items():
             if layer in self.executor.layers or step == 0:
                 self.decisions.append({"step": step, "layer": layer, "old": old, "new": new,
@@ -191,13 +250,19 @@ class AdaptivePrecision:
 
     # -- checkpointing --------------------------------------------------------------------------
     def state_dict(self) -> dict:
+        """Everything a bit-exact resume needs from adaprec's side: step, plan, loss scaler,
+        controller and monitor state (tensors and plain values only)."""
         return {"step": self.step_count, "plan": self._plan.to_dict(),
-                "scaler": self.scaler.state_dict(), "controller": self.controller.state_dict()}
+                "scaler": self.scaler.state_dict(), "controller": self.controller.state_dict(),
+                "monitor": self.monitor.state_dict(), "executor": executor_state(self.executor)}
 
     def load_state_dict(self, state: dict) -> None:
         self.step_count = int(state["step"])
         self.scaler.load_state_dict(state["scaler"])
         self.controller.load_state_dict(state["controller"])
+        if "monitor" in state:
+            self.monitor.load_state_dict(state["monitor"])
+        load_executor_state(self.executor, state.get("executor") or {})
         plan = Plan.from_dict(state["plan"])
         self._install(plan)
 
@@ -205,3 +270,44 @@ class AdaptivePrecision:
         """Detach every hook from the model."""
         self.executor.remove()
         self.monitor.remove()
+
+
+def _torch_rng_state(device_type: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    cuda = torch.cuda.get_rng_state() if device_type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_torch_rng_state(state, device_type: str) -> None:
+    if state is None:
+        return
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None and device_type == "cuda":
+        torch.cuda.set_rng_state(cuda)
+
+
+def executor_state(executor) -> dict:
+    """The executor's run state for checkpoints: its own ``state_dict()`` if it has one, else
+    the fp8 scaling states of an emulated executor (tensors and plain values only)."""
+    if hasattr(executor, "state_dict"):
+        return executor.state_dict()
+    states = getattr(executor, "fp8_states", None) or {}
+    return {"fp8": [{"layer": layer, "role": role, "fmt_max": st.fmt_max, "pos": st.pos,
+                     "history": st.history.clone(), "last_scale": st.last_scale.clone()}
+                    for (layer, role), st in states.items()]}
+
+
+def load_executor_state(executor, state: dict) -> None:
+    """Restore what :func:`executor_state` captured (states it lacks are dropped)."""
+    if hasattr(executor, "load_state_dict"):
+        executor.load_state_dict(state)
+        return
+    if not hasattr(executor, "fp8_states"):
+        return
+    from .emulation import AmaxState  # only emulated executors keep fp8 scaling state
+    executor.fp8_states.clear()
+    for entry in state.get("fp8", []):
+        st = AmaxState.__new__(AmaxState)  # fields set below, exactly as saved
+        st.config, st.fmt_max, st.pos = executor.fp8, entry["fmt_max"], int(entry["pos"])
+        st.history, st.last_scale = entry["history"].clone(), entry["last_scale"].clone()
+        executor.fp8_states[(entry["layer"], entry["role"])] = st

@@ -5,6 +5,8 @@ with :class:`~adaprec.AdaptivePrecision`, and writes the run directory (see ``ru
 """
 from __future__ import annotations
 
+import json
+import logging
 import math
 import random
 import time
@@ -18,15 +20,20 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from .batching import eval_batches, train_batch_indices
+from .checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, rng_state,
+                         save_checkpoint, set_rng_state)
 from .cost import CostMeter, CostModel
+from .distributed import broadcast_object, is_main_process, rank, world_size, wrap_ddp
 from .formats import FORMATS
 from .instantiate import instantiate
 from .layers import discover_layers
 from .precision import AdaptivePrecision
-from .runlog import RunLog, save_atomic
+from .runlog import RUN_FILES, RunLog, save_atomic, truncate_tables
 from .schema import validate
 
-__all__ = ["train", "evaluate", "lr_lambda"]
+__all__ = ["train", "evaluate", "lr_lambda", "check_resumable"]
+
+log_ = logging.getLogger("adaprec")
 
 
 def lr_lambda(warmup: int, total: int, min_ratio: float = 0.0):
@@ -100,38 +107,115 @@ def evaluate(model, ap: AdaptivePrecision | None, data, batch_size: int, device:
 def train(cfg: DictConfig, out_dir: str | Path, choices: dict[str, str] | None = None) -> dict[str, Any]:
     """Train per ``cfg`` and write the run directory ``out_dir``; returns ``metrics.json``'s
     content. ``choices`` records the config-group choices (controller=..., model=...).
-    Any exception is recorded as ``status: failed`` (with the error) and re-raised."""
+
+    The config is validated before anything is written. A run dir that holds an unfinished
+    run with a checkpoint is resumed (``trainer.resume=<path>`` picks a checkpoint
+    explicitly); a finished one is never overwritten unless ``trainer.overwrite=true``.
+    A run whose steps stay non-finite ends with status ``diverged``; any exception is recorded
+    as ``status: failed`` (with the error) and re-raised."""
+    validate(cfg)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    metrics_path = out / "metrics.json"
-    if metrics_path.exists() and not cfg.trainer.get("overwrite", False):
-        raise FileExistsError(f"{out} already holds a finished run (metrics.json); choose another "
-                              "output dir or pass trainer.overwrite=true")
-    OmegaConf.save(cfg, out / "config_resolved.yaml", resolve=True)
-    log = RunLog(out)
+    main = is_main_process()
+    source = _agree_on_run_dir(cfg, out, main)
+    state = load_checkpoint(source) if source is not None else None
+    if state is not None:
+        check_resumable(cfg, state)
+        log_.info("resuming from %s at step %d (%s)", source, state["step"],
+                  "trainer.resume" if cfg.trainer.get("resume") else "run dir holds a checkpoint")
+    log = RunLog(out) if main else None
+    if main:
+        OmegaConf.save(cfg, out / "config_resolved.yaml", resolve=True)
     metrics: dict[str, Any] = {"status": "running", "error": None, "choices": dict(choices or {}),
                                "seed": int(cfg.seed)}
-    log.write_metrics(metrics)
+    if state is not None:
+        metrics["resumed_from"] = int(state["step"])
+    _write_metrics(log, metrics)
     t0 = time.perf_counter()
+    wall_before = float(state["wall_s"]) if state is not None else 0.0
     try:
-        metrics.update(_train(cfg, log))
-        metrics["status"] = "ok"
+        result = _train(cfg, log, out, state, lambda: wall_before + time.perf_counter() - t0)
+        metrics.update({"status": "ok", **result})
     except BaseException as exc:
         metrics.update(status="failed", error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
-        metrics["wall_s"] = time.perf_counter() - t0
-        log.write_metrics(metrics)
+        metrics["wall_s"] = wall_before + time.perf_counter() - t0
+        _write_metrics(log, metrics)
     return metrics
 
 
-def _train(cfg: DictConfig, log: RunLog) -> dict[str, Any]:
-    validate(cfg)
+def _agree_on_run_dir(cfg: DictConfig, out: Path, main: bool) -> Path | None:
+    """Rank 0 prepares the run dir and tells every rank what to resume from (or its error)."""
+    verdict: tuple[str, Any] = ("ok", None)
+    if main:
+        try:
+            verdict = ("ok", _prepare_run_dir(cfg, out))
+        except FileExistsError as exc:
+            verdict = ("error", str(exc))
+    kind, value = broadcast_object(verdict)
+    if kind == "error":
+        raise FileExistsError(value)
+    return value
+
+
+def _write_metrics(log: RunLog | None, metrics: dict[str, Any]) -> None:
+    if log is not None:
+        log.write_metrics(metrics)
+
+
+def _resume_path(cfg: DictConfig, out: Path) -> Path | None:
+    """The checkpoint to resume from: ``trainer.resume``, else the run dir's own, else None."""
+    explicit = cfg.trainer.get("resume")
+    if explicit:
+        return Path(explicit)
+    own = out / CHECKPOINT_NAME
+    return own if own.exists() and not cfg.trainer.get("overwrite", False) else None
+
+
+def _prepare_run_dir(cfg: DictConfig, out: Path) -> Path | None:
+    """Decide what happens to ``out`` and return the checkpoint to resume from (or None).
+
+    - ``trainer.overwrite=true``: every file of an earlier run is removed first.
+    - a finished run (status ok or diverged): refused.
+    - an unfinished run (running/failed) with a checkpoint: resumed.
+    - an unfinished run without a checkpoint (killed before its first one): started over, and
+      the log says so; it holds no result to lose, and a requeued job must not get stuck.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    status = _read_status(out / "metrics.json")
+    if cfg.trainer.get("overwrite", False):
+        _remove_run_files(out)
+        return _resume_path(cfg, out)
+    if status in ("ok", "diverged"):
+        raise FileExistsError(f"{out} already holds a finished run (status {status}); choose "
+                              "another output dir or pass trainer.overwrite=true")
+    source = _resume_path(cfg, out)
+    if source is None and (status is not None or (out / "steps.csv").exists()):
+        log_.warning("%s holds an unfinished run (status %s) without a checkpoint: starting over",
+                     out, status)
+        _remove_run_files(out)
+    return source
+
+
+def _remove_run_files(out: Path) -> None:
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+
+
+def _read_status(path: Path) -> str | None:
+    if not path.exists():
+        return None
+    try:
+        return str(json.loads(path.read_text()).get("status"))
+    except (ValueError, AttributeError):
+        return "unreadable"
+
+
+def _build(cfg: DictConfig, device: torch.device):
+    """Data, model, optimizer, scheduler, AdaptivePrecision and cost meter, from the config."""
     tc = cfg.trainer
-    device = torch.device(_value(cfg.device))
     if tc.get("num_threads", 0) > 0:  # parallel sweep jobs on a few cores: one thread each
         torch.set_num_threads(int(tc.num_threads))
-    _seed_everything(int(cfg.seed))
     data = instantiate(cfg.dataset)
     model = instantiate(cfg.model).to(device)
     optimizer = instantiate(cfg.optimizer)(params=model.parameters())
@@ -152,48 +236,180 @@ def _train(cfg: DictConfig, log: RunLog) -> dict[str, Any]:
                            cheapness=meter.cheapness() if meter else None,
                            scaler=dict(cfg.get("scaler") or {}),
                            executor_options=_executor_options(cfg))
-    log.decisions.append(ap.pop_decisions())
-    skipped = plan_changes = 0
+    return data, model, optimizer, scheduler, ap, meter
+
+
+def _train(cfg: DictConfig, log: RunLog | None, out: Path, state: dict | None,
+           wall_s) -> dict[str, Any]:
+    tc = cfg.trainer
+    device = torch.device(_value(cfg.device))
+    _seed_everything(int(cfg.seed))
+    data, model, optimizer, scheduler, ap, meter = _build(cfg, device)
+    net = wrap_ddp(model, device)  # the model itself unless several ranks train together
+    n_train = data.num_train_examples
+    accum = int(tc.grad_accum)
+    micro = int(tc.batch_size) // accum
+    ranks, rank_id = world_size(), rank()
+    if micro % ranks:
+        raise ValueError(f"trainer.batch_size / grad_accum ({micro}) must be divisible by the "
+                         f"number of ranks ({ranks})")
+    counters = {"skipped": 0, "plan_changes": 0, "consecutive_skips": 0}
     last_eval: dict[str, float] = {}
-    bar = tqdm(range(int(tc.max_steps)), disable=not tc.progress, dynamic_ncols=True, leave=False)
+    start = 0
+    initial = ap.pop_decisions()
+    if state is None:
+        _append(log, "decisions", initial)
+    else:  # the initial plan was logged by the interrupted run
+        start = _restore(state, model, optimizer, scheduler, ap, meter, counters)
+        last_eval = dict(state["last_eval"])
+        if log is not None:
+            truncate_tables(out, start)
+        _append(log, "events", [{"step": start, "event": "resumed", "from_step": start}])
+    max_steps, max_skips = int(tc.max_steps), int(tc.max_consecutive_skips)
+    every = int(tc.checkpoint_every)
+    bar = tqdm(range(start, max_steps), disable=not tc.progress or log is None,
+               dynamic_ncols=True, leave=False)
     model.train()
+    record = ap.last_record
     for step in bar:
         t_step = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        for k in range(accum):  # gradient accumulation: `accum` micro-batches, one update
-            idx = train_batch_indices(n_train, micro, int(cfg.seed), step * accum + k)
-            x, y = _get_batch(data, "train", idx, device)
-            with ap.autocast():
-                loss = _loss(data.task, model(x), y) / accum
-            ap.backward(loss)
-        record = ap.step(optimizer)
+
+        def forward_backward(step: int = step) -> None:
+            for k in range(accum):  # gradient accumulation: `accum` micro-batches, one update
+                idx = train_batch_indices(n_train, micro, int(cfg.seed), step * accum + k)
+                idx = idx.chunk(ranks)[rank_id]  # DDP: each rank its share of the micro-batch
+                x, y = _get_batch(data, "train", idx, device)
+                with ap.autocast():
+                    loss = _loss(data.task, net(x), y) / accum
+                ap.backward(loss)
+
+        forward_backward()
+        record = ap.step(optimizer, replay=forward_backward)
         lr = scheduler.get_last_lr()[0]
         scheduler.step()
         step_ms = (time.perf_counter() - t_step) * 1000
-        skipped += record.skipped
+        counters["skipped"] += record.skipped
+        counters["consecutive_skips"] = counters["consecutive_skips"] + 1 if record.skipped else 0
         changes = ap.pop_decisions()
-        plan_changes += len(changes)
+        counters["plan_changes"] += len(changes)
         shares = record.plan.shares()
-        log.steps.append([{
+        _append(log, "steps", [{
             "step": step, "loss": record.loss, "lr": lr, "loss_scale": record.loss_scale,
             "skipped": int(record.skipped), "step_ms": round(step_ms, 3),
             "plan_hash": record.plan.hash,
             **{f"share_{f}": shares.get(f, 0.0) for f in FORMATS},
+            "culprit": record.nonfinite_layer or "",
             **(meter.update(record.plan) if meter else {}),
         }])
+        if record.skipped:
+            _append(log, "events", [{"step": step, "event": "nonfinite_step",
+                                     "layer": record.nonfinite_layer, "loss": record.loss,
+                                     "loss_scale": record.loss_scale}])
         if record.stats is not None:
-            log.layers.append([s.as_row() for s in record.stats.values()])
-        log.decisions.append(changes)
-        is_last = step + 1 == int(tc.max_steps)
+            _append(log, "layers", [s.as_row() for s in record.stats.values()])
+        _append(log, "decisions", changes)
+        if max_skips and counters["consecutive_skips"] >= max_skips:
+            return _diverged(log, step, record, counters, ap, last_eval)
+        is_last = step + 1 == max_steps
         if is_last or (tc.eval_every > 0 and (step + 1) % int(tc.eval_every) == 0):
             last_eval = evaluate(model, ap, data, int(tc.eval_batch_size), device, int(tc.eval_batches))
-            log.evals.append([{"step": step + 1, **last_eval}])
+            _append(log, "evals", [{"step": step + 1, **last_eval}])
+        if every > 0 and (step + 1) % every == 0 and not is_last and log is not None:
+            save_checkpoint(out / CHECKPOINT_NAME, _checkpoint_state(
+                cfg, step + 1, model, optimizer, scheduler, ap, meter, counters, last_eval, wall_s()))
         bar.set_postfix(loss=f"{record.loss:.3f}", **_short(last_eval), **_share_text(shares))
     bar.close()
-    save_atomic(model.state_dict(), log.dir / "model.pt")  # final weights, for adaprec.deploy
-    return {"steps": int(tc.max_steps), "skipped_steps": skipped, "plan_changes": plan_changes,
+    if log is not None:
+        save_atomic(model.state_dict(), log.dir / "model.pt")  # final weights, for adaprec.deploy
+    return {"steps": max_steps, "skipped_steps": counters["skipped"],
+            "plan_changes": counters["plan_changes"], "final_plan": dict(ap.plan),
+            "format_shares": ap.plan.shares(),
+            "train_loss_last": record.loss if record is not None else float("nan"), **last_eval,
+            **(meter.metrics() if meter else {})}
+
+
+def _append(log: RunLog | None, table: str, rows: list[dict]) -> None:
+    if log is not None:  # DDP: only rank 0 writes the run dir
+        getattr(log, table).append(rows)
+
+
+def _diverged(log, step: int, record, counters: dict, ap: AdaptivePrecision,
+              last_eval: dict) -> dict[str, Any]:
+    """Stop: the last ``max_consecutive_skips`` steps were all non-finite."""
+    layer = record.nonfinite_layer or "unknown"
+    msg = (f"diverged: {counters['consecutive_skips']} consecutive non-finite steps ending at "
+           f"step {step}; culprit layer: {layer}")
+    _append(log, "events", [{"step": step, "event": "diverged", "layer": layer, "message": msg}])
+    log_.error(msg)
+    return {"status": "diverged", "error": msg, "steps": step + 1,
+            "skipped_steps": counters["skipped"], "plan_changes": counters["plan_changes"],
             "final_plan": dict(ap.plan), "format_shares": ap.plan.shares(),
-            "train_loss_last": record.loss, **last_eval, **(meter.metrics() if meter else {})}
+            "train_loss_last": record.loss, "culprit": layer, **last_eval}
+
+
+# trainer keys that may differ between an interrupted run and its resumption
+_RESUME_FREE_KEYS = ("trainer.resume", "trainer.overwrite", "trainer.progress",
+                     "trainer.checkpoint_every", "trainer.max_consecutive_skips")
+
+
+def _comparable_config(cfg: DictConfig) -> dict[str, Any]:
+    flat = _flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    return {k: v for k, v in flat.items() if k not in _RESUME_FREE_KEYS}
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out or {prefix[:-1]: {}}
+    return {prefix[:-1]: node}
+
+
+def check_resumable(cfg: DictConfig, state: dict) -> None:
+    """Refuse to resume a checkpoint written under a different config (it would silently mix
+    two experiments in one run dir); the message names the first differing key."""
+    saved, now = state["config"], _comparable_config(cfg)
+    for key in sorted(set(saved) | set(now)):
+        if saved.get(key, "<absent>") != now.get(key, "<absent>"):
+            raise CheckpointError(f"checkpoint was written with {key}={saved.get(key, '<absent>')!r} "
+                                  f"but this run has {key}={now.get(key, '<absent>')!r}; resume "
+                                  "with the original config or start a new run dir")
+
+
+def _checkpoint_state(cfg, step: int, model, optimizer, scheduler, ap: AdaptivePrecision,
+                      meter, counters: dict, last_eval: dict, wall_s: float) -> dict[str, Any]:
+    return {"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "precision": ap.state_dict(),
+            "rng": rng_state(), "counters": dict(counters), "last_eval": dict(last_eval),
+            "wall_s": wall_s, "config": _comparable_config(cfg), "cost_meter": _meter_state(meter)}
+
+
+def _meter_state(meter: CostMeter | None) -> dict | None:
+    """The cost meter's run totals (its prices are recomputed from the config on resume)."""
+    if meter is None:
+        return None
+    return {"steps": meter.steps, "cost": dict(meter._cost), "flops": dict(meter._flops)}
+
+
+def _load_meter_state(meter: CostMeter | None, state: dict | None) -> None:
+    if meter is not None and state is not None:
+        meter.steps = int(state["steps"])
+        meter._cost.update(state["cost"])
+        meter._flops.update(state["flops"])
+
+
+def _restore(state: dict, model, optimizer, scheduler, ap: AdaptivePrecision, meter,
+             counters: dict) -> int:
+    model.load_state_dict(state["model"])
+    _load_meter_state(meter, state.get("cost_meter"))
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    ap.load_state_dict(state["precision"])
+    counters.update(state["counters"])
+    set_rng_state(state["rng"])  # last: building the objects above may draw random numbers
+    return int(state["step"])
 
 
 def _cost_meter(cfg: DictConfig, model, data, layers: list[str], device: torch.device,

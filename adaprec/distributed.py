@@ -1,0 +1,89 @@
+"""Data-parallel (DDP) plumbing: every rank applies the same plan at every step.
+
+Policy: **rank 0 decides and broadcasts.** Every rank's controller observes its own (local)
+statistics, but the plan in force is the one rank 0's controller returned, broadcast to all
+ranks before the next forward. This is deterministic and cheap (one small broadcast per step)
+and needs no per-controller reduction logic; its cost is that rank 0 decides from its shard of
+the batch only. The loss scaler's found-inf and the logged loss are reduced across ranks in one
+all-reduce before the skip decision, so all ranks skip (and back off) together. Only rank 0
+writes checkpoints and run-dir tables. Outside ``torch.distributed`` everything is a no-op.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+__all__ = ["is_distributed", "rank", "world_size", "is_main_process", "unwrap", "wrap_ddp",
+           "reduce_loss_and_found_inf", "broadcast_object", "gather_objects", "maybe_init_from_env"]
+
+
+def is_distributed() -> bool:
+    """True inside an initialised process group with more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main_process() -> bool:
+    return rank() == 0
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DDP / DataParallel wrapper (layer names then have no ``module.``)."""
+    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel,
+                                              nn.DataParallel)) else model
+
+
+def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    """``DistributedDataParallel(model)`` inside a multi-rank process group, else ``model``."""
+    if not is_distributed():
+        return model
+    ids = [device.index] if device.type == "cuda" and device.index is not None else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def reduce_loss_and_found_inf(loss: torch.Tensor, found_inf: torch.Tensor) -> torch.Tensor:
+    """``[mean loss over ranks, number of ranks that found inf/NaN]`` in one all-reduce."""
+    both = torch.stack([loss.float().reshape(()), (found_inf > 0).float().reshape(())])
+    if is_distributed():
+        dist.all_reduce(both, op=dist.ReduceOp.SUM)
+        both[0] /= dist.get_world_size()
+    return both
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank (picklable objects; a no-op when not distributed)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order (``[obj]`` when not distributed)."""
+    if not is_distributed():
+        return [obj]
+    box: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(box, obj)
+    return box
+
+
+def maybe_init_from_env(device_type: str = "cpu") -> bool:
+    """Initialise the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1):
+    gloo on CPU, nccl on CUDA. Returns whether this process is part of a multi-rank run."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    return True

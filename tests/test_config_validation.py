@@ -1,0 +1,121 @@
+"""Bad config values fail at compose time with one line naming the key and what is allowed:
+in-process through ``hydra.compose`` + ``validate`` (fast), and through the CLI (slow: one
+subprocess per value, which must exit non-zero before writing any run file)."""
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from adaprec.run import one_line
+from adaprec.schema import ConfigError, register_group_schema, register_schemas, rule, validate
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = str(ROOT / "conf")
+FORMATS = "fp32, bf16, fp16, fp8_e4m3, fp8_e5m2"
+
+BAD = [  # (overrides, the one-line message)
+    (["trainer.max_steps=0"], "trainer.max_steps=0 is out of range; allowed: >= 1"),
+    (["trainer.max_steps=abc"], "trainer.max_steps: Value 'abc' of type 'str' could not be "
+                                "converted to Integer (expected int >= 1)"),
+    (["trainer.batch_size=-8"], "trainer.batch_size=-8 is out of range; allowed: >= 1"),
+    (["trainer.grad_accum=3"], "trainer.batch_size=64 must be divisible by trainer.grad_accum=3"),
+    (["trainer.min_lr_ratio=1.5"], "trainer.min_lr_ratio=1.5 is out of range; allowed: >= 0 and <= 1"),
+    (["trainer.eval_batch_size=0"], "trainer.eval_batch_size=0 is out of range; allowed: >= 1"),
+    (["trainer.checkpoint_every=-1"], "trainer.checkpoint_every=-1 is out of range; allowed: >= 0"),
+    (["trainer.max_consecutive_skips=-2"],
+     "trainer.max_consecutive_skips=-2 is out of range; allowed: >= 0"),
+    (["trainer.max_stepz=3"], "trainer.max_stepz: Key 'max_stepz' not in 'TrainerConfig' (known "
+                              "keys: max_steps, batch_size, grad_accum, warmup_steps, min_lr_ratio, "
+                              "eval_every, eval_batch_size, eval_batches, progress, overwrite, "
+                              "checkpoint_every, resume, max_consecutive_skips, num_threads)"),
+    (["monitor.every=-1"], "monitor.every=-1 is out of range; allowed: >= 0"),
+    (["seed=1.5"], "seed: Value '1.5' of type 'float' could not be converted to Integer "
+                   "(expected int >= 0)"),
+    (["device=tpu"], "device: Invalid value 'tpu', expected one of [cpu, cuda]"),
+    (["executor=magic"], "executor: Invalid value 'magic'"),
+    (["controller.format=fp17"],
+     f"controller.format='fp17' is out of range; allowed: a format name: {FORMATS}"),
+    (["controller.formatt=bf16"],
+     "controller.formatt: Key 'formatt' not in 'StaticSchema' (known keys: format)"),
+    (["controller=autocast", "controller.dtype=fp32"],
+     "controller.dtype='fp32' is out of range; allowed: one of bf16, fp16"),
+    (["controller=plan", "controller.default=fp99"],
+     f"controller.default='fp99' is out of range; allowed: a format name: {FORMATS}"),
+    (["controller=plan", "+controller.patterns={net.1: fp99}"],
+     "controller.patterns={'net.1': 'fp99'} is out of range; allowed: each value a format "
+     f"name: {FORMATS}"),
+    (["controller=nope"], "In 'config': Could not find 'controller/nope'"),
+]
+
+
+def compose_message(overrides: list[str]) -> str | None:
+    """The one-line error for ``overrides`` (None when they compose and validate)."""
+    register_schemas()
+    try:
+        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+            cfg = compose("config", overrides=["model=mlp", *overrides])
+    except Exception as exc:  # Hydra/OmegaConf composition errors
+        return one_line(exc)
+    try:
+        validate(cfg)
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
+@pytest.mark.parametrize("overrides,message", BAD, ids=[" ".join(o) for o, _ in BAD])
+def test_bad_value_fails_at_compose_time_with_one_line(overrides, message):
+    got = compose_message(overrides)
+    assert got is not None and "\n" not in got
+    assert got.startswith(message), got
+
+
+@pytest.mark.parametrize("controller", sorted(p.stem for p in (ROOT / "conf" / "controller").glob("*.yaml")))
+def test_every_controller_config_composes_and_validates(controller):
+    assert compose_message([f"controller={controller}"]) is None
+
+
+@pytest.mark.parametrize("controller", sorted(p.stem for p in (ROOT / "conf" / "controller").glob("*.yaml")))
+def test_every_controller_config_is_typed(controller):
+    """Each controller YAML lists a schema in its defaults, so a mistyped key fails."""
+    got = compose_message([f"controller={controller}", "controller.zzz=1"])
+    assert got is not None and got.startswith("controller.zzz: Key 'zzz' not in"), got
+
+
+@dataclass
+class _ThresholdLike:
+    """What an adaptive controller's schema looks like: ruled fields plus ``_target_``."""
+    _target_: str = "adaprec.controllers.Static"
+    overflow_threshold: float = field(default=1e-3, metadata=rule(ge=0))
+    explore_prob: float = field(default=0.1, metadata=rule(ge=0, le=1))
+    algorithm: str = field(default="ucb", metadata=rule(choices=("ucb", "thompson")))
+
+
+@pytest.mark.parametrize("override,message", [
+    ("controller.overflow_threshold=-0.5", "controller.overflow_threshold=-0.5 is out of range; allowed: >= 0"),
+    ("controller.explore_prob=1.5", "controller.explore_prob=1.5 is out of range; allowed: >= 0 and <= 1"),
+    ("controller.algorithm=exp3", "controller.algorithm='exp3' is out of range; allowed: one of ucb, thompson"),
+    ("controller.explore_prob=often", "controller.explore_prob: Value 'often' of type 'str' could not be converted to Float"),
+])
+def test_a_registered_controller_schema_is_checked_the_same_way(override, message):
+    register_group_schema("controller", "schema_test_threshold", _ThresholdLike)
+    assert compose_message(["controller=schema_test_threshold"]) is None
+    got = compose_message(["controller=schema_test_threshold", override])
+    assert got is not None and got.startswith(message), got
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides,message", BAD, ids=[" ".join(o) for o, _ in BAD])
+def test_cli_exits_nonzero_with_the_one_line_message(tmp_path, overrides, message):
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "adaprec.run", "model=mlp", *overrides,
+                           f"hydra.run.dir={run_dir}"], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"adaprec: error: {message}"), proc.stderr
+    assert not (run_dir / "metrics.json").exists()  # nothing ran, nothing was written
