@@ -148,3 +148,19 @@ def test_monitor_survives_a_loss_scale_collapsed_to_zero():
     from adaprec.stats import probe
     p = probe(torch.zeros(8), scale=0.0, prescaled=0.0)
     assert p.absmax.item() == 0.0
+
+
+def test_objective_is_quality_within_budget_and_penalized_beyond():
+    import math
+
+    from adaprec.objective import objective_value
+    m = {"status": "ok", "val_rmse": 0.4, "val_accuracy": 0.9, "rel_cost_h100": 0.75,
+         "format_shares": {"bf16": 0.75, "fp32": 0.25}}
+    assert objective_value(m, "val_rmse", "rel_cost_h100", budget=0.8) == 0.4
+    assert objective_value(m, "val_rmse", "rel_cost_h100", budget=0.5, penalty=10) == \
+        pytest.approx(0.4 + 10 * 0.25 / 0.5)
+    assert objective_value(m, "val_accuracy", "format_shares.fp32", budget=0.5) == pytest.approx(0.1)
+    assert objective_value(m, "val_rmse", "format_shares.fp16", budget=0.5) == 0.4  # absent: 0
+    assert math.isnan(objective_value({"status": "diverged"}, "val_rmse", "rel_cost_h100", 0.5))
+    with pytest.raises(KeyError, match="metrics.json has no 'rel_cost_a100'"):
+        objective_value(m, "val_rmse", "rel_cost_a100", budget=0.5)
