@@ -94,9 +94,13 @@ class AdaptivePrecision:
         self._diagnosing = False
         self._diagnosis = None
         self._rng_at_start: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        modules = dict(model.named_modules())
         context = ControllerContext(layers=self.layers, device_type=device_type,
                                     layer_costs=layer_costs,
-                                    cheapness=tuple(cheapness or ControllerContext.cheapness))
+                                    cheapness=tuple(cheapness or ControllerContext.cheapness),
+                                    layer_types={n: type(modules[n]).__name__ for n in self.layers},
+                                    executor=executor,
+                                    modules={n: modules[n] for n in self.layers})
         if hasattr(self.controller, "setup"):
             self.controller.setup(context)
         self._plan = Plan.uniform("fp32", self.layers)

@@ -234,6 +234,8 @@ def register_schemas() -> None:
     for group, schemas in _GROUP_SCHEMAS.items():
         for name, node in schemas.items():
             cs.store(group=group, name=name, node=node)
+    from .controllers.schemas import register_controller_schemas
+    register_controller_schemas()
 
 
 def _check_node(node: Any, schema: type, prefix: str) -> None:

@@ -24,6 +24,8 @@ TINY = ["model=mlp", "trainer.max_steps=4", "trainer.batch_size=16", "trainer.ev
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "controller").glob("*.yaml")))
 def test_every_controller_config_instantiates(make_cfg, name):
+    if name == "plugin":  # _target_ is ??? until the user names a class (test_controller_configs.py)
+        pytest.skip("controller=plugin needs controller._target_=<your class>")
     controller = instantiate(make_cfg(f"controller={name}", "model=mlp").controller)
     assert hasattr(controller, "decide") and hasattr(controller, "observe")
 

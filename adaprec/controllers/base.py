@@ -34,13 +34,19 @@ class ControllerContext:
 
     ``layer_costs[layer][fmt]`` is a modeled cost (seconds per step on the configured device
     profile); ``cheapness`` lists formats cheapest first. Both come from the cost model when
-    one is configured, else from a documented default order.
+    one is configured, else from a documented default order. ``layer_types`` maps each layer
+    to its module's class name (e.g. ``"Conv2d"``), ``executor`` names the executor, so a
+    controller can leave out formats the device cannot run fast; ``modules`` maps each layer
+    to its ``nn.Module`` for controllers that read parameters or gradients (MuPPET).
     """
 
     layers: Sequence[str]
     device_type: str = "cpu"
     layer_costs: Mapping[str, Mapping[str, float]] | None = None
     cheapness: Sequence[str] = ("bf16", "fp16", "fp32")
+    layer_types: Mapping[str, str] | None = None
+    executor: str = "native"
+    modules: Mapping[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -1,0 +1,275 @@
+"""Bandit: one multi-armed bandit per layer over its allowed formats.
+
+Every ``interval`` steps each layer's bandit is credited for the format it ran in during the
+window just ended (the arm it played), then picks the format for the next window.
+
+**Reward** of arm ``f`` for layer ``l`` (raw, <= 0)::
+
+    r = -cost_weight * cost[l][f] - min(1, penalty[l][f])
+    penalty = nonfinite_penalty * [non-finite values traced to l while in f]
+            + overflow_weight * fp16 overflow rate      (fp16 arms)
+            + underflow_weight * fp16 flush-to-zero rate (fp16 arms, at the loss scale)
+            + err_weight * relative rounding error in f  (0 for fp32)
+            + spike_weight * loss spike                 (16-bit arms that were played)
+
+``cost[l][f]`` is the layer's cost in ``f`` divided by its fp32 cost (cost model, else
+``DEFAULT_REL_COST``), so it lies in (0, 1] for 16-bit formats. The policies see
+``1 + r / (cost_weight + 1)`` in [0, 1]. The loss spike is ``max(0, window mean loss /
+baseline - 1 - spike_tol)`` against an exponential moving average of earlier windows, plus the
+fraction of skipped steps no layer was blamed for.
+
+**Credit assignment.** Layer-local signals (range, rounding, traced non-finite values) go to
+that layer's arm only; the loss spike is global, so every layer that played a 16-bit arm in the
+window shares it (fp32 cannot have caused it). Because the monitor measures every tensor's
+fp16 range rates and bf16/fp16 rounding errors whatever format the layer ran in, the numerics
+penalty of *every* arm is known each sampled window: that is the full information Hedge uses
+(only the spike stays bandit feedback). The other algorithms learn from the played arm only.
+
+**Safe exploration.** An arm that produced non-finite values is blocked for ``block_windows``
+decisions; fp16 is not offered to a layer whose last observed fp16 overflow rate exceeds
+``range_max``; on CPU with the native executor fp16 is dropped (see ``allowed_formats``).
+A window without a sampled step carries no numerics evidence and updates nothing.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..plan import Plan
+from ._common import allowed_formats, check_formats, check_range, cheapest_first, relative_costs
+from .budget import Budget
+from ._window import Window, summarize_step
+from .base import ControllerContext, StepRecord
+from .policies import POLICIES, Policy, make_policy
+
+__all__ = ["Bandit"]
+
+
+class Bandit:
+    """Per-layer bandits choosing each layer's format (see module docstring for the reward).
+
+    Args:
+        algorithm: ucb1 | discounted_ucb | sliding_window_ucb | thompson | exp3 | hedge.
+        formats: the arms (fp16 is dropped on CPU with the native executor unless cpu_fp16).
+        interval: steps per decision window.
+        cost_weight: weight of the normalized cost against the numerics penalty.
+        exploration, discount, window, sigma, exp3_gamma, eta: the algorithms' knobs (UCB c,
+            D-UCB gamma, SW-UCB window in decisions, Thompson noise, EXP3 mixing, Hedge rate).
+        seed: seeds the generator the randomized algorithms draw from.
+    """
+
+    global_autocast = False
+
+    def __init__(self, algorithm: str = "ucb1", formats: Sequence[str] = ("bf16", "fp16", "fp32"),
+                 interval: int = 10, cost_weight: float = 1.0, nonfinite_penalty: float = 1.0,
+                 overflow_weight: float = 100.0, underflow_weight: float = 10.0,
+                 err_weight: float = 10.0, spike_weight: float = 1.0, spike_tol: float = 0.1,
+                 baseline_decay: float = 0.8, block_windows: int = 5, range_max: float = 0.0,
+                 exploration: float = 0.2, discount: float = 0.95, window: int = 20,
+                 sigma: float = 0.1, exp3_gamma: float = 0.1, eta: float = 2.0, seed: int = 0,
+                 cpu_fp16: bool = False, cost_budget: float | None = None):
+        self.algorithm = str(getattr(algorithm, "value", algorithm))
+        if self.algorithm not in POLICIES:
+            raise ValueError(f"controller.algorithm={self.algorithm!r} is unknown; allowed: {', '.join(POLICIES)}")
+        for name, value in [("cost_weight", cost_weight), ("nonfinite_penalty", nonfinite_penalty),
+                            ("overflow_weight", overflow_weight), ("underflow_weight", underflow_weight),
+                            ("err_weight", err_weight), ("spike_weight", spike_weight),
+                            ("spike_tol", spike_tol), ("exploration", exploration), ("sigma", sigma),
+                            ("eta", eta)]:
+            check_range(name, value, 0)
+        check_range("interval", interval, 1)
+        check_range("block_windows", block_windows, 0)
+        check_range("window", window, 1)
+        check_range("range_max", range_max, 0, 1)
+        check_range("baseline_decay", baseline_decay, 0, 1)
+        if not 0 < discount <= 1:
+            raise ValueError(f"controller.discount={discount} is out of range; allowed: (0, 1]")
+        check_range("exp3_gamma", exp3_gamma, 0, 1)
+        self.formats = check_formats("formats", formats)
+        self.interval, self.cost_weight = int(interval), float(cost_weight)
+        self.weights = {"nonfinite": nonfinite_penalty, "overflow": overflow_weight,
+                        "underflow": underflow_weight, "err": err_weight, "spike": spike_weight}
+        self.spike_tol, self.baseline_decay = float(spike_tol), float(baseline_decay)
+        self.block_windows, self.range_max = int(block_windows), float(range_max)
+        self.params = {"ucb1": {"c": exploration}, "discounted_ucb": {"c": exploration, "gamma": discount},
+                       "sliding_window_ucb": {"c": exploration, "window": window},
+                       "thompson": {"sigma": sigma}, "exp3": {"gamma": exp3_gamma},
+                       "hedge": {"eta": eta}}[self.algorithm]
+        self.seed, self.cpu_fp16 = int(seed), bool(cpu_fp16)
+        if cost_budget is not None:
+            check_range("cost_budget", cost_budget, 0, allowed="> 0 (relative to all-fp32)")
+        self.cost_budget = cost_budget
+        self._budget: Budget | None = None
+        self.reasons: dict[str, str] = {}
+        self._layers: list[str] = []
+        self._arms: dict[str, list[str]] = {}
+        self._policy: dict[str, Policy] = {}
+        self._costs: dict[str, dict[str, float]] = {}
+        self._rng = torch.Generator().manual_seed(self.seed)
+        self._reset_run_state()
+
+    def _reset_run_state(self) -> None:
+        self._fmt: dict[str, str] = {}
+        self._window: dict[str, Window] = {}
+        self._last_overflow: dict[str, float] = {}
+        self._blocked: dict[str, dict[str, int]] = {}
+        self._loss_sum, self._loss_n, self._skipped, self._steps = 0.0, 0, 0, 0
+        self._baseline: float | None = None
+
+    # -- protocol -------------------------------------------------------------------------------
+    def setup(self, context: ControllerContext) -> None:
+        self._layers = list(context.layers)
+        costs = relative_costs(context, self.formats)
+        self._reset_run_state()
+        for layer in self._layers:
+            allowed = allowed_formats(self.formats, layer, context, self.cpu_fp16)
+            self._arms[layer] = cheapest_first(allowed, costs[layer], context.cheapness)
+            self._costs[layer] = costs[layer]
+            self._policy[layer] = make_policy(self.algorithm, len(self._arms[layer]), **self.params)
+            self._blocked[layer] = {}
+        if self.cost_budget is not None:
+            self._budget = Budget(self.cost_budget, self._arms, context)
+
+    def observe(self, record: StepRecord) -> None:
+        self._steps += 1
+        finite = record.loss == record.loss and abs(record.loss) != float("inf")
+        if finite:
+            self._loss_sum += record.loss
+            self._loss_n += 1
+        traced = summarize_step(record.stats, self._layers, record.plan,
+                                record.nonfinite_layer)
+        self._skipped += record.skipped and not any(w.nonfinite for w in traced.values())
+        for layer, w in traced.items():
+            self._window.setdefault(layer, Window()).add(w)
+            if w.samples:
+                self._last_overflow[layer] = w.overflow
+
+    def decide(self, step: int) -> Plan:
+        if not self._layers:
+            raise RuntimeError("Bandit.setup() must run before decide()")
+        if not self._fmt:
+            self.reasons = {}
+            for layer in self._layers:
+                self._fmt[layer] = self._select(layer, "first pick")
+            self._fit_budget(set())
+        elif step % self.interval == 0:
+            before = dict(self._fmt)
+            self._end_window()
+            # pinned: layers whose numerics ruled out the arm they played (not exploration)
+            self._fit_budget({n for n in self._layers if before[n] != self._fmt[n]
+                              and not self._safe(n, before[n])})
+        return Plan(self._fmt, default="fp32")
+
+    def _safe(self, layer: str, fmt: str) -> bool:
+        """Not blocked after non-finite values, and fp16 only within its observed range."""
+        return fmt not in self._blocked[layer] and not (
+            fmt == "fp16" and self._last_overflow.get(layer, 0.0) > self.range_max)
+
+    def _fit_budget(self, pinned: set[str]) -> None:
+        """Keep the played arms within the cost budget; the layers moved down play (and are
+        credited for) the cheaper arm. Safe = not blocked and within fp16's observed range."""
+        if self._budget is None:
+            return
+        paid_for = ", ".join(sorted(pinned)) or "the first picks"
+        for layer, old, new in self._budget.fit(self._fmt, pinned, self._safe):
+            self.reasons[layer] = (f"cost budget {self._budget.budget:g}: {old} -> {new} to pay for "
+                                   f"{paid_for} (plan cost {self._budget.relative(self._fmt):.3f})")
+
+    # -- one decision ---------------------------------------------------------------------------
+    def _end_window(self) -> None:
+        spike = self._spike()
+        self.reasons = {}
+        for layer in self._layers:
+            w = self._window.get(layer)
+            played = self._fmt[layer]
+            if w is None or (w.samples == 0 and not w.nonfinite):
+                continue  # no evidence about this arm in this window
+            rewards = [self._reward(layer, f, w, spike if f == played else 0.0) for f in self._arms[layer]]
+            arm = self._arms[layer].index(played)
+            policy = self._policy[layer]
+            if policy.full_information:
+                policy.update_full(rewards, arm)
+            else:
+                policy.update(arm, rewards[arm])
+            self._tick_blocks(layer, played if w.nonfinite == played else None)
+            new = self._select(layer, f"reward {rewards[arm]:.3f} for {played}")
+            self._fmt[layer] = new
+        if self._loss_n:
+            mean = self._loss_sum / self._loss_n
+            self._baseline = mean if self._baseline is None else (
+                self.baseline_decay * self._baseline + (1 - self.baseline_decay) * mean)
+        self._window.clear()
+        self._loss_sum, self._loss_n, self._skipped, self._steps = 0.0, 0, 0, 0
+
+    def _spike(self) -> float:
+        skip_frac = self._skipped / self._steps if self._steps else 0.0
+        if not self._loss_n or self._baseline is None or self._baseline <= 0:
+            return skip_frac
+        rise = self._loss_sum / self._loss_n / self._baseline - 1 - self.spike_tol
+        return max(0.0, rise) + skip_frac
+
+    def _penalty(self, fmt: str, w: Window, spike: float) -> float:
+        k = self.weights
+        p = k["nonfinite"] * (w.nonfinite == fmt)
+        if fmt == "fp16":
+            p += k["overflow"] * w.overflow + k["underflow"] * w.flush + k["err"] * w.fp16_err
+        elif fmt == "bf16":
+            p += k["err"] * w.bf16_err
+        if fmt != "fp32":
+            p += k["spike"] * spike
+        return min(1.0, p)
+
+    def _reward(self, layer: str, fmt: str, w: Window, spike: float) -> float:
+        raw = -self.cost_weight * self._costs[layer][fmt] - self._penalty(fmt, w, spike)
+        return min(1.0, max(0.0, 1.0 + raw / (self.cost_weight + 1.0)))
+
+    def _tick_blocks(self, layer: str, bad: str | None) -> None:
+        blocked = self._blocked[layer]
+        for f in list(blocked):
+            blocked[f] -= 1
+            if blocked[f] <= 0:
+                del blocked[f]
+        if bad is not None and self.block_windows > 0:
+            blocked[bad] = self.block_windows
+
+    def _select(self, layer: str, why: str) -> str:
+        arms = self._arms[layer]
+        allowed = [i for i, f in enumerate(arms) if f not in self._blocked[layer]
+                   and not (f == "fp16" and self._last_overflow.get(layer, 0.0) > self.range_max)]
+        if not allowed:  # everything blocked: the safest format
+            allowed = [arms.index("fp32")] if "fp32" in arms else [len(arms) - 1]
+        choice = arms[self._policy[layer].select(allowed, self._rng)]
+        if choice != self._fmt.get(layer):
+            est = getattr(self._policy[layer], "means", lambda: [])()
+            est_text = ", ".join(f"{f} {v:.3f}" for f, v in zip(arms, est))
+            blocked = ", ".join(f"{f} blocked {n}" for f, n in self._blocked[layer].items())
+            self.reasons[layer] = (f"{self.algorithm}: {why}; estimates [{est_text}]"
+                                   f"{'; ' + blocked if blocked else ''} -> {choice}")
+        return choice
+
+    # -- state ----------------------------------------------------------------------------------
+    @property
+    def plan(self) -> Plan:
+        return Plan(self._fmt, default="fp32")
+
+    def state_dict(self) -> dict:
+        """Counts, estimates, the open window and the RNG state (torch.save-able, weights_only)."""
+        return {"policies": {l: p.state_dict() for l, p in self._policy.items()},
+                "formats": dict(self._fmt), "blocked": {l: dict(b) for l, b in self._blocked.items()},
+                "window": {l: w.to_dict() for l, w in self._window.items()},
+                "last_overflow": dict(self._last_overflow),
+                "loss": [self._loss_sum, self._loss_n, self._skipped, self._steps],
+                "baseline": self._baseline, "rng": self._rng.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for layer, s in state["policies"].items():
+            self._policy[layer].load_state_dict(s)
+        self._fmt = dict(state["formats"])
+        self._blocked = {l: {f: int(n) for f, n in b.items()} for l, b in state["blocked"].items()}
+        self._window = {l: Window.from_dict(w) for l, w in state["window"].items()}
+        self._last_overflow = {l: float(v) for l, v in state["last_overflow"].items()}
+        loss_sum, loss_n, skipped, steps = state["loss"]
+        self._loss_sum, self._loss_n, self._skipped, self._steps = float(loss_sum), int(loss_n), int(skipped), int(steps)
+        self._baseline = None if state["baseline"] is None else float(state["baseline"])
+        self._rng.set_state(state["rng"])

@@ -1,0 +1,76 @@
+"""Cost budgets: keep a controller's plan at or below a modeled cost relative to all-fp32.
+
+The plan's relative cost is ``sum_l cost[l][fmt_l] / sum_l cost[l]["fp32"]`` with the cost
+model's per-layer costs on the configured profile (casts between layers are left out: they
+depend on neighbours and are small next to the layers). Without a cost model every layer
+weighs the same and formats cost ``DEFAULT_REL_COST``.
+
+When numerics push layers up (``pinned``), :meth:`Budget.fit` pays for them by moving other
+layers down one format at a time: first layers whose cheaper format is known to be safe,
+biggest saving first; then other unpinned layers; the pinned layers themselves only as the
+last resort (the budget is a hard limit, so an escalation that no other layer can pay for is
+refused). Each move is returned as a trade for the decision log.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+from ._common import DEFAULT_REL_COST
+
+__all__ = ["Budget"]
+
+
+class Budget:
+    """A hard cap on a plan's modeled relative cost (see module docstring)."""
+
+    def __init__(self, budget: float, orders: Mapping[str, Sequence[str]], context):
+        """``orders[layer]``: that layer's allowed formats, cheapest first."""
+        self.budget = float(budget)
+        self.orders = {k: list(v) for k, v in orders.items()}
+        given = context.layer_costs or {}
+        self.costs = {layer: {f: float(given[layer][f]) if layer in given and f in given[layer]
+                              else DEFAULT_REL_COST.get(f, 1.0) for f in (*order, "fp32")}
+                      for layer, order in self.orders.items()}
+        self.fp32_total = sum(c["fp32"] for c in self.costs.values())
+        floor = self.relative({layer: order[0] for layer, order in self.orders.items()})
+        if floor > self.budget + 1e-12:
+            source = "the cost model" if given else "the default relative costs"
+            raise ValueError(
+                f"controller.cost_budget={self.budget:g} cannot be met: the cheapest allowed plan "
+                f"costs {floor:.3f} of all-fp32 ({source}); raise the budget or allow cheaper formats")
+
+    def relative(self, plan: Mapping[str, str]) -> float:
+        """Modeled cost of ``plan`` relative to all-fp32."""
+        return sum(self.costs[layer][plan[layer]] for layer in self.orders) / self.fp32_total
+
+    def fit(self, plan: dict[str, str], pinned: set[str] = frozenset(),
+            safe: Callable[[str, str], bool] = lambda layer, fmt: True) -> list[tuple[str, str, str]]:
+        """Move layers of ``plan`` (in place) down until it is within budget; returns the
+        trades ``(layer, old, new)`` in the order made."""
+        trades = []
+        while self.relative(plan) > self.budget + 1e-12:
+            move = self._next_move(plan, pinned, safe)
+            if move is None:  # cannot happen after the constructor's check, but never loop
+                break
+            layer, new = move
+            trades.append((layer, plan[layer], new))
+            plan[layer] = new
+        return trades
+
+    def _next_move(self, plan, pinned, safe) -> tuple[str, str] | None:
+        tiers: list[list[tuple[float, str, str]]] = [[], [], []]
+        for layer, order in self.orders.items():
+            idx = order.index(plan[layer]) if plan[layer] in order else len(order)
+            if idx == 0:
+                continue  # already the cheapest allowed
+            cheaper = order[idx - 1]
+            saving = self.costs[layer][plan[layer]] - self.costs[layer][cheaper]
+            if saving <= 0:
+                continue
+            tier = 2 if layer in pinned else (0 if safe(layer, cheaper) else 1)
+            tiers[tier].append((saving, layer, cheaper))
+        for tier in tiers:
+            if tier:
+                _, layer, cheaper = max(tier, key=lambda t: (t[0], t[1]))
+                return layer, cheaper
+        return None

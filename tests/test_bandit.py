@@ -1,0 +1,113 @@
+"""The per-layer bandit controller on hand-built statistics: rewards, safe exploration,
+learning the cheap safe format, and exact resumption from a saved state."""
+import io
+
+import pytest
+import torch
+
+from adaprec.controllers import Bandit
+from adaprec.controllers.policies import POLICIES
+from tests.synth_stats import clean_stats, context, run
+
+LAYERS = ["a", "b", "c"]
+
+
+def make(cheapness=("bf16", "fp16", "fp32"), **kw):
+    kw = {"interval": 2, "cpu_fp16": True, **kw}
+    c = Bandit(**kw)
+    c.setup(context(LAYERS, cheapness=cheapness))
+    return c
+
+
+def wobbly(step, plan):
+    """Deterministic but varied statistics: c's fp16 range is marginal every third step."""
+    return clean_stats(plan, step, c=dict(flush=0.03 * (step % 3 == 0), bf16_err=1e-3 + 1e-4 * (step % 5)))
+
+
+def test_reward_is_normalized_cost_plus_penalty():
+    c = make(cost_weight=1.0, err_weight=10.0)
+    from adaprec.controllers._window import Window
+    w = Window(samples=1, overflow=0.0, flush=0.0, bf16_err=0.002, fp16_err=0.0)
+    # bf16: cost 0.5, penalty 10 * 0.002 = 0.02 -> raw -0.52 -> 1 - 0.52 / 2
+    assert c._reward("a", "bf16", w, 0.0) == pytest.approx(1 - 0.52 / 2)
+    assert c._reward("a", "fp32", w, 0.0) == pytest.approx(0.5)
+    w.nonfinite = "fp16"
+    assert c._reward("a", "fp16", w, 0.0) == pytest.approx(1 - 1.5 / 2)
+
+
+@pytest.mark.parametrize("algorithm", sorted(POLICIES))
+def test_the_bandit_settles_on_a_cheap_format_when_numerics_are_clean(algorithm):
+    c = make(algorithm=algorithm)
+    plans = run(c, 200, lambda s, p: clean_stats(p, s), LAYERS)
+    late = [p[l] for p in plans[-40:] for l in LAYERS]
+    assert late.count("fp32") / len(late) < 0.2
+
+
+@pytest.mark.parametrize("algorithm", sorted(POLICIES))
+def test_fp16_is_not_explored_where_the_range_exceeds_fp16(algorithm):
+    c = make(algorithm=algorithm)
+    plans = run(c, 60, lambda s, p: clean_stats(p, s, b=dict(overflow=0.01, absmax=1e5)), LAYERS)
+    assert all(p["b"] != "fp16" for p in plans[2:])  # after the first sampled window
+
+
+def test_an_arm_that_went_non_finite_is_blocked_for_block_windows_decisions():
+    c = make(algorithm="ucb1", block_windows=3, cheapness=("fp16", "bf16", "fp32"))
+    plans = run(c, 2, lambda s, p: clean_stats(p, s, a=dict(nonfinite=0.5)), LAYERS)
+    assert plans[0]["a"] == "fp16" and plans[2]["a"] != "fp16"
+    assert c._blocked["a"] == {"fp16": 3}
+    assert "fp16 blocked 3" in c.reasons["a"]
+    plans = run(c, 8, lambda s, p: clean_stats(p, s), LAYERS, start=2)
+    assert all(p["a"] != "fp16" for p in plans[:5])  # blocked through the decisions at 4 and 6
+    assert "fp16" not in c._blocked["a"]
+
+
+def test_hedge_learns_from_every_arm_each_window():
+    c = make(algorithm="hedge", formats=["bf16", "fp16", "fp32"])
+    run(c, 2, lambda s, p: clean_stats(p, s, a=dict(overflow=0.005)), LAYERS)
+    log_w = c._policy["a"].log_w  # fp16 (not played) penalized by the overflow it would see
+    arms = c._arms["a"]
+    assert log_w[arms.index("fp16")] < log_w[arms.index("bf16")]
+    assert c._policy["b"].log_w[arms.index("fp16")] > log_w[arms.index("fp16")]
+
+
+def test_a_loss_spike_is_shared_by_the_16bit_arms_that_were_played():
+    c = make(algorithm="ucb1", interval=1, formats=["bf16", "fp32"], spike_weight=1.0)
+    losses = [1.0, 1.0, 3.0]
+    plan = c.decide(0)
+    from tests.synth_stats import record
+    for step, loss in enumerate(losses):
+        c.observe(record(step, plan, clean_stats(plan, step), loss=loss))
+        if step == 2:
+            assert c._spike() == pytest.approx(3.0 / 1.0 - 1 - 0.1)
+        plan = c.decide(step + 1)
+
+
+@pytest.mark.parametrize("algorithm", sorted(POLICIES))
+def test_a_resumed_bandit_decides_exactly_as_the_uninterrupted_one(algorithm, tmp_path):
+    full = run(make(algorithm=algorithm, interval=3), 90, wobbly, LAYERS)
+    first = make(algorithm=algorithm, interval=3)
+    run(first, 43, wobbly, LAYERS)  # stop mid-window
+    path = tmp_path / "ctl.pt"
+    torch.save(first.state_dict(), path)
+    resumed = make(algorithm=algorithm, interval=3)
+    resumed.load_state_dict(torch.load(path, weights_only=True))
+    assert run(resumed, 90, wobbly, LAYERS, start=43) == full[43:]
+    assert len({p.hash for p in full}) > 1  # the comparison covers real switching
+
+
+def test_fp16_is_dropped_on_cpu_with_the_native_executor_by_default():
+    c = Bandit()
+    c.setup(context(LAYERS, layer_types={"a": "Conv2d", "b": "Linear", "c": "LayerNorm"}))
+    assert all("fp16" not in arms for arms in c._arms.values())
+    gpu = Bandit()
+    gpu.setup(context(LAYERS, device_type="cuda"))
+    assert all(arms[-1] == "fp32" and "fp16" in arms for arms in gpu._arms.values())
+
+
+@pytest.mark.parametrize("kw,msg", [({"algorithm": "ucb9"}, "controller.algorithm='ucb9' is unknown"),
+                                    ({"interval": 0}, "controller.interval=0 is out of range; allowed: >= 1"),
+                                    ({"discount": 0}, r"controller.discount=0 is out of range; allowed: \(0, 1\]"),
+                                    ({"cost_weight": -1}, "controller.cost_weight=-1 is out of range")])
+def test_bad_values_are_one_line_errors(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        Bandit(**kw)

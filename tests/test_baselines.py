@@ -1,0 +1,97 @@
+"""Published baselines: Autoswitch's stateless rule and MuPPET's diversity-driven switching."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adaprec import AdaptivePrecision
+from adaprec.controllers import Autoswitch, MuPPET
+from adaprec.controllers.muppet import muppet_threshold
+from tests.synth_stats import clean_stats, context, run
+
+LAYERS = ["a", "b"]
+
+
+def test_autoswitch_goes_high_on_underflow_or_mse_and_back_without_hysteresis():
+    c = Autoswitch(low="fp16", cpu_fp16=True)
+    c.setup(context(LAYERS))
+    # numel 1000, norm 10: MSE = (err * 10)^2 / 1000; fp16 err 1.4e-4 -> 2e-9 (fine), 0.04 -> 1.6e-4
+    script = {0: dict(flush=0.06), 1: dict(fp16_err=0.04), 2: {}}
+    plans = run(c, 3, lambda s, p: clean_stats(p, s, a=script[s]), LAYERS)
+    assert [p["a"] for p in plans] == ["fp16", "fp32", "fp32", "fp16"]
+    assert all(p["b"] == "fp16" for p in plans)
+    assert "within limits -> fp16" in c.reasons["a"]
+    run(c, 1, lambda s, p: clean_stats(p, s, a=dict(fp16_err=0.04)), LAYERS)
+    assert "fp16 MSE 0.00016 > 0.0001 -> fp32" in c.reasons["a"]
+
+
+def test_autoswitch_thresholds_are_strict_and_bf16_has_no_underflow():
+    c = Autoswitch(low="bf16")
+    c.setup(context(LAYERS))
+    plans = run(c, 1, lambda s, p: clean_stats(p, s, a=dict(flush=0.5)), LAYERS)
+    assert plans[-1]["a"] == "bf16"  # fp16's flush rate says nothing about bf16
+    err_at_limit = math.sqrt(1e-4 * 1000) / 10  # MSE exactly 1e-4
+    plans = run(c, 1, lambda s, p: clean_stats(p, s, a=dict(bf16_err=err_at_limit * 0.999)), LAYERS)
+    assert plans[-1]["a"] == "bf16"
+
+
+def test_muppet_threshold_matches_the_paper():
+    assert muppet_threshold(0) == pytest.approx(2.5)
+    assert muppet_threshold(10) == pytest.approx(1 + 1.5 * math.exp(-1))
+
+
+def fake_step(ctl, layer, step, grads):
+    """Give ``layer`` the gradient ``grads`` and let the controller observe step ``step``."""
+    from tests.synth_stats import record
+    layer.weight.grad, layer.bias.grad = grads
+    ctl.observe(record(step, ctl.plan))
+    return ctl.decide(step + 1)
+
+
+def test_muppet_switches_up_the_ladder_when_diversity_falls():
+    lin = nn.Linear(8, 8)
+    ctl = MuPPET(interval=4, batches=4, patience=2)
+    ctl.setup(context(["lin"], modules={"lin": lin}, layer_types={"lin": "Linear"}))
+    assert ctl.ladder == ["bf16", "fp32"]  # fp16 left out on CPU (native executor)
+    g = torch.Generator().manual_seed(0)
+    plans, reasons = [], {}
+    for step in range(24):
+        if step < 8:   # independent random gradients: diversity ~ 1
+            grads = (torch.randn(8, 8, generator=g), torch.randn(8, generator=g))
+        else:          # the same gradient every batch: diversity 1/4
+            grads = (torch.ones(8, 8), torch.ones(8))
+        plans.append(fake_step(ctl, lin, step, grads)["lin"])
+        reasons.update(ctl.reasons)
+    divs = [h["diversity"] for h in ctl.history]
+    assert divs[0] > 0.5 and divs[2] == pytest.approx(0.25)
+    # checks at steps 4, 8 (random), 12, 16 (aligned): ratio ~4 > T on checks 3 and 4 -> switch at 16
+    assert plans[:15] == ["bf16"] * 15 and plans[15] == "fp32"
+    assert "diversity ratio" in reasons["lin"] and "bf16 -> fp32" in reasons["lin"]
+
+
+def test_muppet_in_a_real_run_switches_when_batches_start_to_agree():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    ap = AdaptivePrecision(model, controller=MuPPET(interval=5, batches=4, patience=1))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(1)
+    fixed = (torch.randn(64, 16, generator=g), torch.randint(0, 4, (64,), generator=g))
+    for step in range(30):
+        # diverse random batches first, then one repeated batch (the gradients agree)
+        x, y = ((torch.randn(8, 16, generator=g), torch.randint(0, 4, (8,), generator=g))
+                if step < 10 else fixed)
+        opt.zero_grad()
+        with ap.autocast():
+            loss = F.cross_entropy(model(x), y)
+        ap.backward(loss)
+        ap.step(opt)
+    switches = [d for d in ap.pop_decisions() if d["step"] > 0]
+    assert switches and all(d["new"] == "fp32" and "muppet" in d["reason"] for d in switches)
+    assert set(ap.plan.values()) == {"fp32"}
+
+
+def test_muppet_needs_several_batches():
+    with pytest.raises(ValueError, match="controller.batches=1 is out of range; allowed: >= 2"):
+        MuPPET(batches=1)
