@@ -164,3 +164,23 @@ def test_objective_is_quality_within_budget_and_penalized_beyond():
     assert math.isnan(objective_value({"status": "diverged"}, "val_rmse", "rel_cost_h100", 0.5))
     with pytest.raises(KeyError, match="metrics.json has no 'rel_cost_a100'"):
         objective_value(m, "val_rmse", "rel_cost_a100", budget=0.5)
+
+
+@pytest.mark.parametrize("name", _sweep_params("headline")["controller"])
+def test_every_headline_policy_composes_on_every_workload(make_cfg, name):
+    for experiment in EXPERIMENTS:
+        controller = instantiate(make_cfg(f"experiment={experiment}", f"controller={name}").controller)
+        assert hasattr(controller, "decide")
+
+
+def test_the_two_bandit_points_differ_only_in_algorithm(make_cfg):
+    ucb, ts = (make_cfg(f"controller={c}").controller for c in ("bandit_ucb", "bandit_thompson"))
+    differ = {k for k in ucb if ucb[k] != ts[k]}
+    assert differ == {"algorithm"}
+
+
+@pytest.mark.parametrize("name", ["tune_threshold", "tune_bandit"])
+def test_tuning_sweeps_compose(make_cfg, name):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    cfg = make_cfg(f"sweep={name}")
+    assert cfg.objective.cost == "rel_cost_bitops" and cfg.model.input_norm
