@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from .distributed import maybe_init_from_env
+from .objective import objective_value
 from .schema import describe_key, register_schemas
 from .train import train
 
@@ -28,7 +29,8 @@ register_schemas()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
+    """Returns the objective (``cfg.objective``, for sweepers such as Optuna), else None."""
     hc = HydraConfig.get()
     choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}
     try:
@@ -37,17 +39,25 @@ def main(cfg: DictConfig) -> None:
     except Exception as exc:
         log.error("run failed: %s: %s", type(exc).__name__, exc)
         if hc.mode == RunMode.MULTIRUN:
-            return  # recorded in metrics.json; let the other jobs of the sweep run
+            return _objective(cfg, {"status": "failed"})  # recorded; the other jobs go on
         print(f"adaprec: error: {exc}", file=sys.stderr)
         sys.exit(1)
     if metrics["status"] != "ok":  # diverged: recorded, and a single run says so and fails
         if hc.mode != RunMode.MULTIRUN:
             print(f"adaprec: error: {metrics['error']}", file=sys.stderr)
             sys.exit(1)
-        return
+        return _objective(cfg, metrics)  # NaN: a sweeper records the trial as failed
     quality = {k: round(v, 4) for k, v in metrics.items() if k.startswith("val_")}
     log.info("done in %.1fs: %s, shares %s -> %s", metrics["wall_s"], quality,
              metrics["format_shares"], hc.runtime.output_dir)
+    return _objective(cfg, metrics)
+
+
+def _objective(cfg: DictConfig, metrics: dict) -> float | None:
+    obj = cfg.get("objective")
+    if obj is None:
+        return None
+    return objective_value(metrics, obj.metric, obj.cost, float(obj.budget), float(obj.penalty))
 
 
 def one_line(exc: BaseException) -> str:

@@ -15,11 +15,13 @@ __all__ = ["LossScaler"]
 
 
 class LossScaler:
-    """Dynamic loss scaler. ``active`` decides whether the loss is scaled this step."""
+    """Dynamic loss scaler. ``active`` decides whether the loss is scaled this step;
+    ``enabled=False`` keeps it inactive whatever the plan (to study fp16 without loss scaling:
+    gradients below fp16's smallest subnormal then flush to zero)."""
 
     def __init__(self, init_scale: float = 2.0**16, growth_factor: float = 2.0,
                  backoff_factor: float = 0.5, growth_interval: int = 2000,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", enabled: bool = True):
         if not (init_scale > 0 and growth_factor > 1 and 0 < backoff_factor < 1 and growth_interval >= 1):
             raise ValueError("loss scaler needs init_scale > 0, growth_factor > 1, "
                              "0 < backoff_factor < 1 and growth_interval >= 1")
@@ -28,7 +30,16 @@ class LossScaler:
         self.growth_interval = growth_interval
         self._scale = torch.full((), float(init_scale), dtype=torch.float32, device=device)
         self._growth_tracker = torch.zeros((), dtype=torch.int32, device=device)
-        self.active = False
+        self.enabled = bool(enabled)
+        self._active = False
+
+    @property
+    def active(self) -> bool:
+        return self._active
+
+    @active.setter
+    def active(self, value: bool) -> None:
+        self._active = bool(value) and self.enabled
 
     @property
     def scale(self) -> float:

@@ -35,9 +35,10 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from .formats import FORMATS, get_format
 
-__all__ = ["AdaprecConfig", "TrainerConfig", "MonitorConfig", "CostConfig", "EmulationConfig",
-           "StaticSchema", "FixedPlanSchema", "AutocastSchema", "Rule", "rule", "register_schemas",
-           "register_group_schema", "validate", "describe_key", "ConfigError", "CONTROLLER_SCHEMAS"]
+__all__ = ["AdaprecConfig", "TrainerConfig", "MonitorConfig", "ScalerConfig", "ObjectiveConfig",
+           "CostConfig", "EmulationConfig", "StaticSchema", "FixedPlanSchema", "AutocastSchema",
+           "Rule", "rule", "register_schemas", "register_group_schema", "validate",
+           "describe_key", "ConfigError", "CONTROLLER_SCHEMAS"]
 
 
 class ConfigError(ValueError):
@@ -130,12 +131,29 @@ class TrainerConfig:
     resume: Optional[str] = None    # checkpoint file or run dir to resume from (default: the
                                     # run dir's own checkpoint, if the run there is unfinished)
     max_consecutive_skips: int = field(default=25, metadata=rule(ge=0))  # non-finite steps in a row -> diverged; 0 = never
+    num_threads: int = field(default=0, metadata=rule(ge=0))  # torch intra-op threads; 0 = torch's default (1 per parallel sweep job)
 
 
 @dataclass
 class MonitorConfig:
     every: int = field(default=10, metadata=rule(ge=0))  # sample statistics every N steps; 0 = off
     layers: list[str] = field(default_factory=list)      # extra module-name globs treated as layers
+
+
+@dataclass
+class ScalerConfig:
+    enabled: bool = True            # false: never scale the loss, even with fp16 layers
+    init_scale: float = field(default=65536.0, metadata=rule(gt=0))  # 2^16, as torch.amp.GradScaler
+    growth_interval: int = field(default=2000, metadata=rule(ge=1))  # clean steps before the scale doubles
+
+
+@dataclass
+class ObjectiveConfig:
+    """What a hyperparameter sweeper minimizes (adaprec/objective.py)."""
+    metric: str = "val_rmse"        # quality: val_accuracy (as 1 - acc), val_rmse, val_perplexity, val_loss
+    cost: str = "rel_cost_h100"     # a metrics.json field, dotted for nested: format_shares.fp32
+    budget: float = field(default=0.6, metadata=rule(gt=0))    # cost allowed before the penalty starts
+    penalty: float = field(default=10.0, metadata=rule(ge=0))  # objective added per unit of relative overspend
 
 
 @dataclass
@@ -157,6 +175,8 @@ class CostConfig:
 class AdaprecConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    scaler: ScalerConfig = field(default_factory=ScalerConfig)
+    objective: Optional[ObjectiveConfig] = None  # set by the tuning sweeps; main then returns it
     cost: CostConfig = field(default_factory=CostConfig)
     seed: int = field(default=0, metadata=rule(ge=0))
     device: Device = Device.cpu

@@ -132,7 +132,9 @@ def probe(x: torch.Tensor, scale: float = 1.0, prescaled: float = 1.0,
     L2 norm (used for parameters and their gradients).
     """
     x = x.detach()
-    factor = scale / prescaled
+    # equal scales (the usual case while scaling is on) need no division: a loss scale that
+    # backed off all the way to 0.0 (every step overflowing) must not raise ZeroDivisionError
+    factor = 1.0 if scale == prescaled else scale / prescaled
     n = x.numel()
     if n == 0:
         z = torch.zeros((), dtype=torch.float64, device=x.device)

@@ -63,13 +63,17 @@ def _get_batch(data, split: str, idx: torch.Tensor, device: torch.device):
 def _loss(task: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     if task == "lm":
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+    if task == "regression":
+        # in fp32 on the (already rounded) prediction: the format's error shows, the loss adds none
+        return F.mse_loss(logits.float().reshape(y.shape), y.float())
     return F.cross_entropy(logits, y)
 
 
 @torch.no_grad()
 def evaluate(model, ap: AdaptivePrecision | None, data, batch_size: int, device: torch.device,
              max_batches: int = 0) -> dict[str, float]:
-    """Validation loss and accuracy (classification) or perplexity (LM) under the current plan."""
+    """Validation loss and accuracy (classification), perplexity (LM) or root mean squared
+    error (regression; ``val_loss`` is then the MSE) under the current plan."""
     was_training = model.training
     model.eval()
     n = (data.val_x.numel() - 1) // data.block_size if data.task == "lm" else data.val_x.shape[0]
@@ -85,7 +89,7 @@ def evaluate(model, ap: AdaptivePrecision | None, data, batch_size: int, device:
             loss = _loss(data.task, logits, y)
         k = y.numel()
         total_loss += loss.double() * k
-        if data.task != "lm":
+        if data.task == "classification":
             correct += (logits.argmax(-1) == y).sum()
         count += k
     model.train(was_training)
@@ -93,6 +97,8 @@ def evaluate(model, ap: AdaptivePrecision | None, data, batch_size: int, device:
     out = {"val_loss": val_loss}
     if data.task == "lm":
         out["val_perplexity"] = math.exp(min(val_loss, 700.0))
+    elif data.task == "regression":
+        out["val_rmse"] = math.sqrt(val_loss) if val_loss >= 0 else float("nan")
     else:
         out["val_accuracy"] = (correct / max(count, 1)).item()
     return out
@@ -208,6 +214,8 @@ def _read_status(path: Path) -> str | None:
 def _build(cfg: DictConfig, device: torch.device):
     """Data, model, optimizer, scheduler, AdaptivePrecision and cost meter, from the config."""
     tc = cfg.trainer
+    if tc.get("num_threads", 0) > 0:  # parallel sweep jobs on a few cores: one thread each
+        torch.set_num_threads(int(tc.num_threads))
     data = instantiate(cfg.dataset)
     model = instantiate(cfg.model).to(device)
     optimizer = instantiate(cfg.optimizer)(params=model.parameters())
@@ -226,6 +234,7 @@ def _build(cfg: DictConfig, device: torch.device):
                            layers=extra_layers,
                            layer_costs=meter.layer_format_costs() if meter else None,
                            cheapness=meter.cheapness() if meter else None,
+                           scaler=dict(cfg.get("scaler") or {}),
                            executor_options=_executor_options(cfg))
     return data, model, optimizer, scheduler, ap, meter
 
@@ -434,6 +443,8 @@ def _short(ev: dict[str, float]) -> dict[str, str]:
         return {"acc": f"{ev['val_accuracy']:.3f}"}
     if "val_perplexity" in ev:
         return {"ppl": f"{ev['val_perplexity']:.2f}"}
+    if "val_rmse" in ev:
+        return {"rmse": f"{ev['val_rmse']:.3g}"}
     return {}
 
 

@@ -19,7 +19,8 @@ never identified by parsing folder names. Every fact comes from the files themse
   ``metrics.json`` still says ``"running"`` (the job was killed).
 - ``error``: the run's error message (``None`` for ok runs).
 - ``quality_metric`` / ``quality`` / ``higher_is_better``: the workload's quality measure — the
-  first of ``val_accuracy`` (higher is better), ``val_perplexity``, ``val_loss`` (lower is better)
+  first of ``val_accuracy`` (higher is better), ``val_perplexity``, ``val_rmse``, ``val_loss``
+  (lower is better)
   that any run of the workload reports — and this run's value of it.
 - every scalar of ``metrics.json`` under its own name: ``steps``, ``skipped_steps``, ``wall_s``,
   ``val_loss``, ``val_accuracy`` | ``val_perplexity``, ``plan_changes``, ``cost_<profile>_s``,
@@ -52,7 +53,8 @@ __all__ = ["RUN_FILES", "KEY_COLUMNS", "QUALITY_METRICS", "find_run_dirs", "load
 RUN_FILES = ("metrics.json", "config_resolved.yaml")
 KEY_COLUMNS = ["run_id", "workload", "controller", "seed"]
 # (metric, higher_is_better), in order of preference.
-QUALITY_METRICS = (("val_accuracy", True), ("val_perplexity", False), ("val_loss", False))
+QUALITY_METRICS = (("val_accuracy", True), ("val_perplexity", False), ("val_rmse", False),
+                   ("val_loss", False))
 _FINAL_STATUSES = ("ok", "failed", "diverged")
 _ALWAYS_CHOICES = ("controller", "model", "dataset", "experiment")
 _FIRST_COLUMNS = ["run_id", "workload", "controller", "model", "dataset", "experiment", "seed",

@@ -22,7 +22,7 @@ __all__ = ["CONFIDENCE", "t_interval", "default_metrics", "aggregate", "welch_te
 
 CONFIDENCE = 0.95
 _AGG_PATTERN = re.compile(r"^(rel_cost_.+|cost_.+_s|flop_share_.+|format_share_.+)$")
-_BASE_METRICS = ("quality", "val_loss", "val_accuracy", "val_perplexity", "wall_s",
+_BASE_METRICS = ("quality", "val_loss", "val_accuracy", "val_perplexity", "val_rmse", "wall_s",
                  "skipped_steps", "plan_changes")
 
 

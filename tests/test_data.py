@@ -131,7 +131,7 @@ def test_bundle_batches_and_checks():
     with pytest.raises(ValueError, match="split must be"):
         b.get_batch("test", [0])
     with pytest.raises(ValueError, match="task must be one of"):
-        DataBundle("regression", x, y, x, y)
+        DataBundle("segmentation", x, y, x, y)
     with pytest.raises(ValueError, match="train_y must be"):
         DataBundle("classification", x, y[:3], x, y)
     lm = DataBundle("lm", torch.arange(20), None, torch.arange(10), None,
@@ -294,6 +294,8 @@ def test_every_dataset_config_instantiates(name, tmp_path):
     assert isinstance(bundle, DataBundle) and bundle.task == cfg.task
     if cfg.task == "lm":
         assert (bundle.vocab_size, bundle.block_size) == (cfg.vocab_size, cfg.block_size)
+    elif cfg.task == "regression":
+        assert bundle.input_shape == (cfg.in_features,) and bundle.train_y.is_floating_point()
     else:
         assert bundle.num_classes == cfg.num_classes
         assert bundle.input_shape == (cfg.channels, cfg.image_size, cfg.image_size)

@@ -144,7 +144,7 @@ def _model_dataset_pairs():
     """Every model config with every dataset config of the task it serves."""
     tasks = {p.stem: OmegaConf.load(p).task for p in (CONF / "dataset").glob("*.yaml")}
     return [pytest.param(m, d, id=f"{m}-{d}") for m in MODEL_CONFIGS for d in sorted(tasks)
-            if tasks[d] == ("lm" if m == "gpt" else "classification")]
+            if tasks[d] == {"gpt": "lm", "regressor": "regression"}.get(m, "classification")]
 
 
 @pytest.mark.parametrize("model_name,dataset_name", _model_dataset_pairs())
@@ -157,6 +157,8 @@ def test_every_model_config_instantiates_and_runs(model_name, dataset_name):
     if d.task == "lm":
         x = torch.randint(0, d.vocab_size, (2, d.block_size))
         assert model(x).shape == (2, d.block_size, d.vocab_size)
+    elif d.task == "regression":
+        assert model(torch.randn(2, d.in_features)).shape == (2,)
     else:
         x = torch.randn(2, d.channels, d.image_size, d.image_size)
         assert model(x).shape == (2, d.num_classes)

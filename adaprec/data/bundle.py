@@ -7,7 +7,7 @@ import torch
 
 __all__ = ["DataBundle", "DataError", "TASKS"]
 
-TASKS = ("classification", "lm")
+TASKS = ("classification", "lm", "regression")
 
 
 class DataError(ValueError):
@@ -19,6 +19,7 @@ class DataBundle:
     """Train and validation tensors held in memory (the data sets here are small).
 
     classification: ``*_x`` float32 ``[N, C, H, W]`` (or ``[N, D]``), ``*_y`` int64 ``[N]``.
+    regression: ``*_x`` as for classification, ``*_y`` float targets ``[N]`` or ``[N, k]``.
     lm: ``*_x`` an int64 token stream ``[T]``, ``*_y`` None; windows of ``block_size`` tokens
     are cut from it by :meth:`get_lm_batch`.
     """
@@ -40,6 +41,10 @@ class DataBundle:
             if self.task == "classification":
                 if y is None or y.dim() != 1 or len(y) != len(x):
                     raise ValueError(f"{split}_y must be a 1-d label tensor as long as {split}_x")
+            elif self.task == "regression":
+                if y is None or not y.is_floating_point() or y.dim() not in (1, 2) or len(y) != len(x):
+                    raise ValueError(f"regression {split}_y must be a float tensor [N] or [N, k] "
+                                     f"as long as {split}_x")
             elif x.dim() != 1 or len(x) <= self.block_size or self.block_size <= 0:
                 raise ValueError(f"lm {split}_x must be a 1-d token stream longer than "
                                  f"block_size={self.block_size} (> 0), got shape {tuple(x.shape)}")
@@ -54,7 +59,7 @@ class DataBundle:
     def num_examples(self, split: str) -> int:
         """classification: number of examples; lm: number of valid window starts."""
         x, _ = self._split(split)
-        return len(x) if self.task == "classification" else len(x) - self.block_size
+        return len(x) if self.task != "lm" else len(x) - self.block_size
 
     @property
     def num_train_examples(self) -> int:
@@ -67,14 +72,13 @@ class DataBundle:
     @property
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one model input: ``(C, H, W)`` / ``(D,)``, or ``(block_size,)`` for lm."""
-        if self.task == "lm":
-            return (self.block_size,)
-        return tuple(self.train_x.shape[1:])
+        return tuple(self.train_x.shape[1:]) if self.task != "lm" else (self.block_size,)
 
     def get_batch(self, split: str, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Classification examples ``indices`` of ``split`` as ``(x, y)``."""
-        if self.task != "classification":
-            raise ValueError("get_batch is for classification bundles; use get_lm_batch for lm")
+        """Classification or regression examples ``indices`` of ``split`` as ``(x, y)``."""
+        if self.task == "lm":
+            raise ValueError("get_batch is for classification and regression bundles; "
+                             "use get_lm_batch for lm")
         x, y = self._split(split)
         indices = torch.as_tensor(indices, dtype=torch.long, device=x.device)
         return x[indices], y[indices]
@@ -83,7 +87,7 @@ class DataBundle:
         """Windows ``stream[s : s+block_size]`` as ``x`` and the same shifted by one as ``y``,
         both ``[len(starts), block_size]``; valid starts are ``0 .. num_examples(split) - 1``."""
         if self.task != "lm":
-            raise ValueError("get_lm_batch is for lm bundles; use get_batch for classification")
+            raise ValueError("get_lm_batch is for lm bundles; use get_batch for the others")
         stream, _ = self._split(split)
         starts = torch.as_tensor(starts, dtype=torch.long, device=stream.device)
         if starts.numel() and (starts.min() < 0 or starts.max() >= self.num_examples(split)):
