@@ -8,8 +8,11 @@ Search (one layer at a time, then greedy combination):
    evaluated on the validation split; its quality drop and modeled inference saving recorded.
 2. *Greedy*: candidates within the tolerance on their own are tried in order of saving per unit
    of drop (drop floored at ``1e-4`` so free changes come first, biggest saving first); each is
-   kept only if the *combined* plan still meets the tolerance, re-evaluated. A layer takes at
-   most one format, its cheapest admissible one first.
+   kept only if the *combined* plan still meets the tolerance and is cheaper, re-evaluated. A
+   layer takes at most one format, its cheapest admissible one first.
+3. *Uniform plans*: each candidate format on every layer is evaluated too. Greedy steps from
+   fp32 can stall where one layer alone saves less than the casts it adds around it; a uniform
+   plan has no casts inside. The cheapest plan within the tolerance wins.
 Quality drop: classification, accuracy points lost (absolute); perplexity and RMSE, relative
 increase. Modeled latency: a forward pass of ``latency_batch`` examples on the profile.
 """
@@ -77,7 +80,8 @@ class DeployResult:
                 "fp32_modeled_latency_s": self.fp32_latency_s,
                 "bf16_modeled_latency_s": self.bf16_latency_s,
                 "rel_latency": self.latency_s / self.fp32_latency_s,
-                "search": "per-layer sensitivity, then greedy combination (adaprec.deploy)"}
+                "search": "per-layer sensitivity, greedy combination from fp32, uniform plans; "
+                          "cheapest within tolerance (adaprec.deploy)"}
 
 
 def deploy_search(model: torch.nn.Module, data, profile: str, tolerance: float,
@@ -106,7 +110,15 @@ def deploy_search(model: torch.nn.Module, data, profile: str, tolerance: float,
         fp32_q, fp32_cost = measure(fp32)
         bf16_q, bf16_cost = measure(Plan.uniform("bf16", ap.layers))
         metric, _ = primary_metric(fp32_q)
-        rows, candidates = [], []
+        rows, candidates, uniform = [], [], []
+        for fmt in formats:
+            plan_u = Plan.uniform(fmt, ap.layers)
+            q, cost = (bf16_q, bf16_cost) if fmt == "bf16" else measure(plan_u)
+            drop = quality_drop(fp32_q, q)
+            rows.append({"stage": "uniform", "layer": "*", "format": fmt, metric: q[metric],
+                         "drop": drop, "rel_latency": cost / fp32_cost, "accepted": drop <= tolerance})
+            if drop <= tolerance:
+                uniform.append((cost, fmt, plan_u, q))
         for layer in ap.layers:
             for fmt in formats:
                 q, cost = measure(fp32.with_changes({layer: fmt}))
@@ -126,6 +138,9 @@ def deploy_search(model: torch.nn.Module, data, profile: str, tolerance: float,
                          "drop": quality_drop(fp32_q, q), "rel_latency": cost / fp32_cost, "accepted": ok})
             if ok:
                 plan, plan_q, plan_cost = trial, q, cost
+        for cost, _, plan_u, q in sorted(uniform, key=lambda u: (u[0], u[1]))[:1]:
+            if cost < plan_cost:
+                plan, plan_q, plan_cost = plan_u, q, cost
         ap.set_plan(plan)
         return DeployResult(plan=plan, profile=prof.name, tolerance=tolerance, metric=metric,
                             quality=plan_q, fp32_quality=fp32_q, bf16_quality=bf16_q,

@@ -41,6 +41,7 @@ def test_tolerance_zero_keeps_the_fragile_layer_fp32():
     assert result.plan["mid"] in ("bf16", "fp16")              # the exact layers go 16-bit
     assert result.quality["val_accuracy"] == 1.0
     assert result.latency_s < result.fp32_latency_s
+    assert set(result.table["stage"]) == {"uniform", "sensitivity", "greedy"}
     sens = result.table[result.table.stage == "sensitivity"].set_index(["layer", "format"])
     assert sens.loc[("head", "bf16"), "drop"] == 0.5 and not sens.loc[("head", "fp16"), "accepted"]
 
