@@ -9,7 +9,9 @@ never identified by parsing folder names. Every fact comes from the files themse
 - ``run_id``: the run directory relative to ``path`` (POSIX); the key of every other table.
 - ``workload``: ``experiment`` choice when present, else ``"<model>/<dataset>"`` (None when
   no readable file names them).
-- ``controller``, ``model``, ``dataset``, ``experiment`` (always present, may be missing values)
+- ``controller``, ``model``, ``dataset``, ``experiment`` (always present, may be missing values);
+  a run with ``controller.cost_budget`` set is labelled ``<controller>@<budget>`` (e.g.
+  ``threshold@0.6``) so budget runs are their own points in aggregates and Pareto plots
   and every other Hydra group choice from ``metrics.json["choices"]`` under its group name
   (a choice whose name clashes with a metrics key is stored as ``choice.<group>``). Runs without
   ``metrics.json`` take their choices from ``.hydra/hydra.yaml`` (``hydra.runtime.choices``).
@@ -139,6 +141,10 @@ def _run_row(root: Path, run_dir: Path) -> dict[str, Any]:
     if row.get("seed") is None and isinstance(cfg, dict):
         row["seed"] = cfg.get("seed")
     row.update({"cfg." + k: v for k, v in _flatten(cfg or {}).items()})
+    budget = row.get("cfg.controller.cost_budget")
+    if row["controller"] is not None and budget is not None:
+        # a budgeted controller is its own point on the Pareto plots, not a seed of the other
+        row["controller"] = f"{row['controller']}@{budget:g}"
     known = row["model"] is not None or row["dataset"] is not None
     row["workload"] = row["experiment"] or (f"{row['model']}/{row['dataset']}" if known else None)
     overrides = _read_yaml(run_dir / ".hydra" / "overrides.yaml")

@@ -140,3 +140,16 @@ def test_killed_run_takes_its_choices_from_hydra_files(tmp_path):
     assert row["run_id"] == "2" and row["status"] == "incomplete"
     assert (row["controller"], row["model"], row["dataset"]) == ("fp16", "mlp", "digits")
     assert row["workload"] == "mlp/digits" and row["seed"] == 0
+
+
+def test_budget_runs_get_their_own_controller_label(tmp_path):
+    import json
+    from analysis.load import load_runs
+    for name, budget in (("a", None), ("b", 0.6)):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "metrics.json").write_text(json.dumps({"status": "ok", "seed": 0, "val_accuracy": 0.9,
+                                                     "choices": {"controller": "threshold"}}))
+        (d / "config_resolved.yaml").write_text(f"seed: 0\ncontroller:\n  cost_budget: {'null' if budget is None else budget}\n")
+    runs = load_runs(tmp_path).set_index("run_id")
+    assert runs.loc["a", "controller"] == "threshold" and runs.loc["b", "controller"] == "threshold@0.6"
