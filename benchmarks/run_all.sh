@@ -15,4 +15,4 @@ for model in resnet18 gpt; do
   python -m benchmarks.controllers_end_to_end --model "$model" --batch "$batch" --reps 3 --warmup 1 --steps 10 "${extra[@]}"
 done
 echo "## emulated fp16 vs fp32 (resnet18)"
-python benchmarks/emulated_vs_fp32.py --reps 8 "${extra[@]}"
+python -m benchmarks.emulated_vs_fp32 --reps 8 "${extra[@]}"

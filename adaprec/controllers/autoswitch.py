@@ -15,7 +15,7 @@ worst of the layer's activation, output gradient, weights and weight gradients.
 from __future__ import annotations
 
 from ..plan import Plan
-from ._common import allowed_formats, check_formats, check_range, flush_rate, quant_mse
+from ._common import allowed_formats, check_formats, check_range, flush_rate, quant_mse, root_format
 from .base import ControllerContext, StepRecord
 
 __all__ = ["Autoswitch"]
@@ -67,7 +67,7 @@ class Autoswitch:
     def decide(self, step: int) -> Plan:
         if not self._fmt:
             raise RuntimeError("Autoswitch.setup() must run before decide()")
-        return Plan(self._fmt, default="fp32")
+        return Plan(self._fmt, default=root_format(self._fmt))
 
     def state_dict(self) -> dict:
         return {"formats": dict(self._fmt)}

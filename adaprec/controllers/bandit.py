@@ -37,7 +37,7 @@ from collections.abc import Sequence
 import torch
 
 from ..plan import Plan
-from ._common import allowed_formats, check_formats, check_range, cheapest_first, relative_costs
+from ._common import allowed_formats, cheapest_first, check_formats, check_range, relative_costs, root_format
 from .budget import Budget
 from ._window import Window, summarize_step
 from .base import ControllerContext, StepRecord
@@ -159,7 +159,7 @@ class Bandit:
             # pinned: layers whose numerics ruled out the arm they played (not exploration)
             self._fit_budget({n for n in self._layers if before[n] != self._fmt[n]
                               and not self._safe(n, before[n])})
-        return Plan(self._fmt, default="fp32")
+        return Plan(self._fmt, default=root_format(self._fmt))
 
     def _safe(self, layer: str, fmt: str) -> bool:
         """Not blocked after non-finite values, and fp16 only within its observed range."""
@@ -251,7 +251,7 @@ class Bandit:
     # -- state ----------------------------------------------------------------------------------
     @property
     def plan(self) -> Plan:
-        return Plan(self._fmt, default="fp32")
+        return Plan(self._fmt, default=root_format(self._fmt))
 
     def state_dict(self) -> dict:
         """Counts, estimates, the open window and the RNG state (torch.save-able, weights_only)."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..plan import Plan
-from ._common import (allowed_formats, check_formats, check_range, cheapest_first,
+from ._common import (allowed_formats, check_formats, check_range, cheapest_first, root_format,
                       relative_costs)
 from ._window import Window, summarize_step
 from .budget import Budget
@@ -117,7 +117,7 @@ class Threshold:
                 up = {n for n in self._layers
                       if self._order[n].index(self._fmt[n]) > self._order[n].index(before[n])}
                 self._fit_budget(up, windows, step)
-        return Plan(self._fmt, default="fp32")
+        return Plan(self._fmt, default=root_format(self._fmt))
 
     def _fit_budget(self, pinned: set[str], windows: dict, step: int = 0) -> None:
         """Pay for layers pushed up by numerics with the safest other layers (logged)."""
@@ -204,7 +204,7 @@ class Threshold:
     # -- state ----------------------------------------------------------------------------------
     @property
     def plan(self) -> Plan:
-        return Plan(self._fmt, default="fp32")
+        return Plan(self._fmt, default=root_format(self._fmt))
 
     def state_dict(self) -> dict:
         return {"formats": dict(self._fmt), "last_switch": dict(self._last_switch),
