@@ -97,9 +97,7 @@ class Bandit:
                        "thompson": {"sigma": sigma}, "exp3": {"gamma": exp3_gamma},
                        "hedge": {"eta": eta}}[self.algorithm]
         self.seed, self.cpu_fp16 = int(seed), bool(cpu_fp16)
-        if cost_budget is not None:
-            check_range("cost_budget", cost_budget, 0, allowed="> 0 (relative to all-fp32)")
-        self.cost_budget = cost_budget
+        self.cost_budget = Budget.check(cost_budget)
         self._budget: Budget | None = None
         self.reasons: dict[str, str] = {}
         self._layers: list[str] = []

@@ -68,9 +68,7 @@ class Threshold:
             self.formats.append("fp32")  # the escalation target must always be reachable
         self.start = start if start == "cheapest" else check_formats("start", [start])[0]
         self.cpu_fp16 = bool(cpu_fp16)
-        if cost_budget is not None:
-            check_range("cost_budget", cost_budget, 0, allowed="> 0 (relative to all-fp32)")
-        self.cost_budget = cost_budget
+        self.cost_budget = Budget.check(cost_budget)
         self._budget: Budget | None = None
         self.reasons: dict[str, str] = {}
         self._layers: list[str] = []
