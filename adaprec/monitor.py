@@ -37,10 +37,13 @@ class Monitor:
     """Samples LayerStats every ``every`` steps (``every=0`` switches monitoring off)."""
 
     def __init__(self, model: nn.Module, layers: Sequence[str], every: int = 10,
-                 history: int = 100):
+                 history: int = 100, exact: bool = True):
         if every < 0:
             raise ValueError(f"monitor.every must be >= 0 (0 = off), got {every}")
         self.every = every
+        # exact: absmax (so the presence of inf/overflow) over every element of activations
+        # and gradients; False estimates it from the sample too (cheap enough for every step)
+        self.exact = bool(exact)
         self.layers = list(layers)
         modules = dict(model.named_modules())
         self._params = {name: [p for p in modules[name].parameters(recurse=False)]
@@ -115,7 +118,7 @@ class Monitor:
             t = _first_float_tensor(output)
             if t is None:
                 return None
-            self._pending.append((name, "act", probe(t)))
+            self._pending.append((name, "act", probe(t, exact_absmax=self.exact)))
             if t.requires_grad:
                 t.register_hook(self._grad_hook(name))
             return None
@@ -124,7 +127,8 @@ class Monitor:
     def _grad_hook(self, name: str):
         def hook(grad):
             if self._sampled:
-                self._pending.append((name, "grad", probe(grad, self._grad_scale, self._applied_scale)))
+                self._pending.append((name, "grad", probe(grad, self._grad_scale, self._applied_scale,
+                                                          exact_absmax=self.exact)))
             return None
         return hook
 

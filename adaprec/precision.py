@@ -61,6 +61,8 @@ class AdaptivePrecision:
             device runs the format fast, emulated elsewhere).
         executor_options: keyword arguments for the executor (emulated/auto: ``fp8``).
         monitor_every: sample statistics every N optimizer steps (0 = off).
+        monitor_exact: absmax of activations/gradients over every element (default); False
+            estimates it from the fixed-size sample too, for cheap every-step statistics.
         layers: extra glob patterns of module names to treat as layers.
         scaler: keyword arguments for :class:`~adaprec.scaler.LossScaler`.
         layer_costs / cheapness: cost information handed to the controller's ``setup``.
@@ -70,7 +72,7 @@ class AdaptivePrecision:
                  device_type: str = "cpu", executor: str = "native", monitor_every: int = 10,
                  layers: Sequence[str] = (), scaler: dict | None = None,
                  layer_costs: dict | None = None, cheapness: Sequence[str] | None = None,
-                 executor_options: dict | None = None):
+                 executor_options: dict | None = None, monitor_exact: bool = True):
         if executor not in EXECUTORS:
             raise ValueError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
         model = unwrap(model)
@@ -81,7 +83,7 @@ class AdaptivePrecision:
             raise ValueError(f"{type(model).__name__} has no layers (no module owns parameters)")
         self.controller: Controller = controller if controller is not None else Static("fp32")
         self.executor = EXECUTORS[executor](model, self.layers, device_type, **(executor_options or {}))
-        self.monitor = Monitor(model, self.layers, monitor_every)
+        self.monitor = Monitor(model, self.layers, monitor_every, exact=monitor_exact)
         # a model may own no parameters (only parameterless adaprec_layer blocks)
         device = next(model.parameters(), torch.empty(0)).device
         self.scaler = LossScaler(device=device, **(scaler or {}))

@@ -138,6 +138,7 @@ class TrainerConfig:
 class MonitorConfig:
     every: int = field(default=10, metadata=rule(ge=0))  # sample statistics every N steps; 0 = off
     layers: list[str] = field(default_factory=list)      # extra module-name globs treated as layers
+    exact: bool = True              # absmax over every element (never misses an inf); false: from the sample
 
 
 @dataclass

@@ -124,12 +124,14 @@ class Probe:
 
 
 def probe(x: torch.Tensor, scale: float = 1.0, prescaled: float = 1.0,
-          sample: int = DEFAULT_SAMPLE, exact_norm: bool = False) -> Probe:
+          sample: int = DEFAULT_SAMPLE, exact_norm: bool = False, exact_absmax: bool = True) -> Probe:
     """Take a :class:`Probe` of ``x`` (no host sync).
 
     Range checks see ``x`` at loss scale ``scale``; ``prescaled`` is the scale ``x`` already
     carries (a gradient from a scaled backward). ``exact_norm`` adds one pass for the exact
-    L2 norm (used for parameters and their gradients).
+    L2 norm (used for parameters and their gradients). ``exact_absmax=False`` takes absmax from
+    the sample too: no full pass at all, but a rare inf or overflow outside the sample can be
+    missed (the monitor's ``exact=False`` mode, for statistics on every step).
     """
     x = x.detach()
     # equal scales (the usual case while scaling is on) need no division: a loss scale that
@@ -139,11 +141,13 @@ def probe(x: torch.Tensor, scale: float = 1.0, prescaled: float = 1.0,
     if n == 0:
         z = torch.zeros((), dtype=torch.float64, device=x.device)
         return Probe(x.reshape(-1).float(), 0, z, z if exact_norm else None, scale)
-    absmax = torch.linalg.vector_norm(x, float("inf")).to(torch.float64) * factor
     sumsq = (torch.linalg.vector_norm(x, 2, dtype=torch.float32).to(torch.float64) * factor) ** 2 \
         if exact_norm else None
     xs = _sample(x, sample).float()
-    return Probe(xs * factor if factor != 1.0 else xs, n, absmax, sumsq, scale)
+    xs = xs * factor if factor != 1.0 else xs
+    source, scale_by = (x, factor) if exact_absmax else (xs, 1.0)
+    absmax = torch.linalg.vector_norm(source, float("inf")).to(torch.float64) * scale_by
+    return Probe(xs, n, absmax, sumsq, scale)
 
 
 def reduce_probes(probes: list[Probe]) -> torch.Tensor:

@@ -235,7 +235,8 @@ def _build(cfg: DictConfig, device: torch.device):
                            layer_costs=meter.layer_format_costs() if meter else None,
                            cheapness=meter.cheapness() if meter else None,
                            scaler=dict(cfg.get("scaler") or {}),
-                           executor_options=_executor_options(cfg))
+                           executor_options=_executor_options(cfg),
+                           monitor_exact=bool(cfg.monitor.get("exact", True)))
     return data, model, optimizer, scheduler, ap, meter
 
 

@@ -121,3 +121,15 @@ def test_batched_reduction_equals_one_tensor_at_a_time():
     batched = reduce_probes(probes)
     for i, p in enumerate(probes):
         torch.testing.assert_close(batched[i], reduce_probes([p])[0], equal_nan=True)
+
+
+def test_inexact_absmax_comes_from_the_sample_only():
+    from adaprec.stats import derive, probe, reduce_probes
+    x = torch.zeros(1 << 16)
+    x[1] = 7e4  # outside a stride-5 sample of 2^12 elements? index 1 is never a multiple of the stride
+    exact = derive(reduce_probes([probe(x, sample=1 << 12)])[0].tolist())
+    cheap = derive(reduce_probes([probe(x, sample=1 << 12, exact_absmax=False)])[0].tolist())
+    assert exact.absmax == 7e4 and exact.fp16_overflow > 0
+    assert cheap.absmax == 0.0 and cheap.fp16_overflow == 0.0  # the documented trade-off
+    small = torch.tensor([1.0, -3.0, float("inf")])
+    assert derive(reduce_probes([probe(small, exact_absmax=False)])[0].tolist()).absmax == float("inf")
