@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import os
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -21,6 +22,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from .distributed import maybe_init_from_env
 from .objective import objective_value
+from .runlog import write_json_atomic
 from .schema import describe_key, register_schemas
 from .train import train
 
@@ -39,6 +41,7 @@ def main(cfg: DictConfig) -> float | None:
     except Exception as exc:
         log.error("run failed: %s: %s", type(exc).__name__, exc)
         if hc.mode == RunMode.MULTIRUN:
+            _record_failure(Path(hc.runtime.output_dir), exc, choices, cfg)
             return _objective(cfg, {"status": "failed"})  # recorded; the other jobs go on
         print(f"adaprec: error: {exc}", file=sys.stderr)
         sys.exit(1)
@@ -51,6 +54,17 @@ def main(cfg: DictConfig) -> float | None:
     log.info("done in %.1fs: %s, shares %s -> %s", metrics["wall_s"], quality,
              metrics["format_shares"], hc.runtime.output_dir)
     return _objective(cfg, metrics)
+
+
+def _record_failure(out: Path, exc: Exception, choices: dict, cfg: DictConfig) -> None:
+    """A sweep job that failed before ``train`` wrote anything (a config value out of range)
+    still leaves a metrics.json with status ``failed``, so the failure is visible."""
+    path = out / "metrics.json"
+    if path.exists():
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, {"status": "failed", "error": f"{type(exc).__name__}: {exc}",
+                             "choices": choices, "seed": cfg.get("seed")})
 
 
 def _objective(cfg: DictConfig, metrics: dict) -> float | None:
