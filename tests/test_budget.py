@@ -1,13 +1,13 @@
 """Cost budgets: never exceeded while numerics push a layer up; impossible budgets fail at start."""
 import pytest
 import torch
-import torch.nn.functional as F
 
 from adaprec import AdaptivePrecision
 from adaprec.controllers import Bandit, Threshold
 from adaprec.controllers.budget import Budget
 from adaprec.controllers.base import ControllerContext
 
+from .loops import train_steps
 from .test_controllers_e2e import Overflowing, dataset
 
 # per-layer modeled costs (seconds), fp16 a little cheaper than bf16 as on a chip with faster
@@ -22,14 +22,8 @@ def run(controller, steps=20):
     ap = AdaptivePrecision(model, controller=controller, monitor_every=1, layer_costs=COSTS)
     opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
     x, y = dataset()
-    plans, records = [ap.plan], []
-    for _ in range(steps):
-        opt.zero_grad()
-        with ap.autocast():
-            loss = F.cross_entropy(model(x), y)
-        ap.backward(loss)
-        records.append(ap.step(opt))
-        plans.append(ap.plan)
+    plans = [ap.plan]
+    records = train_steps(model, ap, x, y, steps, opt, plans)
     return plans, records, ap
 
 

@@ -9,6 +9,8 @@ from adaprec.controllers import FixedPlan, Static
 from adaprec.precision import needs_loss_scaling
 from adaprec.scaler import LossScaler
 
+from .loops import train_steps
+
 
 def test_scaling_is_on_exactly_when_a_narrow_format_is_in_the_plan():
     assert needs_loss_scaling(Plan({"a": "bf16", "b": "fp16"}))
@@ -64,15 +66,7 @@ def test_nonfinite_gradient_skips_step_and_leaves_weights():
 
 
 def _run(model, ap, steps, x, y):
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    records = []
-    for _ in range(steps):
-        opt.zero_grad()
-        with ap.autocast():
-            loss = F.cross_entropy(model(x), y)
-        ap.backward(loss)
-        records.append(ap.step(opt))
-    return records
+    return train_steps(model, ap, x, y, steps)
 
 
 def test_monitor_samples_every_n_steps_with_all_kinds():
