@@ -10,6 +10,8 @@ from torch import nn
 from adaprec import AdaptivePrecision
 from adaprec.controllers import Bandit, Static, Threshold
 
+from .loops import train_steps
+
 STEPS = 20
 
 
@@ -44,14 +46,8 @@ def train(controller, cheapness=None):
     ap = AdaptivePrecision(model, controller=controller, monitor_every=1, cheapness=cheapness)
     opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
     x, y = dataset()
-    records, plans = [], []
-    for _ in range(STEPS):
-        opt.zero_grad()
-        with ap.autocast():
-            loss = F.cross_entropy(model(x), y)
-        ap.backward(loss)
-        records.append(ap.step(opt))
-        plans.append(ap.plan)
+    plans = []
+    records = train_steps(model, ap, x, y, STEPS, opt, plans)
     model.eval()
     with torch.no_grad(), ap.autocast():
         logits = model(x)

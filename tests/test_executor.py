@@ -7,6 +7,8 @@ from torch import nn
 from adaprec import AdaptivePrecision, Plan
 from adaprec.controllers import Autocast, FixedPlan, Static
 
+from .loops import train_steps
+
 
 def mlp(seed=0):
     torch.manual_seed(seed)
@@ -45,14 +47,7 @@ def train_reference(model, x, y, steps, dtype=None):
 def train_adaprec(model, x, y, steps, controller, monitor_every=1):
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     ap = AdaptivePrecision(model, controller=controller, monitor_every=monitor_every)
-    losses = []
-    for _ in range(steps):
-        opt.zero_grad()
-        with ap.autocast():
-            loss = F.cross_entropy(model(x), y)
-        ap.backward(loss)
-        losses.append(ap.step(opt).loss)
-    return losses, ap
+    return [r.loss for r in train_steps(model, ap, x, y, steps, opt)], ap
 
 
 def assert_params_equal(a, b):

@@ -148,6 +148,6 @@ def test_bad_values_name_the_key_and_the_range(key, value, allowed):
         Threshold(**{key: value})
 
 
-def test_unknown_format_is_a_one_line_error():
+def test_unknown_format_gets_a_one_line_message():
     with pytest.raises(ValueError, match="controller.formats has unknown format 'fp17'"):
         Threshold(formats=["fp17"])
