@@ -20,18 +20,18 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .controllers.base import Controller, ControllerContext, StepRecord
-from .controllers.static import Static
-from .diagnose import find_nonfinite_layer
-from .distributed import (broadcast_object, gather_objects, is_distributed,
+from adaprec.controllers.base import Controller, ControllerContext, StepRecord
+from adaprec.controllers.static import Static
+from adaprec.runtime.diagnose import find_nonfinite_layer
+from adaprec.runtime.distributed import (broadcast_object, gather_objects, is_distributed,
                           reduce_loss_and_found_inf, unwrap)
-from .executor import NativeExecutor
-from .executor_emulated import AutoExecutor, EmulatedExecutor
-from .formats import BF16, get_format
-from .layers import discover_layers
-from .monitor import Monitor
-from .plan import Plan
-from .scaler import LossScaler
+from adaprec.runtime.executors.native import NativeExecutor
+from adaprec.runtime.executors.emulated import AutoExecutor, EmulatedExecutor
+from adaprec.numerics.formats import BF16, get_format
+from adaprec.runtime.layers import discover_layers
+from adaprec.runtime.monitor import Monitor
+from adaprec.runtime.plan import Plan
+from adaprec.numerics.scaler import LossScaler
 
 __all__ = ["AdaptivePrecision", "EXECUTORS", "needs_loss_scaling"]
 
@@ -50,7 +50,7 @@ class AdaptivePrecision:
 
     Under DDP pass the wrapped model or the inner one: layers are named as in the inner model
     (no ``module.`` prefix), rank 0's controller decides and its plan is broadcast, and
-    found-inf is reduced across ranks before the skip decision (see ``adaprec.distributed``).
+    found-inf is reduced across ranks before the skip decision (see ``adaprec.runtime.distributed``).
 
     Args:
         model: any ``nn.Module``; parameters stay fp32 (master weights).
@@ -64,7 +64,7 @@ class AdaptivePrecision:
         monitor_exact: absmax of activations/gradients over every element (default); False
             estimates it from the fixed-size sample too, for cheap every-step statistics.
         layers: extra glob patterns of module names to treat as layers.
-        scaler: keyword arguments for :class:`~adaprec.scaler.LossScaler`.
+        scaler: keyword arguments for :class:`~adaprec.numerics.scaler.LossScaler`.
         layer_costs / cheapness: cost information handed to the controller's ``setup``.
     """
 
@@ -236,7 +236,7 @@ class AdaptivePrecision:
     @classmethod
     def from_plan(cls, model: nn.Module, path: str | Path, device_type: str = "cpu",
                   executor: str = "native") -> "AdaptivePrecision":
-        """Apply a saved plan (``inference_plan.json`` from ``adaprec.deploy``, or a plan JSON)
+        """Apply a saved plan (``inference_plan.json`` from ``adaprec.tools.deploy``, or a plan JSON)
         for inference: ``with ap.autocast(): model(x)``."""
         data = json.loads(Path(path).read_text())
         plan = Plan.from_dict(data["plan"] if "plan" in data else data)
@@ -310,7 +310,7 @@ def load_executor_state(executor, state: dict) -> None:
         return
     if not hasattr(executor, "fp8_states"):
         return
-    from .emulation import AmaxState  # only emulated executors keep fp8 scaling state
+    from adaprec.numerics.emulation import AmaxState  # only emulated executors keep fp8 scaling state
     executor.fp8_states.clear()
     for entry in state.get("fp8", []):
         st = AmaxState.__new__(AmaxState)  # fields set below, exactly as saved

@@ -20,11 +20,11 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from .distributed import maybe_init_from_env
-from .objective import objective_value
-from .runlog import write_json_atomic
-from .schema import describe_key, register_schemas
-from .train import train
+from adaprec.runtime.distributed import maybe_init_from_env
+from adaprec.app.objective import objective_value
+from adaprec.app.runlog import write_json_atomic
+from adaprec.app.schema import describe_key, register_schemas
+from adaprec.app.train import train
 
 log = logging.getLogger("adaprec")
 register_schemas()

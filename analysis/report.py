@@ -143,7 +143,7 @@ def run_figures(run: pd.DataFrame, out: Path, styles: dict | None = None) -> lis
 
 
 def _deploy_figure(search_csv: Path, stem: Path) -> None:
-    """Sensitivity figure of an ``adaprec.deploy`` search found in a run directory."""
+    """Sensitivity figure of an ``adaprec.tools.deploy`` search found in a run directory."""
     import json
     table = pd.read_csv(search_csv)
     sens = table[table["stage"] == "sensitivity"][["layer", "format", "drop"]].copy()

@@ -1,6 +1,6 @@
 """Predicted vs measured bf16 speed-up of a ResNet-18 training step on this machine.
 
-    python -m adaprec.calibrate --out local_profile.yaml          # or use conf/cost/local.yaml
+    python -m adaprec.tools.calibrate --out local_profile.yaml          # or use conf/cost/local.yaml
     python -m benchmarks.cost_model_resnet18 --profile local_profile.yaml
 
 Model: CIFAR-style ResNet-18 (adaprec.models.resnet18: 3x3 stem, no max-pool, [2,2,2,2]),
@@ -17,7 +17,7 @@ import statistics
 import torch
 import torch.nn.functional as F
 
-from adaprec.calibrate import CLOCKS
+from adaprec.tools.calibrate import CLOCKS
 from adaprec.cost import CostModel, load_profile
 from adaprec.models.resnet import resnet18
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from adaprec import AdaptivePrecision
 from adaprec.controllers import Static
-from adaprec.formats import get_format
+from adaprec.numerics.formats import get_format
 
 
 class AttentionCore(nn.Module):

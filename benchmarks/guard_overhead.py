@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from adaprec import AdaptivePrecision
-from adaprec.checkpoint import rng_state, save_checkpoint
+from adaprec.app.checkpoint import rng_state, save_checkpoint
 from adaprec.controllers import Static
 from benchmarks.harness import compare
 from benchmarks.workloads import setup

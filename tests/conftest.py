@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from adaprec.schema import register_schemas
+from adaprec.app.schema import register_schemas
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

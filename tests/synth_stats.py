@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from adaprec import Plan
 from adaprec.controllers import ControllerContext, StepRecord
-from adaprec.stats import LayerStats, TensorStats
+from adaprec.numerics.stats import LayerStats, TensorStats
 
 BF16_ERR = 1.1e-3   # typical bf16 relative rounding error of a normal-range tensor
 FP16_ERR = 1.4e-4

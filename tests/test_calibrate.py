@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from adaprec import calibrate as cal
+from adaprec.tools import calibrate as cal
 from adaprec.cost import CostModel, load_profile
 from .cost_models import mlp
 

@@ -13,11 +13,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from adaprec.checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, rng_state,
+from adaprec.app.checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, rng_state,
                                 save_checkpoint, set_rng_state)
-from adaprec.runlog import truncate_tables
-from adaprec.schema import register_schemas
-from adaprec.train import train
+from adaprec.app.runlog import truncate_tables
+from adaprec.app.schema import register_schemas
+from adaprec.app.train import train
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 TABLES = ("steps.csv", "evals.csv", "decisions.csv")

@@ -11,9 +11,9 @@ import torch
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-from adaprec.instantiate import instantiate
-from adaprec.schema import ConfigError, validate
-from adaprec.train import lr_lambda, train
+from adaprec.app.instantiate import instantiate
+from adaprec.app.schema import ConfigError, validate
+from adaprec.app.train import lr_lambda, train
 
 from .conftest import CONF
 

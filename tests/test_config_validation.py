@@ -11,7 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from adaprec.run import one_line
-from adaprec.schema import ConfigError, register_group_schema, register_schemas, rule, validate
+from adaprec.app.schema import ConfigError, register_group_schema, register_schemas, rule, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")

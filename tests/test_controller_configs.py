@@ -8,9 +8,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from adaprec import controllers
-from adaprec.instantiate import instantiate
-from adaprec.schema import register_schemas
-from adaprec.train import train
+from adaprec.app.instantiate import instantiate
+from adaprec.app.schema import register_schemas
+from adaprec.app.train import train
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 ADAPTIVE = ["threshold", "bandit", "muppet", "autoswitch"]

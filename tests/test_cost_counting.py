@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from adaprec.cost import CostModel
-from adaprec.layers import discover_layers
+from adaprec.runtime.layers import discover_layers
 from .cost_models import AttentionBlock, AttentionCore, Residual, mlp
 
 

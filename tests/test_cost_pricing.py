@@ -4,8 +4,8 @@ import torch
 from torch import nn
 
 from adaprec.cost import CostMeter, CostModel, load_profile
-from adaprec.formats import FORMATS
-from adaprec.plan import Plan
+from adaprec.numerics.formats import FORMATS
+from adaprec.runtime.plan import Plan
 from .cost_models import mlp
 
 H100 = load_profile("h100")

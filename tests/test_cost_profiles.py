@@ -2,7 +2,7 @@
 import pytest
 
 from adaprec.cost import DeviceProfile, load_profile, profile_names
-from adaprec.formats import FORMATS
+from adaprec.numerics.formats import FORMATS
 
 
 @pytest.mark.parametrize("name", profile_names())

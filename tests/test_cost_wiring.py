@@ -4,7 +4,7 @@ import json
 import pandas as pd
 import pytest
 
-from adaprec.train import train
+from adaprec.app.train import train
 
 
 def run(make_cfg, tmp_path, name, *overrides):

@@ -8,8 +8,8 @@ from torch import nn
 
 from adaprec import AdaptivePrecision, Plan
 from adaprec.data.bundle import DataBundle
-from adaprec.deploy import deploy_search, load_trained_run, quality_drop, write_result
-from adaprec.train import evaluate, train
+from adaprec.tools.deploy import deploy_search, load_trained_run, quality_drop, write_result
+from adaprec.app.train import evaluate, train
 
 
 def fragile_head_task():
@@ -97,7 +97,7 @@ def test_deploy_cli(make_cfg, tmp_path):
     run = tmp_path / "run"
     train(make_cfg("model=mlp", "trainer.max_steps=10", "trainer.batch_size=32", "controller=fp32",
                    "monitor.every=0", "trainer.eval_every=0", "cost.enabled=false"), run)
-    res = subprocess.run([sys.executable, "-m", "adaprec.deploy", f"run_dir={run}", "profile=h100",
+    res = subprocess.run([sys.executable, "-m", "adaprec.tools.deploy", f"run_dir={run}", "profile=h100",
                           "tolerance=0.05"], cwd=CONF.parent, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     saved = json.loads((run / "deploy_h100" / "inference_plan.json").read_text())

@@ -9,8 +9,8 @@ from torch import nn
 
 from adaprec import AdaptivePrecision, Plan
 from adaprec.controllers import FixedPlan, Static
-from adaprec.emulation import AmaxState, FP8Config, RoundFn, round_scaled, round_to
-from adaprec.formats import BF16, FP16, FP8_E4M3, FP8_E5M2, get_format
+from adaprec.numerics.emulation import AmaxState, FP8Config, RoundFn, round_scaled, round_to
+from adaprec.numerics.formats import BF16, FP16, FP8_E4M3, FP8_E5M2, get_format
 
 
 def ulp(v: torch.Tensor, fmt) -> torch.Tensor:
@@ -327,7 +327,7 @@ def test_mixed_plan_with_fp8_bf16_and_fp32_layers():
 
 # -- auto -----------------------------------------------------------------------------------------
 def test_auto_runs_fast_formats_natively_and_the_rest_emulated(monkeypatch, caplog):
-    from adaprec import executor_emulated as ee
+    from adaprec.runtime.executors import emulated as ee
     # as on an AMX-BF16 CPU without fp16 support (this machine); fixed so the test is portable
     monkeypatch.setattr(ee, "_cpu_has_fast", lambda fmt: fmt.name == "bf16")
     model = convnet()
@@ -335,7 +335,7 @@ def test_auto_runs_fast_formats_natively_and_the_rest_emulated(monkeypatch, capl
     seen = {}
     model[3].register_forward_hook(lambda m, a, o: seen.update(conv_bf16=o.dtype))
     model[0].register_forward_hook(lambda m, a, o: seen.update(conv_fp16=o.dtype))
-    with caplog.at_level("INFO", logger="adaprec.executor"):
+    with caplog.at_level("INFO", logger="adaprec.runtime.executors.native"):
         ap = AdaptivePrecision(model, controller=FixedPlan(plan, default="fp32"), executor="auto")
     assert ap.executor.choices == {"0": "emulated", "1": "emulated", "3": "native", "4": "native",
                                    "8": "emulated"}
@@ -349,7 +349,7 @@ def test_auto_runs_fast_formats_natively_and_the_rest_emulated(monkeypatch, capl
 
 
 def test_auto_capability_rule():
-    from adaprec import executor_emulated as ee
+    from adaprec.runtime.executors import emulated as ee
     assert ee.native_is_fast(get_format("fp32"), "conv", "cpu")
     assert not ee.native_is_fast(FP8_E4M3, "matmul", "cpu")
     assert not ee.native_is_fast(FP8_E5M2, "matmul", "cuda")
@@ -359,7 +359,7 @@ def test_auto_capability_rule():
 
 
 def test_auto_with_global_autocast_controller_is_native_where_fast(monkeypatch):
-    from adaprec import executor_emulated as ee
+    from adaprec.runtime.executors import emulated as ee
     from adaprec.controllers import Autocast
     monkeypatch.setattr(ee, "_cpu_has_fast", lambda fmt: fmt.name == "bf16")
     x, y = data((16,), 5)
@@ -371,7 +371,7 @@ def test_auto_with_global_autocast_controller_is_native_where_fast(monkeypatch):
 def compose(*overrides):
     from hydra import compose as hydra_compose, initialize_config_dir
     from pathlib import Path
-    from adaprec.schema import register_schemas
+    from adaprec.app.schema import register_schemas
     register_schemas()
     conf = str(Path(__file__).resolve().parents[1] / "conf")
     with initialize_config_dir(config_dir=conf, version_base="1.3"):
@@ -380,7 +380,7 @@ def compose(*overrides):
 
 def test_config_selects_executor_and_validates_fp8_keys():
     from hydra.errors import ConfigCompositionException
-    from adaprec.schema import ConfigError, validate
+    from adaprec.app.schema import ConfigError, validate
     cfg = compose("executor=emulated", "emulation.fp8_scaling=current", "emulation.amax_history_len=4")
     assert cfg.executor.value == "emulated" and cfg.emulation.fp8_scaling.value == "current"
     validate(cfg)
@@ -398,7 +398,7 @@ def test_config_selects_executor_and_validates_fp8_keys():
     pytest.param("bf16", "auto", marks=pytest.mark.slow)])
 def test_train_runs_emulated_and_auto_executors(tmp_path, controller, executor):
     import json
-    from adaprec.train import train as train_run
+    from adaprec.app.train import train as train_run
     cfg = compose(f"executor={executor}", f"controller={controller}", "model=mlp",
                   "trainer.max_steps=4", "trainer.eval_every=0", "trainer.progress=false",
                   "trainer.batch_size=16", "trainer.eval_batches=1", "monitor.every=2",

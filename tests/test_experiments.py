@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from adaprec.data import DataBundle
-from adaprec.formats import FP16
-from adaprec.instantiate import instantiate
+from adaprec.numerics.formats import FP16
+from adaprec.app.instantiate import instantiate
 from adaprec.precision import AdaptivePrecision
-from adaprec.scaler import LossScaler
+from adaprec.numerics.scaler import LossScaler
 from adaprec.controllers import Static
-from adaprec.train import _loss, train
+from adaprec.app.train import _loss, train
 
 from .conftest import CONF
 
@@ -145,7 +145,7 @@ def test_a_failed_job_is_recorded_and_the_sweep_goes_on(tmp_path, launcher):
 
 def test_monitor_survives_a_loss_scale_collapsed_to_zero():
     # mixed_needs under static fp16 overflows every step until the scale halves to 0.0
-    from adaprec.stats import probe
+    from adaprec.numerics.stats import probe
     p = probe(torch.zeros(8), scale=0.0, prescaled=0.0)
     assert p.absmax.item() == 0.0
 
@@ -153,7 +153,7 @@ def test_monitor_survives_a_loss_scale_collapsed_to_zero():
 def test_objective_is_quality_within_budget_and_penalized_beyond():
     import math
 
-    from adaprec.objective import objective_value
+    from adaprec.app.objective import objective_value
     m = {"status": "ok", "val_rmse": 0.4, "val_accuracy": 0.9, "rel_cost_h100": 0.75,
          "format_shares": {"bf16": 0.75, "fp32": 0.25}}
     assert objective_value(m, "val_rmse", "rel_cost_h100", budget=0.8) == 0.4

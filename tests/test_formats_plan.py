@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from adaprec.formats import FORMATS, get_format
-from adaprec.plan import Plan
+from adaprec.numerics.formats import FORMATS, get_format
+from adaprec.runtime.plan import Plan
 
 
 @pytest.mark.parametrize("name,dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16),

@@ -12,9 +12,9 @@ from torch import nn
 
 from adaprec import AdaptivePrecision
 from adaprec.controllers.static import Static
-from adaprec.diagnose import LOSS_CULPRIT
-from adaprec.schema import register_schemas
-from adaprec.train import train
+from adaprec.runtime.diagnose import LOSS_CULPRIT
+from adaprec.app.schema import register_schemas
+from adaprec.app.train import train
 
 from pathlib import Path
 
@@ -164,10 +164,10 @@ def test_run_that_stays_nonfinite_stops_as_diverged_naming_the_layer(tmp_path):
 def _first_nonfinite_layer_by_hand(cfg, run_dir, step):
     """Reference: the skipped steps left the weights as the checkpoint holds them; run the
     step's batch through plain PyTorch and return the first layer with a non-finite output."""
-    from adaprec.batching import train_batch_indices
-    from adaprec.checkpoint import load_checkpoint
-    from adaprec.instantiate import instantiate
-    from adaprec.layers import discover_layers
+    from adaprec.app.batching import train_batch_indices
+    from adaprec.app.checkpoint import load_checkpoint
+    from adaprec.app.instantiate import instantiate
+    from adaprec.runtime.layers import discover_layers
 
     data, model = instantiate(cfg.dataset), instantiate(cfg.model)
     model.load_state_dict(load_checkpoint(run_dir)["model"])

@@ -7,7 +7,7 @@ from torch import nn
 from adaprec import AdaptivePrecision, Plan
 from adaprec.controllers import FixedPlan, Static
 from adaprec.precision import needs_loss_scaling
-from adaprec.scaler import LossScaler
+from adaprec.numerics.scaler import LossScaler
 
 from .loops import train_steps
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from adaprec.stats import combine_raw, derive, raw_stats, tensor_stats
+from adaprec.numerics.stats import combine_raw, derive, raw_stats, tensor_stats
 
 FP16_MAX = torch.finfo(torch.float16).max
 FP16_TINY = torch.finfo(torch.float16).smallest_normal
@@ -112,7 +112,7 @@ def test_bf16_tensor_has_zero_bf16_error():
 
 
 def test_batched_reduction_equals_one_tensor_at_a_time():
-    from adaprec.stats import probe, reduce_probes
+    from adaprec.numerics.stats import probe, reduce_probes
     torch.manual_seed(0)
     xs = [torch.randn(100) * 1e3, torch.randn(3, 50000).bfloat16(), torch.tensor([float("nan"), 1e-9]),
           torch.empty(0)]
@@ -124,7 +124,7 @@ def test_batched_reduction_equals_one_tensor_at_a_time():
 
 
 def test_inexact_absmax_comes_from_the_sample_only():
-    from adaprec.stats import derive, probe, reduce_probes
+    from adaprec.numerics.stats import derive, probe, reduce_probes
     x = torch.zeros(1 << 16)
     x[1] = 7e4  # outside a stride-5 sample of 2^12 elements? index 1 is never a multiple of the stride
     exact = derive(reduce_probes([probe(x, sample=1 << 12)])[0].tolist())

@@ -5,12 +5,12 @@ Static: ``Static``, ``FixedPlan``, ``Autocast`` (the industry baseline). Adaptiv
 published baselines ``MuPPET`` (Rajagopal et al., ICML 2020) and ``Autoswitch`` (Transformer
 Engine's AutoswitchGemm rule). A user's own class is any object with the ``Controller`` methods.
 """
-from .autoswitch import Autoswitch
-from .bandit import Bandit
-from .base import Controller, ControllerContext, StepRecord
-from .muppet import MuPPET
-from .static import Autocast, FixedPlan, Static
-from .threshold import Threshold
+from adaprec.controllers.autoswitch import Autoswitch
+from adaprec.controllers.bandit import Bandit
+from adaprec.controllers.base import Controller, ControllerContext, StepRecord
+from adaprec.controllers.muppet import MuPPET
+from adaprec.controllers.static import Autocast, FixedPlan, Static
+from adaprec.controllers.threshold import Threshold
 
 __all__ = ["Controller", "ControllerContext", "StepRecord", "Static", "FixedPlan", "Autocast",
            "Threshold", "Bandit", "MuPPET", "Autoswitch"]

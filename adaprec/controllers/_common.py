@@ -1,5 +1,5 @@
 """Shared plumbing of the adaptive controllers: config checks, allowed formats, costs, and the
-per-layer numerics signals read from :class:`~adaprec.stats.LayerStats`.
+per-layer numerics signals read from :class:`~adaprec.numerics.stats.LayerStats`.
 
 Signals (what every adaptive controller means by "overflow", "flush", "rounding error"):
 
@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from ..formats import get_format
-from ..stats import LayerStats
+from adaprec.numerics.formats import get_format
+from adaprec.numerics.stats import LayerStats
 
 __all__ = ["check_range", "check_formats", "allowed_formats", "relative_costs",
            "DEFAULT_REL_COST", "RANGE_KINDS", "overflow_rate", "flush_rate", "rel_err",

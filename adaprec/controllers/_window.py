@@ -4,8 +4,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
-from ..stats import LayerStats
-from ._common import flush_rate, overflow_rate, rel_err, trace_nonfinite
+from adaprec.numerics.stats import LayerStats
+from adaprec.controllers._common import flush_rate, overflow_rate, rel_err, trace_nonfinite
 
 __all__ = ["Window", "summarize_step"]
 

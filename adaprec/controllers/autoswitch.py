@@ -14,9 +14,9 @@ worst of the layer's activation, output gradient, weights and weight gradients.
 """
 from __future__ import annotations
 
-from ..plan import Plan
-from ._common import allowed_formats, check_formats, check_range, flush_rate, quant_mse, root_format
-from .base import ControllerContext, StepRecord
+from adaprec.runtime.plan import Plan
+from adaprec.controllers._common import allowed_formats, check_formats, check_range, flush_rate, quant_mse, root_format
+from adaprec.controllers.base import ControllerContext, StepRecord
 
 __all__ = ["Autoswitch"]
 

@@ -36,12 +36,12 @@ from collections.abc import Sequence
 
 import torch
 
-from ..plan import Plan
-from ._common import allowed_formats, cheapest_first, check_formats, check_range, relative_costs, root_format
-from .budget import Budget
-from ._window import Window, summarize_step
-from .base import ControllerContext, StepRecord
-from .policies import POLICIES, Policy, make_policy
+from adaprec.runtime.plan import Plan
+from adaprec.controllers._common import allowed_formats, cheapest_first, check_formats, check_range, relative_costs, root_format
+from adaprec.controllers.budget import Budget
+from adaprec.controllers._window import Window, summarize_step
+from adaprec.controllers.base import ControllerContext, StepRecord
+from adaprec.controllers.policies import POLICIES, Policy, make_policy
 
 __all__ = ["Bandit"]
 

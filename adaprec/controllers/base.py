@@ -5,8 +5,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from ..plan import Plan
-from ..stats import LayerStats
+from adaprec.runtime.plan import Plan
+from adaprec.numerics.stats import LayerStats
 
 __all__ = ["Controller", "StepRecord", "ControllerContext"]
 

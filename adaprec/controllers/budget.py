@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from ._common import DEFAULT_REL_COST
+from adaprec.controllers._common import DEFAULT_REL_COST
 
 __all__ = ["Budget"]
 

@@ -26,9 +26,9 @@ from collections.abc import Sequence
 
 import torch
 
-from ..plan import Plan
-from ._common import allowed_formats, check_formats, check_range
-from .base import ControllerContext, StepRecord
+from adaprec.runtime.plan import Plan
+from adaprec.controllers._common import allowed_formats, check_formats, check_range
+from adaprec.controllers.base import ControllerContext, StepRecord
 
 __all__ = ["MuPPET", "muppet_threshold"]
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ..formats import FP32, get_format
-from ..plan import Plan
-from .base import ControllerContext, StepRecord
+from adaprec.numerics.formats import FP32, get_format
+from adaprec.runtime.plan import Plan
+from adaprec.controllers.base import ControllerContext, StepRecord
 
 __all__ = ["Static", "FixedPlan", "Autocast"]
 

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..plan import Plan
-from ._common import (allowed_formats, check_formats, check_range, cheapest_first, root_format,
+from adaprec.runtime.plan import Plan
+from adaprec.controllers._common import (allowed_formats, check_formats, check_range, cheapest_first, root_format,
                       relative_costs)
-from ._window import Window, summarize_step
-from .budget import Budget
-from .base import ControllerContext, StepRecord
+from adaprec.controllers._window import Window, summarize_step
+from adaprec.controllers.budget import Budget
+from adaprec.controllers.base import ControllerContext, StepRecord
 
 __all__ = ["Threshold"]
 

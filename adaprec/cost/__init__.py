@@ -4,12 +4,12 @@
     cost = cm.price(plan, "h100")          # PlanCost: total seconds, rel_to_fp32, cast, flop_shares
     cm.layer_format_costs("local")         # {layer: {fmt: seconds}} for controllers
 
-Profiles live in ``conf/cost/<name>.yaml``; ``python -m adaprec.calibrate`` measures this machine.
+Profiles live in ``conf/cost/<name>.yaml``; ``python -m adaprec.tools.calibrate`` measures this machine.
 """
-from .counting import OP_KINDS, LayerCount, count_layers
-from .meter import CostMeter
-from .model import CostModel, PlanCost
-from .profiles import DeviceProfile, conf_dir, load_profile, profile_names
+from adaprec.cost.counting import OP_KINDS, LayerCount, count_layers
+from adaprec.cost.meter import CostMeter
+from adaprec.cost.model import CostModel, PlanCost
+from adaprec.cost.profiles import DeviceProfile, conf_dir, load_profile, profile_names
 
 __all__ = ["CostModel", "PlanCost", "CostMeter", "DeviceProfile", "LayerCount", "OP_KINDS", "load_profile",
            "profile_names", "conf_dir", "count_layers"]

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..layers import discover_layers
+from adaprec.runtime.layers import discover_layers
 
 __all__ = ["LayerCount", "OP_KINDS", "count_layers"]
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..formats import FORMATS
-from ..plan import Plan
-from .model import CostModel
-from .profiles import DeviceProfile, load_profile
+from adaprec.numerics.formats import FORMATS
+from adaprec.runtime.plan import Plan
+from adaprec.cost.model import CostModel
+from adaprec.cost.profiles import DeviceProfile, load_profile
 
 __all__ = ["CostMeter"]
 

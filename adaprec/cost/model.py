@@ -25,10 +25,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..formats import FORMATS, get_format
-from ..plan import Plan
-from .counting import LayerCount, count_layers
-from .profiles import DeviceProfile, load_profile
+from adaprec.numerics.formats import FORMATS, get_format
+from adaprec.runtime.plan import Plan
+from adaprec.cost.counting import LayerCount, count_layers
+from adaprec.cost.profiles import DeviceProfile, load_profile
 
 __all__ = ["CostModel", "PlanCost"]
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from ..formats import FORMATS, get_format
+from adaprec.numerics.formats import FORMATS, get_format
 
 __all__ = ["DeviceProfile", "load_profile", "profile_names", "conf_dir"]
 
@@ -116,6 +116,6 @@ def load_profile(spec: str | Path | Mapping | DeviceProfile) -> DeviceProfile:
         path = conf_dir() / "cost" / f"{spec}.yaml"
     if not path.is_file():
         raise ValueError(f"no cost profile {str(spec)!r}; names: {', '.join(profile_names())}, "
-                         "or a path to a YAML written by `python -m adaprec.calibrate`")
+                         "or a path to a YAML written by `python -m adaprec.tools.calibrate`")
     data = yaml.safe_load(path.read_text()) or {}
     return DeviceProfile.from_dict(data, name=path.stem)

@@ -10,7 +10,7 @@ Layout of a run directory (the contract ``analysis/`` reads):
   model.pt              final model weights (state_dict; load with weights_only=True)
   events.jsonl          one JSON object per event (non-finite step with its culprit, resume,
                         divergence)
-  checkpoint.pt         the latest checkpoint (``adaprec.checkpoint``), when checkpointing
+  checkpoint.pt         the latest checkpoint (``adaprec.app.checkpoint``), when checkpointing
 
 Tables are appended as the run goes; a resumed run first cuts them back to what the
 checkpoint covers (:func:`truncate_tables`), so no row is lost or written twice.

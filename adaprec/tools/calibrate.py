@@ -1,8 +1,8 @@
 """Calibrate a ``local`` cost profile: time matmul, convolution and elementwise training steps
 (forward + backward) per format on this device and write a profile YAML.
 
-    python -m adaprec.calibrate --out local_profile.yaml            # ~1-2 min on a 2-core CPU
-    python -m adaprec.calibrate --device cuda --formats fp32 bf16 fp16 --out gpu_profile.yaml
+    python -m adaprec.tools.calibrate --out local_profile.yaml            # ~1-2 min on a 2-core CPU
+    python -m adaprec.tools.calibrate --device cuda --formats fp32 bf16 fp16 --out gpu_profile.yaml
 
 Load the result with ``adaprec.cost.load_profile("local_profile.yaml")`` (a path), or copy it to
 ``conf/cost/<name>.yaml`` to load it by name. Rates are *effective* training rates (what the
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from .formats import FORMATS, get_format
+from adaprec.numerics.formats import FORMATS, get_format
 
 __all__ = ["calibrate", "write_profile", "time_step", "CLOCKS", "matmul_tflops", "conv_tflops",
            "elementwise_tbps", "main"]
@@ -191,7 +191,7 @@ def _machine(device: torch.device) -> str:
             f"torch {torch.__version__}")
 
 
-def write_profile(profile: dict, path: str | Path, command: str = "python -m adaprec.calibrate") -> Path:
+def write_profile(profile: dict, path: str | Path, command: str = "python -m adaprec.tools.calibrate") -> Path:
     """Write ``profile`` as YAML with a header saying how, where and when it was made."""
     path = Path(path)
     header = (f"# Calibrated cost profile '{profile['name']}': effective training rates measured by\n"
@@ -213,7 +213,7 @@ def _conv_shape(text: str) -> tuple[int, int, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    p = argparse.ArgumentParser(prog="python -m adaprec.calibrate", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m adaprec.tools.calibrate", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu", help="torch device to time (cpu, cuda, cuda:1, ...)")
     p.add_argument("--formats", nargs="+", default=list(DEFAULT_FORMATS), help="native formats to time")
     p.add_argument("--matmul-sizes", nargs="+", type=int, default=list(DEFAULT_MATMUL_SIZES))
@@ -232,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     prof = calibrate(args.device, args.formats, args.matmul_sizes, args.conv_shapes,
                      args.elementwise_numel, args.reps, args.name, clock=args.clock, log=print)
     argv = list(sys.argv[1:] if argv is None else argv)
-    out = write_profile(prof, args.out, command=" ".join(["python -m adaprec.calibrate", *argv]))
+    out = write_profile(prof, args.out, command=" ".join(["python -m adaprec.tools.calibrate", *argv]))
     print(f"wrote {out}")
     return out
 

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import torch
 
-from .formats import Format
+from adaprec.numerics.formats import Format
 
 __all__ = ["FP8Config", "AmaxState", "round_to", "round_scaled", "RoundFn", "ScaledRoundFn",
            "RoundedSoftmaxFn",

@@ -19,17 +19,17 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from .batching import eval_batches, train_batch_indices
-from .checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, rng_state,
+from adaprec.app.batching import eval_batches, train_batch_indices
+from adaprec.app.checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, rng_state,
                          save_checkpoint, set_rng_state)
-from .cost import CostMeter, CostModel
-from .distributed import broadcast_object, is_main_process, rank, world_size, wrap_ddp
-from .formats import FORMATS
-from .instantiate import instantiate
-from .layers import discover_layers
-from .precision import AdaptivePrecision
-from .runlog import RUN_FILES, RunLog, save_atomic, truncate_tables
-from .schema import validate
+from adaprec.cost import CostMeter, CostModel
+from adaprec.runtime.distributed import broadcast_object, is_main_process, rank, world_size, wrap_ddp
+from adaprec.numerics.formats import FORMATS
+from adaprec.app.instantiate import instantiate
+from adaprec.runtime.layers import discover_layers
+from adaprec.precision import AdaptivePrecision
+from adaprec.app.runlog import RUN_FILES, RunLog, save_atomic, truncate_tables
+from adaprec.app.schema import validate
 
 __all__ = ["train", "evaluate", "lr_lambda", "check_resumable"]
 
@@ -322,7 +322,7 @@ def _train(cfg: DictConfig, log: RunLog | None, out: Path, state: dict | None,
         bar.set_postfix(loss=f"{record.loss:.3f}", **_short(last_eval), **_share_text(shares))
     bar.close()
     if log is not None:
-        save_atomic(model.state_dict(), log.dir / "model.pt")  # final weights, for adaprec.deploy
+        save_atomic(model.state_dict(), log.dir / "model.pt")  # final weights, for adaprec.tools.deploy
     return {"steps": max_steps, "skipped_steps": counters["skipped"],
             "plan_changes": counters["plan_changes"], "final_plan": dict(ap.plan),
             "format_shares": ap.plan.shares(),

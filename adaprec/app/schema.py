@@ -18,7 +18,7 @@ A config group option gets its schema by listing it first in its defaults (Hydra
 
 and :func:`validate` finds the range rules of a group node by its ``_target_``. Plugging in a
 new controller therefore takes one dataclass with ``_target_`` and ruled fields plus one
-``register_group_schema`` call at import of ``adaprec.schema`` consumers (see
+``register_group_schema`` call at import of ``adaprec.app.schema`` consumers (see
 ``CONTROLLER_SCHEMAS``).
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-from .formats import FORMATS, get_format
+from adaprec.numerics.formats import FORMATS, get_format
 
 __all__ = ["AdaprecConfig", "TrainerConfig", "MonitorConfig", "ScalerConfig", "ObjectiveConfig",
            "CostConfig", "EmulationConfig", "StaticSchema", "FixedPlanSchema", "AutocastSchema",
@@ -150,7 +150,7 @@ class ScalerConfig:
 
 @dataclass
 class ObjectiveConfig:
-    """What a hyperparameter sweeper minimizes (adaprec/objective.py)."""
+    """What a hyperparameter sweeper minimizes (adaprec/app/objective.py)."""
     metric: str = "val_rmse"        # quality: val_accuracy (as 1 - acc), val_rmse, val_perplexity, val_loss
     cost: str = "rel_cost_h100"     # a metrics.json field, dotted for nested: format_shares.fp32
     budget: float = field(default=0.6, metadata=rule(gt=0))    # cost allowed before the penalty starts
@@ -167,7 +167,7 @@ class EmulationConfig:
 @dataclass
 class CostConfig:
     enabled: bool = True            # count FLOPs/bytes once: one extra fp32 fwd+bwd on batch 0
-    # profile names in conf/cost/ or paths to YAMLs from `python -m adaprec.calibrate`; each adds
+    # profile names in conf/cost/ or paths to YAMLs from `python -m adaprec.tools.calibrate`; each adds
     # a cost_<name>_s column to steps.csv; the first also prices layers for the controller
     profiles: list[str] = field(default_factory=lambda: ["h100", "a100", "v100", "bitops"])
 
@@ -235,7 +235,7 @@ def register_schemas() -> None:
     for group, schemas in _GROUP_SCHEMAS.items():
         for name, node in schemas.items():
             cs.store(group=group, name=name, node=node)
-    from .controllers.schemas import register_controller_schemas
+    from adaprec.app.controller_schemas import register_controller_schemas
     register_controller_schemas()
 
 

@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
-from .formats import get_format
+from adaprec.numerics.formats import get_format
 
 __all__ = ["Plan"]
 

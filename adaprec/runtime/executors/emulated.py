@@ -3,7 +3,7 @@
 :class:`EmulatedExecutor` runs every layer in fp32 kernels. For a layer in a narrower format
 its floating inputs and its own parameters are rounded to the format before the layer's ops,
 its floating outputs after them, and the gradients flowing back through those tensors are
-rounded the same way (:class:`~adaprec.emulation.RoundFn`). Matmuls and convolutions thus see
+rounded the same way (:class:`~adaprec.numerics.emulation.RoundFn`). Matmuls and convolutions thus see
 format-exact operands and accumulate in fp32, as tensor cores and AMX do, and the rounded output
 matches what a native kernel writes. Parameters are rounded by shadowing them in the module's
 ``__dict__`` for the duration of its forward, so the fp32 master stays untouched and its
@@ -42,15 +42,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .emulation import (AmaxState, FP8Config, RoundedSoftmaxFn, RoundFn, ScaledRoundFn,
+from adaprec.numerics.emulation import (AmaxState, FP8Config, RoundedSoftmaxFn, RoundFn, ScaledRoundFn,
                         round_scaled, round_to, round_tree)
-from .executor import cast_floating
-from .formats import FP32, Format, get_format
-from .plan import Plan
+from adaprec.runtime.executors.native import cast_floating
+from adaprec.numerics.formats import FP32, Format, get_format
+from adaprec.runtime.plan import Plan
 
 __all__ = ["EmulatedExecutor", "AutoExecutor", "native_is_fast", "layer_family"]
 
-log = logging.getLogger("adaprec.executor")
+log = logging.getLogger("adaprec.runtime.executors.native")
 
 _LOW_DTYPES = (torch.float16, torch.bfloat16)
 _TAG = "_adaprec_rounded"
@@ -143,8 +143,8 @@ class EmulatedExecutor:
     """Every non-fp32 layer emulated in fp32 kernels (see the module docstring).
 
     Args:
-        model, layers, device_type: as for :class:`~adaprec.executor.NativeExecutor`.
-        fp8: per-tensor scaling of fp8 layers (:class:`~adaprec.emulation.FP8Config` or its
+        model, layers, device_type: as for :class:`~adaprec.runtime.executors.native.NativeExecutor`.
+        fp8: per-tensor scaling of fp8 layers (:class:`~adaprec.numerics.emulation.FP8Config` or its
             fields as a dict).
         skip_rounded: don't re-round an input the previous layer already rounded to the
             same 16-bit format (saves one elementwise pass per tensor, numerics unchanged).

@@ -1,7 +1,7 @@
 """Inference precision plan: the cheapest per-layer plan on a device profile whose validation
 quality stays within a tolerance of fp32.
 
-    python -m adaprec.deploy run_dir=outputs/<run> profile=h100 tolerance=0.01
+    python -m adaprec.tools.deploy run_dir=outputs/<run> profile=h100 tolerance=0.01
 
 Search (one layer at a time, then greedy combination):
 1. *Sensitivity*: each layer alone in each candidate format (every other layer fp32) is
@@ -29,16 +29,16 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .controllers.static import Static
-from .cost import CostModel, load_profile
-from .instantiate import instantiate
-from .plan import Plan
-from .precision import AdaptivePrecision
-from .train import evaluate
+from adaprec.controllers.static import Static
+from adaprec.cost import CostModel, load_profile
+from adaprec.app.instantiate import instantiate
+from adaprec.runtime.plan import Plan
+from adaprec.precision import AdaptivePrecision
+from adaprec.app.train import evaluate
 
 __all__ = ["deploy_search", "load_trained_run", "DeployResult", "quality_drop", "primary_metric"]
 
-log = logging.getLogger("adaprec.deploy")
+log = logging.getLogger("adaprec.tools.deploy")
 _EPS = 1e-4
 
 
@@ -81,7 +81,7 @@ class DeployResult:
                 "bf16_modeled_latency_s": self.bf16_latency_s,
                 "rel_latency": self.latency_s / self.fp32_latency_s,
                 "search": "per-layer sensitivity, greedy combination from fp32, uniform plans; "
-                          "cheapest within tolerance (adaprec.deploy)"}
+                          "cheapest within tolerance (adaprec.tools.deploy)"}
 
 
 def deploy_search(model: torch.nn.Module, data, profile: str, tolerance: float,
@@ -188,7 +188,7 @@ def write_result(result: DeployResult, out_dir: Path, run_dir: str | None = None
     return path
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="deploy")
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="deploy")
 def main(cfg: DictConfig) -> None:
     _, model, data = load_trained_run(cfg.run_dir, cfg.device)
     result = deploy_search(model, data, cfg.profile, float(cfg.tolerance), tuple(cfg.formats),

@@ -1,7 +1,7 @@
 """Typed config schemas of the adaptive controllers, stored in Hydra's ConfigStore (group
 ``controller``, names ``<option>_schema``) and used as the first default of each
 ``conf/controller/<option>.yaml``: an unknown key or a wrong type fails when the config is
-composed; the range rules in field metadata are checked by ``adaprec.schema.validate`` right
+composed; the range rules in field metadata are checked by ``adaprec.app.schema.validate`` right
 after composition, before anything is written (each class's ``__init__`` repeats the checks
 for Python users)."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Optional
 
-from ..schema import FORMAT_RULE, _is_format, rule
+from adaprec.app.schema import FORMAT_RULE, _is_format, rule
 
 __all__ = ["ThresholdSchema", "BanditSchema", "MuPPETSchema", "AutoswitchSchema",
            "BanditAlgorithm", "register_controller_schemas"]
@@ -26,7 +26,7 @@ class BanditAlgorithm(str, Enum):
 
 
 def _r(default=None, factory=None, **kw):
-    """A field with a range rule, checked by ``adaprec.schema.validate`` right after composition."""
+    """A field with a range rule, checked by ``adaprec.app.schema.validate`` right after composition."""
     if factory is not None:
         return field(default_factory=factory, metadata=rule(**kw))
     return field(default=default, metadata=rule(**kw))
@@ -100,7 +100,7 @@ class AutoswitchSchema:
 
 def register_controller_schemas() -> None:
     """Store each schema as ``controller/<name>_schema`` and register it for range checks."""
-    from ..schema import register_group_schema
+    from adaprec.app.schema import register_group_schema
     for name, node in [("threshold_schema", ThresholdSchema), ("bandit_schema", BanditSchema),
                        ("muppet_schema", MuPPETSchema), ("autoswitch_schema", AutoswitchSchema)]:
         register_group_schema("controller", name, node)

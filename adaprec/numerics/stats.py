@@ -28,7 +28,7 @@ from functools import lru_cache
 
 import torch
 
-from .formats import FP16
+from adaprec.numerics.formats import FP16
 
 __all__ = ["TensorStats", "LayerStats", "raw_stats", "combine_raw", "derive",
            "tensor_stats", "STAT_NAMES", "KINDS", "DEFAULT_SAMPLE",

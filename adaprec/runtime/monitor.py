@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .stats import KINDS, LayerStats, Probe, TensorStats, combine_rows, derive, probe, reduce_probes
+from adaprec.numerics.stats import KINDS, LayerStats, Probe, TensorStats, combine_rows, derive, probe, reduce_probes
 
 __all__ = ["Monitor"]
 

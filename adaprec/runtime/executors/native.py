@@ -14,8 +14,8 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from .formats import FP32, Format, get_format
-from .plan import Plan
+from adaprec.numerics.formats import FP32, Format, get_format
+from adaprec.runtime.plan import Plan
 
 __all__ = ["NativeExecutor", "cast_floating"]
 

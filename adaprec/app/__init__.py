@@ -1,0 +1,1 @@
+"""The application (Hydra side): the training loop, run directories, checkpoints, config schemas."""

@@ -1,0 +1,1 @@
+"""Numerics floor: formats, rounding emulation, tensor statistics, loss scaling (torch only)."""

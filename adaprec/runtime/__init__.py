@@ -1,0 +1,1 @@
+"""Runtime floor: plans, layer discovery, executors, the monitor, culprit diagnosis, distributed helpers."""
