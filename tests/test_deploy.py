@@ -10,6 +10,7 @@ from adaprec import AdaptivePrecision, Plan
 from adaprec.data.bundle import DataBundle
 from adaprec.tools.deploy import deploy_search, load_trained_run, quality_drop, write_result
 from adaprec.app.train import evaluate, train
+from .cost_models import ideal
 
 
 def fragile_head_task():
@@ -34,7 +35,7 @@ def fragile_head_task():
 
 def test_tolerance_zero_keeps_the_fragile_layer_fp32():
     model, data = fragile_head_task()
-    result = deploy_search(model, data, "h100", tolerance=0.0)
+    result = deploy_search(model, data, ideal("h100"), tolerance=0.0)  # casts cost no launches
     assert result.fp32_quality["val_accuracy"] == 1.0
     assert result.bf16_quality["val_accuracy"] == 0.5          # all-bf16 breaks it
     assert result.plan["head"] == "fp32"
@@ -84,9 +85,10 @@ def test_inference_pricing_is_forward_only():
     plan = Plan({"inp": "bf16", "mid": "bf16", "head": "fp32"})
     train_cost, infer_cost = cm.price(plan, "h100"), cm.price(plan, "h100", inference=True)
     assert infer_cost.total < train_cost.total
-    assert (infer_cost.per_layer["bwd"] == 0).all() and (infer_cost.per_layer["weight_cast"] == 0).all()
+    assert all(r["bwd"] == 0 and r["weight_cast"] == 0 for r in infer_cost.per_layer)
     # activation casts are paid once (forward) instead of twice (forward + gradient)
-    assert infer_cost.per_layer["act_cast"].sum() == pytest.approx(train_cost.per_layer["act_cast"].sum() / 2)
+    assert sum(r["act_cast"] for r in infer_cost.per_layer) == pytest.approx(
+        sum(r["act_cast"] for r in train_cost.per_layer) / 2)
 
 
 @pytest.mark.slow

@@ -233,6 +233,7 @@ def _build(cfg: DictConfig, device: torch.device):
                            executor=_value(cfg.executor), monitor_every=int(cfg.monitor.every),
                            layers=extra_layers,
                            layer_costs=meter.layer_format_costs() if meter else None,
+                           plan_cost=meter.plan_cost if meter else None,
                            cheapness=meter.cheapness() if meter else None,
                            scaler=dict(cfg.get("scaler") or {}),
                            executor_options=_executor_options(cfg),

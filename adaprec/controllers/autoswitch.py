@@ -15,7 +15,7 @@ worst of the layer's activation, output gradient, weights and weight gradients.
 from __future__ import annotations
 
 from adaprec.runtime.plan import Plan
-from adaprec.controllers._common import allowed_formats, check_formats, check_range, flush_rate, quant_mse, root_format
+from adaprec.controllers._common import allowed_formats, check_formats, check_range, flush_rate, quant_mse, emitted_plan
 from adaprec.controllers.base import ControllerContext, StepRecord
 
 __all__ = ["Autoswitch"]
@@ -67,7 +67,7 @@ class Autoswitch:
     def decide(self, step: int) -> Plan:
         if not self._fmt:
             raise RuntimeError("Autoswitch.setup() must run before decide()")
-        return Plan(self._fmt, default=root_format(self._fmt))
+        return emitted_plan(self._fmt)
 
     def state_dict(self) -> dict:
         return {"formats": dict(self._fmt)}

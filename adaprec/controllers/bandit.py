@@ -37,7 +37,7 @@ from collections.abc import Sequence
 import torch
 
 from adaprec.runtime.plan import Plan
-from adaprec.controllers._common import allowed_formats, cheapest_first, check_formats, check_range, relative_costs, root_format
+from adaprec.controllers._common import allowed_formats, cheapest_first, check_formats, check_range, relative_costs, emitted_plan
 from adaprec.controllers.budget import Budget
 from adaprec.controllers._window import Window, summarize_step
 from adaprec.controllers.base import ControllerContext, StepRecord
@@ -157,7 +157,7 @@ class Bandit:
             # pinned: layers whose numerics ruled out the arm they played (not exploration)
             self._fit_budget({n for n in self._layers if before[n] != self._fmt[n]
                               and not self._safe(n, before[n])})
-        return Plan(self._fmt, default=root_format(self._fmt))
+        return emitted_plan(self._fmt)
 
     def _safe(self, layer: str, fmt: str) -> bool:
         """Not blocked after non-finite values, and fp16 only within its observed range."""
@@ -249,7 +249,7 @@ class Bandit:
     # -- state ----------------------------------------------------------------------------------
     @property
     def plan(self) -> Plan:
-        return Plan(self._fmt, default=root_format(self._fmt))
+        return emitted_plan(self._fmt)
 
     def state_dict(self) -> dict:
         """Counts, estimates, the open window and the RNG state (torch.save-able, weights_only)."""

@@ -21,8 +21,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from adaprec.runtime.plan import Plan
-from adaprec.controllers._common import (allowed_formats, check_formats, check_range, cheapest_first, root_format,
-                      relative_costs)
+from adaprec.controllers._common import (allowed_formats, check_formats, check_range, cheapest_first,
+                                         emitted_plan, relative_costs)
 from adaprec.controllers._window import Window, summarize_step
 from adaprec.controllers.budget import Budget
 from adaprec.controllers.base import ControllerContext, StepRecord
@@ -115,7 +115,7 @@ class Threshold:
                 up = {n for n in self._layers
                       if self._order[n].index(self._fmt[n]) > self._order[n].index(before[n])}
                 self._fit_budget(up, windows, step)
-        return Plan(self._fmt, default=root_format(self._fmt))
+        return emitted_plan(self._fmt)
 
     def _fit_budget(self, pinned: set[str], windows: dict, step: int = 0) -> None:
         """Pay for layers pushed up by numerics with the safest other layers (logged)."""
@@ -202,7 +202,7 @@ class Threshold:
     # -- state ----------------------------------------------------------------------------------
     @property
     def plan(self) -> Plan:
-        return Plan(self._fmt, default=root_format(self._fmt))
+        return emitted_plan(self._fmt)
 
     def state_dict(self) -> dict:
         return {"formats": dict(self._fmt), "last_switch": dict(self._last_switch),

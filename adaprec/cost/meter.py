@@ -84,6 +84,11 @@ class CostMeter:
         """``{layer: {fmt: cost of one pass}}`` on ``profile`` (default :attr:`controller_profile`)."""
         return self.cost_model.layer_format_costs(profile if profile is not None else self.controller_profile)
 
+    def plan_cost(self, plan: Plan) -> float:
+        """Modeled seconds of one pass under ``plan`` on :attr:`controller_profile`: the cost
+        model's pricing function, which controllers and budgets call."""
+        return self.cost_model.total(plan, self.controller_profile)
+
     def cheapness(self, formats: Sequence[str] = ("bf16", "fp16", "fp32")) -> list[str]:
         """``formats`` cheapest first on :attr:`controller_profile` (ties keep the given order)."""
         return self.cost_model.cheapness_order(self.controller_profile, formats)

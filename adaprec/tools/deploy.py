@@ -104,7 +104,7 @@ def deploy_search(model: torch.nn.Module, data, profile: str, tolerance: float,
         def measure(plan: Plan) -> tuple[dict[str, float], float]:
             ap.set_plan(plan)
             return (evaluate(model, ap, data, batch_size, device, max_batches),
-                    cm.price(plan, prof, inference=True).total)
+                    cm.total(plan, prof, inference=True))
 
         fp32 = Plan.uniform("fp32", ap.layers)
         fp32_q, fp32_cost = measure(fp32)
