@@ -59,7 +59,9 @@ class PlanCost:
     rel_to_fp32: float              # total / total of the all-fp32 plan
     cast: float                     # part of ``total`` spent converting or rounding formats
     flop_shares: dict[str, float]   # plan format -> share of the step's FLOPs (fwd + bwd)
-    per_layer: list[dict] = field(repr=False)  # rows: layer, format, runs_as, fwd, bwd, ..., total
+    # one dict per layer: layer, format, runs_as, fwd, bwd, weight_cast, act_cast, round, total
+    # (``pandas.DataFrame(cost.per_layer)`` makes a table of it)
+    per_layer: list[dict] = field(repr=False)
     other: float = 0.0              # ops outside every layer (the loss included)
     optimizer: float = 0.0          # the optimizer step
     kernels: float = 0.0            # part of ``total`` that is per-kernel fixed cost
