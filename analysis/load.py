@@ -30,6 +30,10 @@ never identified by parsing folder names. Every fact comes from the files themse
   ``format_share_<fmt>`` (a format another run used but this one did not has share 0); ``final_plan`` kept as a ``{layer: fmt}`` dict; any other nested dict
   flattened as ``<key>.<subkey>``.
 - ``cfg.<dotted.key>``: every leaf of ``config_resolved.yaml`` (lists as their string form).
+- ``environment.<key>``: where the run ran (``metrics.json["environment"]``: torch, device,
+  ``cpu_flags.<flag>``, ``executors.<fmt>``, ``adaprec_commit``, ``adaprec_dirty``, ...);
+  ``load_runs`` warns (:class:`MixedEnvironmentWarning`) when the runs disagree on any of them
+  but the dirty flag, so a sweep merged from two machines is never compared silently.
 - ``overrides``: the Hydra overrides from ``.hydra/overrides.yaml`` joined by spaces (or None).
 - ``run_dir``: absolute path of the run directory.
 
@@ -43,6 +47,7 @@ missing the file, or whose file is empty or unreadable, contribute no rows; they
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +55,8 @@ import pandas as pd
 import yaml
 
 __all__ = ["RUN_FILES", "KEY_COLUMNS", "QUALITY_METRICS", "find_run_dirs", "load_runs",
-           "load_steps", "load_evals", "load_layers", "load_decisions", "ok_runs"]
+           "load_steps", "load_evals", "load_layers", "load_decisions", "ok_runs",
+           "MixedEnvironmentWarning", "environment_differences"]
 
 RUN_FILES = ("metrics.json", "config_resolved.yaml")
 KEY_COLUMNS = ["run_id", "workload", "controller", "seed"]
@@ -81,10 +87,32 @@ def load_runs(path: str | Path) -> pd.DataFrame:
                          f"{' or '.join(RUN_FILES)}; pass the sweep directory the trainer wrote")
     runs = pd.DataFrame([_run_row(root, d) for d in dirs])
     runs = _add_quality(_fill_shares(runs))
+    differing = environment_differences(runs)
+    if differing:
+        warnings.warn(f"runs under {root} ran in different environments ({'; '.join(differing)}): "
+                      "compare measured times only within one environment (group by those "
+                      "environment.* columns)", MixedEnvironmentWarning, stacklevel=2)
     cfg_cols = sorted(c for c in runs.columns if c.startswith("cfg."))
     rest = [c for c in runs.columns if c not in _FIRST_COLUMNS and c not in cfg_cols
             and c not in ("overrides", "run_dir")]
     return runs[_FIRST_COLUMNS + rest + cfg_cols + ["overrides", "run_dir"]]
+
+
+class MixedEnvironmentWarning(UserWarning):
+    """The loaded runs ran on different machines, torch versions or executors."""
+
+
+def environment_differences(runs: pd.DataFrame) -> list[str]:
+    """``"<key>: <values>"`` for each ``environment.*`` column whose runs disagree (the dirty
+    flag aside: it says whether a commit describes the code, not where it ran)."""
+    out = []
+    for col in sorted(c for c in runs.columns if c.startswith("environment.")):
+        if col == "environment.adaprec_dirty":
+            continue
+        values = sorted({str(v) for v in runs[col] if v is not None and v == v})
+        if len(values) > 1:
+            out.append(f"{col.removeprefix('environment.')}: {', '.join(values)}")
+    return out
 
 
 def ok_runs(runs: pd.DataFrame) -> pd.DataFrame:

@@ -117,17 +117,29 @@ def pareto_mask(quality: Sequence[float], cost: Sequence[float],
     return mask
 
 
-def cost_columns(runs: pd.DataFrame) -> tuple[list[str], bool]:
-    """The modeled cost columns (``rel_cost_<profile>``) that ok runs report, and whether they
-    are missing so that measured ``wall_s`` stands in (then ``(["wall_s"], True)``)."""
+MEASURED_COSTS = ("wall_s", "cpu_s")
+
+
+def cost_columns(runs: pd.DataFrame, measured: str = "wall_s", memory: bool = False
+                 ) -> tuple[list[str], bool]:
+    """The modeled cost columns (``rel_cost_<profile>``; with ``memory`` also the modeled
+    ``mem_<profile>_bytes`` and, on CUDA, the measured ``cuda_max_mem_bytes``) that ok runs
+    report, and whether they are missing so that the ``measured`` time stands in (then
+    ``([measured], True)``): ``wall_s``, or ``cpu_s`` (process CPU time, robust on a shared
+    machine)."""
+    if measured not in MEASURED_COSTS:
+        raise ValueError(f"measured={measured!r}; choose one of {MEASURED_COSTS}")
     ok = ok_runs(runs)
     cols = sorted(c for c in runs if c.startswith("rel_cost_") and ok[c].notna().any())
+    if memory:
+        cols += sorted(c for c in runs if (c.startswith("mem_") and c.endswith("_bytes")
+                                           or c == "cuda_max_mem_bytes") and ok[c].notna().any())
     if cols:
         return cols, False
-    if "wall_s" not in runs:
-        raise ValueError("runs have neither rel_cost_<profile> nor wall_s; the trainer's "
-                         "metrics.json must report at least wall_s")
-    return ["wall_s"], True
+    if measured not in runs:
+        raise ValueError(f"runs have neither rel_cost_<profile> nor {measured}; the trainer's "
+                         "metrics.json reports wall_s and cpu_s")
+    return [measured], True
 
 
 def pareto_front(agg: pd.DataFrame, costs: Sequence[str], quality: str = "quality",

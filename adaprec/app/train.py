@@ -22,7 +22,9 @@ from tqdm import tqdm
 from adaprec.app.batching import eval_batches, train_batch_indices
 from adaprec.app.checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, rng_state,
                          save_checkpoint, set_rng_state)
+from adaprec.app.environment import run_environment
 from adaprec.cost import CostMeter, CostModel
+from adaprec.cost.optimizer import optimizer_spec
 from adaprec.runtime.distributed import broadcast_object, is_main_process, rank, world_size, wrap_ddp
 from adaprec.numerics.formats import FORMATS
 from adaprec.app.instantiate import instantiate
@@ -126,11 +128,12 @@ def train(cfg: DictConfig, out_dir: str | Path, choices: dict[str, str] | None =
     if main:
         OmegaConf.save(cfg, out / "config_resolved.yaml", resolve=True)
     metrics: dict[str, Any] = {"status": "running", "error": None, "choices": dict(choices or {}),
-                               "seed": int(cfg.seed)}
+                               "seed": int(cfg.seed),
+                               "environment": run_environment(_value(cfg.device), _value(cfg.executor))}
     if state is not None:
         metrics["resumed_from"] = int(state["step"])
     _write_metrics(log, metrics)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     wall_before = float(state["wall_s"]) if state is not None else 0.0
     try:
         result = _train(cfg, log, out, state, lambda: wall_before + time.perf_counter() - t0)
@@ -140,6 +143,7 @@ def train(cfg: DictConfig, out_dir: str | Path, choices: dict[str, str] | None =
         raise
     finally:
         metrics["wall_s"] = wall_before + time.perf_counter() - t0
+        metrics["cpu_s"] = time.process_time() - c0  # this process's CPU time (since a resume)
         _write_metrics(log, metrics)
     return metrics
 
@@ -228,7 +232,8 @@ def _build(cfg: DictConfig, device: torch.device):
     if micro * accum != batch:
         raise ValueError(f"trainer.batch_size ({batch}) must be divisible by trainer.grad_accum ({accum})")
     extra_layers = list(cfg.monitor.get("layers") or [])
-    meter = _cost_meter(cfg, model, data, discover_layers(model, extra_layers), device, micro, accum)
+    meter = _cost_meter(cfg, model, data, discover_layers(model, extra_layers), device, micro, accum,
+                        optimizer)
     ap = AdaptivePrecision(model, controller=controller, device_type=device.type,
                            executor=_value(cfg.executor), monitor_every=int(cfg.monitor.every),
                            layers=extra_layers,
@@ -274,7 +279,7 @@ def _train(cfg: DictConfig, log: RunLog | None, out: Path, state: dict | None,
     model.train()
     record = ap.last_record
     for step in bar:
-        t_step = time.perf_counter()
+        t_step, c_step = time.perf_counter(), time.process_time()
         optimizer.zero_grad(set_to_none=True)
 
         def forward_backward(step: int = step) -> None:
@@ -294,6 +299,7 @@ def _train(cfg: DictConfig, log: RunLog | None, out: Path, state: dict | None,
         lr = scheduler.get_last_lr()[0]
         scheduler.step()
         step_ms = (time.perf_counter() - t_step) * 1000
+        cpu_ms = (time.process_time() - c_step) * 1000
         counters["skipped"] += record.skipped
         counters["consecutive_skips"] = counters["consecutive_skips"] + 1 if record.skipped else 0
         changes = ap.pop_decisions()
@@ -301,11 +307,13 @@ def _train(cfg: DictConfig, log: RunLog | None, out: Path, state: dict | None,
         shares = record.plan.shares()
         _append(log, "steps", [{
             "step": step, "loss": record.loss, "lr": lr, "loss_scale": record.loss_scale,
-            "skipped": int(record.skipped), "step_ms": round(step_ms, 3),
+            "skipped": int(record.skipped), "step_ms": round(step_ms, 3), "cpu_ms": round(cpu_ms, 3),
             "plan_hash": record.plan.hash,
             **{f"share_{f}": shares.get(f, 0.0) for f in FORMATS},
             "culprit": record.nonfinite_layer or "",
             **(meter.update(record.plan) if meter else {}),
+            **(meter.memory_columns(record.plan) if meter else {}),
+            **_measured_memory(device),
         }])
         if record.skipped:
             _append(log, "events", [{"step": step, "event": "nonfinite_step",
@@ -331,7 +339,14 @@ def _train(cfg: DictConfig, log: RunLog | None, out: Path, state: dict | None,
             "plan_changes": counters["plan_changes"], "final_plan": dict(ap.plan),
             "format_shares": ap.plan.shares(),
             "train_loss_last": record.loss if record is not None else float("nan"), **last_eval,
-            **(meter.metrics() if meter else {})}
+            **(meter.metrics() if meter else {}), **_measured_memory(device)}
+
+
+def _measured_memory(device: torch.device) -> dict[str, int]:
+    """``cuda_max_mem_bytes``: the peak bytes torch allocated on the GPU so far (CUDA only)."""
+    if device.type != "cuda":
+        return {}
+    return {"cuda_max_mem_bytes": int(torch.cuda.max_memory_allocated(device))}
 
 
 def _append(log: RunLog | None, table: str, rows: list[dict]) -> None:
@@ -416,15 +431,25 @@ def _restore(state: dict, model, optimizer, scheduler, ap: AdaptivePrecision, me
 
 
 def _cost_meter(cfg: DictConfig, model, data, layers: list[str], device: torch.device,
-                micro: int, accum: int) -> CostMeter | None:
+                micro: int, accum: int, optimizer=None) -> CostMeter | None:
     """Count the model once on the first training micro-batch (plain fp32, model state and RNG
     untouched) and price plans on ``cfg.cost.profiles``; None when the cost model is off."""
     if not cfg.cost.enabled:
         return None
     x, y = _get_batch(data, "train", train_batch_indices(data.num_train_examples, micro, int(cfg.seed), 0),
                       device)
-    cm = CostModel.count(model, (x,), loss_fn=lambda out: _loss(data.task, out, y), layers=layers)
+    cm = CostModel.count(model, (x,), loss_fn=lambda out: _loss(data.task, out, y), layers=layers,
+                         optimizer=_cost_optimizer(optimizer))
     return CostMeter(cm, list(cfg.cost.profiles), passes_per_step=accum)
+
+
+def _cost_optimizer(optimizer):
+    """The optimizer as the cost model prices it; one it does not know is priced as plain SGD."""
+    try:
+        return optimizer_spec(optimizer)
+    except ValueError:
+        log_.warning("cost model: %s priced as plain SGD", type(optimizer).__name__)
+        return "sgd"
 
 
 def _executor_options(cfg: DictConfig) -> dict[str, Any]:

@@ -82,7 +82,7 @@ class DeviceProfile:
             raise ValueError(f"profile {self.name!r}: metric must be one of {_METRICS}, got {self.metric!r}")
         if self.metric == "seconds":
             for fmt in FORMATS:
-                eff = self.resolve(fmt)
+                eff = self.compute_format(fmt)
                 if self.peak_tflops.get(eff, 0) <= 0:
                     raise ValueError(f"profile {self.name!r} has no positive peak_tflops for {eff!r} "
                                      f"(format {fmt}); add it or a fallback: {{{fmt}: <format>}}")
