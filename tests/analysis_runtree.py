@@ -53,7 +53,7 @@ def _write_tables(run_dir: Path, plan: dict[str, str], steps: int, seed: int, sk
     for s in range(steps):
         skip = s < skipped
         rows.append({"step": s, "loss": 2.0 - 0.1 * s + 0.01 * seed, "lr": 0.1,
-                     "loss_scale": scale, "skipped": int(skip), "step_ms": 1.0,
+                     "loss_scale": scale, "skipped": int(skip), "step_ms": 1.0, "cpu_ms": 0.9,
                      "plan_hash": "abc", "share_fp32": 0.0, "share_bf16": 0.0, "share_fp16": 1.0})
         scale = scale / 2 if skip else scale
     pd.DataFrame(rows).to_csv(run_dir / "steps.csv", index=False)

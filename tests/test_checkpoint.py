@@ -34,7 +34,7 @@ def tiny_cfg(*overrides):
 
 def comparable(run_dir: Path) -> dict:
     """Everything a resumed run must reproduce bit for bit (timing columns excluded)."""
-    out = {name: pd.read_csv(run_dir / name, keep_default_na=False).drop(columns="step_ms", errors="ignore")
+    out = {name: pd.read_csv(run_dir / name, keep_default_na=False).drop(columns=["step_ms", "cpu_ms"], errors="ignore")
            for name in TABLES}
     out["layers"] = pd.read_csv(run_dir / "layers.csv.gz")
     metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from adaprec.runtime.executors.emulated import GRID_PRESERVING
 from adaprec.runtime.layers import discover_layers
 
 __all__ = ["LayerCount", "OP_KINDS", "count_layers"]
@@ -57,6 +58,8 @@ class LayerCount:
     inner_out_elems: int = 0
     fwd_bytes: int = 0      # bytes the layer's kernels read + write in forward, as counted (fp32)
     bwd_bytes: int = 0
+    fed_by: str | None = None  # the layer whose outputs are all of this one's floating inputs
+                               # (directly or through grid-preserving modules such as ReLU)
 
     @property
     def fwd_total(self) -> int:
@@ -137,6 +140,7 @@ class _LayerFlopCounter(FlopCounterMode):
         self._stack: list[str | None] = [None]
         self._tags: dict = {}       # autograd node -> layer that created it
         self._node_hooks: list = []
+        self.producer: dict[int, tuple[str, torch.Tensor]] = {}   # id(output) -> (layer, tensor)
 
     def _count_flops(self, func_packet, out, args, kwargs):  # overrides the module-tree charging
         key = (self.phase, self.current)
@@ -211,6 +215,8 @@ def count_layers(model: nn.Module, example_inputs: Sequence | torch.Tensor,
                for n in names}
     counter, order = _LayerFlopCounter(), []
     handles = [h for n in names for h in _layer_hooks(modules[n], records[n], counter, order)]
+    handles += [m.register_forward_hook(_pass_producer(counter)) for n, m in modules.items()
+                if n not in records and isinstance(m, GRID_PRESERVING)]
     buffers = {k: b.detach().clone() for k, b in model.named_buffers()}
     try:
         # fork the RNGs so dropout in the counting pass leaves the training stream untouched
@@ -225,6 +231,7 @@ def count_layers(model: nn.Module, example_inputs: Sequence | torch.Tensor,
                 torch.autograd.grad(loss, params, allow_unused=True)
     finally:
         counter.release()
+        counter.producer.clear()
         for h in handles:
             h.remove()
         with torch.no_grad():
@@ -241,12 +248,31 @@ def count_layers(model: nn.Module, example_inputs: Sequence | torch.Tensor,
     return [records[n] for n in ordered], other
 
 
+def _fed_by(counter: _LayerFlopCounter, inputs) -> str | None:
+    """The one layer that produced every floating tensor of ``inputs``, else None."""
+    found = {counter.producer.get(id(t), (None,))[0] for t in _tensors(inputs) if t.is_floating_point()}
+    return found.pop() if len(found) == 1 else None
+
+
+def _pass_producer(counter: _LayerFlopCounter):
+    """Forward hook of a grid-preserving module: its output has its input's producer."""
+    def hook(mod, args, output):
+        layer = _fed_by(counter, args[:1])
+        if layer is not None and isinstance(output, torch.Tensor):
+            counter.producer[id(output)] = (layer, output)
+    return hook
+
+
 def _layer_hooks(module: nn.Module, record: LayerCount, counter: _LayerFlopCounter, order: list[str]):
     def pre(mod, args, kwargs):
+        if record.calls == 0:
+            record.fed_by = _fed_by(counter, (args, kwargs))
         counter.enter_layer(record.name, (args, kwargs))
 
     def post(mod, args, kwargs, output):
         counter.exit_layer(record.name, output)
+        for t in _tensors(output):
+            counter.producer[id(t)] = (record.name, t)  # the tensor is kept: ids stay unique
         if record.calls == 0:
             order.append(record.name)
         record.calls += 1

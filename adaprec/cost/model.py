@@ -21,7 +21,8 @@ Casts, priced at bandwidth as ``elems * (b_src + b_dst)`` plus one kernel per te
 
 A format the profile lists as ``emulated`` computes in fp32 and pays roundings instead of casts
 (what :class:`~adaprec.runtime.executors.emulated.EmulatedExecutor` does): its weights and
-outputs always, its inputs where the previous layer's format differs, and in a custom
+outputs always, its inputs unless the layer that produced them all (directly or through a
+grid-preserving module such as ReLU; ``LayerCount.fed_by``) ran in the same format, and in a custom
 (non-``torch.nn``) layer the outputs of its matmuls, softmax and elementwise ops.
 
 Ops outside every layer (residual adds, pooling, functional activations, the loss) run in the
@@ -167,7 +168,7 @@ class CostModel:
         kernels and weight casts or roundings; no activation casts)."""
         profile = load_profile(profile)
         fmt = get_format(fmt).name
-        return sum(self._layer_parts(self._by_name[layer], fmt, fmt, profile, False).values())
+        return sum(self._layer_parts(self._by_name[layer], fmt, fmt, profile, False, fmt).values())
 
     def marginal(self, plan: Plan | Mapping[str, str] | str, layer: str, fmt: str,
                  profile: DeviceProfile | str) -> float:
@@ -231,7 +232,8 @@ class CostModel:
         prev = _INPUT_FORMAT
         for c in self.counts:
             fmt = plan.format_of(c.name)
-            parts = self._layer_parts(c, fmt, prev, profile, inference)
+            fed = plan.format_of(c.fed_by) if c.fed_by is not None else None
+            parts = self._layer_parts(c, fmt, prev, profile, inference, fed)
             rows.append({"layer": c.name, "format": fmt, "runs_as": _runs_as(profile, fmt), **parts,
                          "total": sum(parts.values())})
             prev = fmt
@@ -243,8 +245,9 @@ class CostModel:
         return rows, self._other_cost(plan.default, profile, inference), self._optimizer_cost(profile, inference)
 
     def _layer_parts(self, c: LayerCount, fmt: str, prev: str, profile: DeviceProfile,
-                     inference: bool) -> dict[str, float]:
-        """fwd, bwd, weight_cast, act_cast (from ``prev``) and round cost of one layer in ``fmt``."""
+                     inference: bool, fed: str | None = None) -> dict[str, float]:
+        """fwd, bwd, weight_cast, act_cast (from ``prev``) and round cost of one layer in ``fmt``;
+        ``fed``: the format of the layer that produced all its inputs (None: none did)."""
         if profile.metric == "bitops":
             bits = get_format(fmt).bits
             return {"fwd": float(c.macs * bits * bits), **{k: 0.0 for k in _PARTS[1:]}}
@@ -261,6 +264,11 @@ class CostModel:
         if profile.is_emulated(eff):
             # inference: one forward, so half of each (forward + gradient) rounding
             half = 0.5 if inference else 1.0
+            # inputs are rounded unless the layer that made them all was in this format (the
+            # executor's tag then says they are on the grid)
+            on_grid = fed is not None and profile.resolve(fed) == eff
+            parts["act_cast"] = 0.0 if on_grid or c.act_in_elems == 0 else \
+                half * profile.rounding_s(eff, c.in_tensors, c.act_in_elems)
             parts["round"] = half * profile.rounding_s(eff, c.out_tensors, c.act_out_elems)
             if not c.stock:
                 parts["round"] += half * profile.rounding_s(eff, c.inner_ops, c.inner_out_elems)
@@ -273,16 +281,11 @@ class CostModel:
     @staticmethod
     def _act_cast(elems: int, tensors: int, src: str, dst: str, profile: DeviceProfile,
                   inference: bool) -> float:
-        """Forward conversion of an activation plus backward conversion of its gradient; an
-        emulated ``dst`` rounds instead (unless ``src`` is the same format)."""
-        if profile.metric == "bitops" or elems == 0:
+        """Forward conversion of an activation plus backward conversion of its gradient (an
+        emulated ``dst`` rounds instead: :meth:`_layer_parts` prices that)."""
+        if profile.metric == "bitops" or elems == 0 or profile.is_emulated(profile.resolve(dst)):
             return 0.0
         passes = 1 if inference else 2
-        eff_dst = profile.resolve(dst)
-        if profile.is_emulated(eff_dst):
-            if profile.resolve(src) == eff_dst:
-                return 0.0
-            return passes / 2 * profile.rounding_s(eff_dst, tensors, elems)
         src, dst = profile.compute_format(src), profile.compute_format(dst)
         if src == dst:
             return 0.0

@@ -46,7 +46,7 @@ from adaprec.numerics.formats import FP32, Format, get_format
 from adaprec.runtime.executors.base import hook_layers as _hook_layers
 from adaprec.runtime.plan import Plan
 
-__all__ = ["EmulatedExecutor"]
+__all__ = ["EmulatedExecutor", "GRID_PRESERVING"]
 
 _LOW_DTYPES = (torch.float16, torch.bfloat16)
 _TAG = "_adaprec_rounded"
@@ -89,7 +89,7 @@ _FP32_FRAME = _Frame(None, FP32, "fp32")
 # modules whose output is on the grid of any format their input is on (they select, mask or
 # reshape values): a rounded input's tag passes through them, so e.g. conv -> bn -> relu -> conv
 # rounds the second conv's input no second time
-_GRID_PRESERVING = (nn.ReLU, nn.Identity, nn.Flatten, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
+GRID_PRESERVING = (nn.ReLU, nn.Identity, nn.Flatten, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
 
 
 def _needs_op_rounding(module: nn.Module) -> bool:
@@ -169,7 +169,7 @@ class EmulatedExecutor:
                          if hook_layers else [])
         if skip_rounded:
             for name, mod in modules.items():
-                if isinstance(mod, _GRID_PRESERVING) and name not in self._modules:
+                if isinstance(mod, GRID_PRESERVING) and name not in self._modules:
                     self._handles.append(mod.register_forward_hook(_pass_tag))
 
     # -- plan ---------------------------------------------------------------------------------
