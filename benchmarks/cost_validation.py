@@ -31,9 +31,9 @@ from scipy.stats import spearmanr
 from adaprec import AdaptivePrecision
 from adaprec.controllers._common import emitted_plan
 from adaprec.cost import CostModel, load_profile
-from adaprec.models import GPT, SmallCNN, resnet18
 from adaprec.runtime.plan import Plan
 from adaprec.tools.calibrate import CLOCKS
+from benchmarks.workloads import workload
 
 MODELS = ("cnn", "gpt", "resnet18")
 
@@ -55,21 +55,6 @@ class FixedPlan:
 
     def load_state_dict(self, state: dict) -> None:
         pass
-
-
-def workload(name: str, batch: int, image_size: int, device: torch.device):
-    """(model, x, y) with fixed random inputs."""
-    g = torch.Generator().manual_seed(0)
-    torch.manual_seed(0)
-    if name == "gpt":
-        model = GPT(vocab_size=256, block_size=64, n_layer=2, n_head=4, n_embd=128)
-        x = torch.randint(0, 256, (batch, 64), generator=g)
-        y = torch.randint(0, 256, (batch, 64), generator=g)
-    else:
-        model = SmallCNN(3, 10, width=32) if name == "cnn" else resnet18(in_channels=3, num_classes=10)
-        x = torch.randn(batch, 3, image_size, image_size, generator=g)
-        y = torch.randint(0, 10, (batch,), generator=g)
-    return model.to(device), x.to(device), y.to(device)
 
 
 def loss_fn(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -130,8 +115,8 @@ def measure(model, x, y, plans: list[Plan], executor: str, device: torch.device,
 
 
 def validate(name: str, args, profile, device: torch.device) -> dict[str, float]:
-    model, x, y = workload(name, args.batch if args.batch else (8 if name == "gpt" else 32),
-                           args.image_size, device)
+    model, x, y = workload(name, args.batch if args.batch else (8 if name == "gpt" else 32), device,
+                           args.image_size)
     ap = AdaptivePrecision(model, device_type=device.type, monitor_every=0)
     layers = ap.layers
     ap.remove()

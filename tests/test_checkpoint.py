@@ -38,7 +38,7 @@ def comparable(run_dir: Path) -> dict:
            for name in TABLES}
     out["layers"] = pd.read_csv(run_dir / "layers.csv.gz")
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    out["metrics"] = {k: v for k, v in metrics.items() if k not in ("wall_s", "resumed_from")}
+    out["metrics"] = {k: v for k, v in metrics.items() if k not in ("wall_s", "cpu_s", "resumed_from")}
     return out
 
 

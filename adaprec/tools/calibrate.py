@@ -18,7 +18,9 @@ cannot compute in (fp8) fall back to bf16, whose values include every fp8 value 
 device computes fast (:func:`~adaprec.runtime.executors.emulated.native_is_fast`) is timed
 natively; any other (fp16 and bf16 on a CPU without AVX512-FP16/BF16, every fp8 format) is
 written under ``emulated`` with the measured cost of one rounding (forward and gradient):
-``call_us`` per tensor and ``ns_per_elem``, fitted from a small and a large tensor.
+``call_us`` per tensor (a chain of roundings of a small tensor) and ``ns_per_elem`` (what a
+conv-BN-ReLU stack pays per rounded element under the emulated executor; see
+:func:`rounding_cost`).
 ``kernel_us``, the fixed cost of one op (dispatch, autograd bookkeeping, launch), is timed on a
 chain of tiny ops; it is subtracted from the matmul, conv and elementwise points, so their
 rates are the kernels' throughput and small layers pay the fixed cost once, through kernel_us.
@@ -53,7 +55,7 @@ DEFAULT_MATMUL_SIZES = (256, 512, 1024)
 # FLOPs at every shape -- so the pooled rate weighs each stage of a typical CNN alike
 DEFAULT_CONV_SHAPES = ((32, 64, 32), (32, 128, 16), (32, 256, 8), (32, 512, 4))
 DEFAULT_ELEMWISE = (1 << 20, 1 << 22)   # activation-sized tensors: 4 and 16 MB in fp32
-ROUNDING_SIZES = (1 << 10, 1 << 20)     # small (fixed cost) and large (per element) tensors
+ROUNDING_SIZES = (1 << 10,)             # the small tensor that prices a rounding's fixed cost
 FP8_FALLBACK = "bf16"
 EXECUTORS = ("auto", "native")
 
@@ -130,29 +132,65 @@ def kernel_us(device, reps: int = 3, clock: str = "wall", chain: int = 64) -> fl
     return time_step(step, device, reps, clock=clock) / count_kernels(step) * 1e6
 
 
-def rounding_cost(fmt: str, device, reps: int = 3, clock: str = "wall",
-                  sizes: Sequence[int] = ROUNDING_SIZES, chain: int = 16) -> dict[str, float]:
-    """``{call_us, ns_per_elem}`` of one emulated rounding to ``fmt``, forward and gradient,
-    as the emulated executor does it (``RoundFn``; ``ScaledRoundFn`` with delayed scaling for
-    fp8): a chain of ``chain`` roundings in one graph (so one backward call is shared, as in a
-    training step), at a small and a large size."""
-    f = get_format(fmt)
-    times = []
-    for n in sizes:
-        x = torch.randn(n, device=device, requires_grad=True)
-        g = torch.randn(n, device=device)
-        states = [(AmaxState(FP8Config(), f, x.device), AmaxState(FP8Config(), f, x.device))
-                  for _ in range(chain)] if f.bits <= 8 else []
+def rounding_cost(fmt: str, device, reps: int = 3, clock: str = "wall", chain: int = 16,
+                  small: int = ROUNDING_SIZES[0]) -> dict[str, float]:
+    """``{call_us, ns_per_elem}`` of one emulated rounding to ``fmt``, forward and gradient.
 
-        def step(x=x, g=g, states=states):
-            y = x
-            for i in range(chain):
-                y = ScaledRoundFn.apply(y, f, *states[i]) if states else RoundFn.apply(y, f, True)
-            torch.autograd.grad(y, (x,), g)
-        times.append(time_step(step, device, reps, clock=clock) / chain)
-    (n0, n1), (t0, t1) = sizes, times
-    per_elem = max(t1 - t0, 0.0) / (n1 - n0)
-    return {"call_us": _sig(max(t0 - n0 * per_elem, 0.0) * 1e6), "ns_per_elem": _sig(per_elem * 1e9)}
+    ``call_us``: a chain of ``chain`` roundings of a ``small``-element tensor in one graph
+    (``RoundFn``; ``ScaledRoundFn`` with delayed scaling for fp8), as the executor calls them.
+    ``ns_per_elem``: as the executor pays it in a step: a conv-BN-ReLU stack trained under the
+    emulated executor in ``fmt`` against fp32, interleaved; the extra time less ``call_us`` per
+    rounded tensor, over the rounded elements, both counted by the cost model itself."""
+    f = get_format(fmt)
+    x = torch.randn(small, device=device, requires_grad=True)
+    states = [(AmaxState(FP8Config(), f, x.device), AmaxState(FP8Config(), f, x.device))
+              for _ in range(chain)] if f.bits <= 8 else []
+
+    def step():
+        y = x
+        for i in range(chain):
+            y = ScaledRoundFn.apply(y, f, *states[i]) if states else RoundFn.apply(y, f, True)
+        torch.autograd.grad(y.sum(), (x,))
+    call_s = max(time_step(step, device, reps, clock=clock) / chain, 0.0)
+    return {"call_us": _sig(call_s * 1e6), "ns_per_elem": _sig(_emulated_step_ns(f.name, device, reps, clock, call_s))}
+
+
+def _emulated_step_ns(fmt: str, device, reps: int, clock: str, call_s: float) -> float:
+    from adaprec.cost import CostModel, DeviceProfile          # the tools floor sits above both
+    from adaprec.precision import AdaptivePrecision
+    from adaprec.runtime.plan import Plan
+    torch.manual_seed(0)
+    c = 16
+    model = torch.nn.Sequential(*[m for _ in range(3) for m in (
+        torch.nn.Conv2d(c, c, 3, padding=1, bias=False), torch.nn.BatchNorm2d(c), torch.nn.ReLU())]).to(device)
+    x = torch.randn(16, c, 32, 32, device=device)
+    ap = AdaptivePrecision(model, device_type=torch.device(device).type, executor="emulated", monitor_every=0)
+    try:
+        def unit(call_us: float, ns: float) -> DeviceProfile:
+            return DeviceProfile(name="unit", peak_tflops={"fp32": 1.0}, bandwidth_tbps=1.0,
+                                 emulated={f: {"call_us": call_us, "ns_per_elem": ns}
+                                           for f in FORMATS if f != "fp32"})
+        cm = CostModel.count(model, (x,), layers=ap.layers, optimizer="none")
+        low, fp32 = Plan.uniform(fmt, ap.layers), Plan.uniform("fp32", ap.layers)
+        elems = cm.price(low, unit(0.0, 1.0)).cast * 1e9      # 1 ns per element: cast seconds -> elements
+        tensors = cm.price(low, unit(1.0, 0.0)).cast * 1e6
+        times: dict[str, list[float]] = {"fp32": [], fmt: []}
+        now = CLOCKS[clock]
+        for _ in range(max(reps, 3)):
+            for name, plan in (("fp32", fp32), (fmt, low)):
+                ap.set_plan(plan)
+                for timed in (False, True):
+                    t0 = now()
+                    with ap.autocast():
+                        loss = model(x).float().square().mean()
+                    loss.backward()
+                    _sync(torch.device(device))
+                    if timed:
+                        times[name].append(now() - t0)
+        extra = min(times[fmt]) - min(times["fp32"]) - tensors * call_s
+        return max(extra, 0.0) / elems * 1e9
+    finally:
+        ap.remove()
 
 
 def matmul_tflops(n: int, dtype: torch.dtype, device, reps: int = 3, clock: str = "wall",
