@@ -105,15 +105,28 @@ class Format:
         """Round ``x`` to the element (RNE, no scaling) and return it in ``x``'s dtype."""
         return self.element.round(x)
 
-    def fake_quantize(self, x: torch.Tensor, *, role: str = "input", stochastic: bool = False,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
+    def fake_quantize(self, x: torch.Tensor, *, role: str = "input", axis: int = -1,
+                      stochastic: bool = False, generator: torch.Generator | None = None
+                      ) -> torch.Tensor:
         """fp32 tensor holding exactly the values this format stores for ``x``, scales applied.
 
-        Blocks run over the last dimension; ``role="weight"`` selects a recipe's weight tiling
-        (DeepSeek 128x128 blocks). ``stochastic``: stochastic instead of nearest-even rounding
+        Blocks run over the last dimension (``axis`` picks another: the executor blocks a
+        convolution's activations over channels); ``role="weight"`` selects a recipe's weight
+        tiling (DeepSeek 128x128 blocks; a weight of more than two dimensions is blocked as
+        ``(out, everything else)``). ``stochastic``: stochastic instead of nearest-even rounding
         (for gradients). Per-tensor recipes use this tensor's amax (delayed scaling needs the
         executor's history)."""
-        return self.recipe.fake_quantize(x.float(), self.element, role=role, stochastic=stochastic,
+        x = x.float()
+        if self.scaling in ("block", "tiles"):
+            if role.startswith("weight") and x.dim() > 2:
+                flat = self.recipe.fake_quantize(x.reshape(x.shape[0], -1), self.element, role=role,
+                                                 stochastic=stochastic, generator=generator)
+                return flat.reshape(x.shape)
+            if axis not in (-1, x.dim() - 1) and x.dim() > 1:
+                moved = self.recipe.fake_quantize(x.movedim(axis, -1), self.element, role=role,
+                                                  stochastic=stochastic, generator=generator)
+                return moved.movedim(-1, axis)
+        return self.recipe.fake_quantize(x, self.element, role=role, stochastic=stochastic,
                                          generator=generator)
 
     def quantize(self, x: torch.Tensor) -> Quantized:
@@ -210,3 +223,4 @@ register(Format("mxfp4", E2M1, MX, fallback="mxfp6_e2m3", aliases=("mxfp4_e2m1",
 register(Format("nvfp4", E2M1, Block(16, E4M3, tensor_scale=True), fallback="mxfp4"))
 # DeepSeek-V3 fine-grained fp8: 1x128 activation tiles, 128x128 weight blocks, fp32 scales
 register(Format("fp8_e4m3_tiles", E4M3, Tiles(), fallback="fp8_e4m3", aliases=("deepseek_fp8",)))
+
