@@ -22,6 +22,16 @@ rounding per rounded tensor costing ``call_us + elems * ns_per_elem`` (forward a
 ``tf32`` follows PyTorch's defaults: ``torch.backends.cudnn.allow_tf32`` is True (convolutions in
 TF32 on Ampere and later), ``torch.backends.cuda.matmul.allow_tf32`` False unless
 ``torch.set_float32_matmul_precision("high")``; :func:`torch_tf32` reads the current flags.
+
+Which format a format runs as (:meth:`DeviceProfile.resolve`), first rule that applies,
+repeated until one stops:
+
+1. the profile's own ``fallback`` entry for it;
+2. it runs as itself if ``emulated`` or ``peak_tflops`` names it, or names its element width (``fp8``,
+   ``fp6``, ``fp4``: one peak for every format of that width, e.g. mxfp8/fp8 tiles at ``fp8``);
+3. the registry's ``Format.fallback`` (:mod:`adaprec.numerics.formats`): mxfp8 -> fp8,
+   mxfp6 -> mxfp8_e4m3, mxfp4 -> mxfp6_e2m3, nvfp4 -> mxfp4, fp8 -> bf16. So on an H100, which
+   has no fp4/fp6 tensor cores, nvfp4 and mxfp4 layers are priced as fp8 e4m3.
 """
 from __future__ import annotations
 
@@ -83,7 +93,7 @@ class DeviceProfile:
         if self.metric == "seconds":
             for fmt in FORMATS:
                 eff = self.compute_format(fmt)
-                if self.peak_tflops.get(eff, 0) <= 0:
+                if self.peak_tflops.get(self._peak_key(eff) or eff, 0) <= 0:
                     raise ValueError(f"profile {self.name!r} has no positive peak_tflops for {eff!r} "
                                      f"(format {fmt}); add it or a fallback: {{{fmt}: <format>}}")
                 if self.bandwidth(eff) <= 0:
@@ -109,15 +119,28 @@ class DeviceProfile:
         return "s" if self.metric == "seconds" else "bops"
 
     def resolve(self, fmt: str) -> str:
-        """The format ``fmt`` actually runs as on this device (following fallbacks)."""
+        """The format ``fmt`` actually runs as on this device (the module docstring's rule)."""
         name = get_format(fmt).name
         seen = [name]
-        while name in self.fallback:
-            name = get_format(self.fallback[name]).name
+        while True:
+            if name in self.fallback:
+                nxt = self.fallback[name]
+            elif (name in self.emulated or self._peak_key(name) is not None
+                  or get_format(name).fallback is None):
+                return name
+            else:
+                nxt = get_format(name).fallback
+            name = get_format(nxt).name
             if name in seen:
                 raise ValueError(f"profile {self.name!r}: fallback cycle {' -> '.join(seen + [name])}")
             seen.append(name)
-        return name
+
+    def _peak_key(self, fmt: str) -> str | None:
+        """The ``peak_tflops`` key that prices ``fmt``: its name, else its element width."""
+        if fmt in self.peak_tflops:
+            return fmt
+        width = f"fp{get_format(fmt).bits}"
+        return width if width in self.peak_tflops and get_format(fmt).bits < 16 else None
 
     def is_emulated(self, fmt: str) -> bool:
         """Whether ``fmt`` (already resolved) runs as fp32 kernels plus rounding here."""
@@ -138,7 +161,7 @@ class DeviceProfile:
         eff = float(self.efficiency.get("gemm", 1.0))
         if fmt == "fp32" and self.tf32.get(kind or "matmul", False) and "tf32" in self.peak_tflops:
             return float(self.peak_tflops["tf32"]) * 1e12 * eff
-        return float(self.peak_tflops[fmt]) * 1e12 * eff
+        return float(self.peak_tflops[self._peak_key(fmt) or fmt]) * 1e12 * eff
 
     def bandwidth(self, fmt: str) -> float:
         """Achievable bytes per second for tensors in ``fmt``: ``bandwidth_tbps`` x

@@ -144,7 +144,7 @@ def rounding_cost(fmt: str, device, reps: int = 3, clock: str = "wall", chain: i
     f = get_format(fmt)
     x = torch.randn(small, device=device, requires_grad=True)
     states = [(AmaxState(FP8Config(), f, x.device), AmaxState(FP8Config(), f, x.device))
-              for _ in range(chain)] if f.bits <= 8 else []
+              for _ in range(chain)] if f.scaling == "per_tensor" else []
 
     def step():
         y = x
@@ -252,7 +252,10 @@ def calibrate(device: str | torch.device = "cpu", formats: Sequence[str] = DEFAU
     log = log or (lambda msg: None)
     emulated: dict[str, dict] = {}
     if executor == "auto":
-        slow = [get_format(f) for f in FORMATS if not native_is_fast(get_format(f), "matmul", device.type)]
+        # unscaled and per-tensor formats; block/tile formats are priced through the registry's
+        # fallback chain (mxfp8 -> fp8, ...), see adaprec.cost.profiles
+        slow = [get_format(f) for f in FORMATS if get_format(f).scaling in ("none", "per_tensor")
+                and not native_is_fast(get_format(f), "matmul", device.type)]
         for f in slow:
             emulated[f.name] = rounding_cost(f.name, device, reps, clock)
             log(f"{f.name}: emulated here, rounding {emulated[f.name]['call_us']} us/tensor + "
@@ -303,8 +306,10 @@ def _profile_dict(name: str, device: torch.device, fmts, measured: dict, clock: 
     # untimed formats: fp8 runs as bf16 (exact for fp8 values) when bf16 was timed; anything
     # else untimed is priced as fp32, the conservative choice
     emulated = emulated or {}
+    # (block/tile formats follow the registry's fallback chain down to these, see cost.profiles)
     fallback = {f: (FP8_FALLBACK if f.startswith("fp8") and FP8_FALLBACK in names else "fp32")
-                for f in FORMATS if f not in names and f not in emulated}
+                for f in FORMATS if f not in names and f not in emulated
+                and get_format(f).scaling in ("none", "per_tensor")}
     return {
         "name": name,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
