@@ -10,7 +10,9 @@ plan first draws the share of its layers that leave fp32, then a format per such
 ``--formats``), plus all-fp32 and all-bf16, and runs every plan with AdaptivePrecision and the
 executor each format really uses here (``--executor auto``: on a CPU without AVX512-BF16/FP16,
 16-bit is emulated), SGD with momentum. Plans are interleaved and repeated; each timing is one
-step after an untimed step under the same plan; the median of ``--reps`` counts. Predicted:
+step after an untimed step under the same plan; the fastest of ``--reps`` counts (``--stat
+median`` for the median): on a shared machine other processes only ever add time, even to
+process CPU time (caches, memory bandwidth), as in ``adaprec.tools.calibrate``. Predicted:
 ``CostModel.price(plan, profile)`` (the one pricing function controllers and budgets use).
 Prints per plan predicted and measured ms and the error, then the median |error| and Spearman's
 rank correlation (scipy) per model. On CUDA it also prints modeled vs measured peak memory
@@ -74,8 +76,9 @@ def random_plans(layers: list[str], formats: list[str], n: int, seed: int) -> li
 
 
 def measure(model, x, y, plans: list[Plan], executor: str, device: torch.device, reps: int,
-            clock: str, seed: int) -> tuple[list[float], list[float | None]]:
-    """(median seconds per step, peak CUDA bytes or None) per plan, plans interleaved."""
+            clock: str, seed: int, stat: str = "min") -> tuple[list[float], list[float | None]]:
+    """(seconds per step, fastest or median over reps; peak CUDA bytes or None) per plan,
+    plans interleaved."""
     now = CLOCKS[clock]
     controller = FixedPlan(plans[0])
     ap = AdaptivePrecision(model, controller=controller, device_type=device.type, executor=executor,
@@ -111,7 +114,8 @@ def measure(model, x, y, plans: list[Plan], executor: str, device: torch.device,
                     peak[i] = float(torch.cuda.max_memory_allocated(device))
     finally:
         ap.remove()
-    return [statistics.median(t) for t in times], peak
+    reduce = min if stat == "min" else statistics.median
+    return [reduce(t) for t in times], peak
 
 
 def validate(name: str, args, profile, device: torch.device) -> dict[str, float]:
@@ -124,7 +128,8 @@ def validate(name: str, args, profile, device: torch.device) -> dict[str, float]
     cm = CostModel.count(model, (x,), loss_fn=lambda out: loss_fn(out, y), layers=layers, optimizer=opt)
     plans = random_plans(layers, args.formats, args.plans, args.seed)
     predicted = [cm.price(p, profile).total for p in plans]
-    measured, peak = measure(model, x, y, plans, args.executor, device, args.reps, args.clock, args.seed)
+    measured, peak = measure(model, x, y, plans, args.executor, device, args.reps, args.clock, args.seed,
+                             args.stat)
     errors = [(p - m) / m for p, m in zip(predicted, measured)]
     print(f"\n## {name}: {len(layers)} layers, {cm.total_flops / 1e9:.3f} GFLOP/step, "
           f"{len(plans)} plans, profile {profile.name}, executor {args.executor}")
@@ -154,6 +159,7 @@ def main(argv=None) -> dict[str, dict[str, float]]:
     p.add_argument("--batch", type=int, default=0, help="0: 32 images / 8 sequences of 64 tokens")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stat", choices=["min", "median"], default="min", help="over --reps per plan")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--clock", choices=list(CLOCKS), default="wall")
     args = p.parse_args(argv)
