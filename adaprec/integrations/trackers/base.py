@@ -67,6 +67,7 @@ class Tracker:
     """
 
     histograms = True
+    prefix = ""  # put before every name (the Lightning plugin logs under "adaprec/")
 
     # -- what the run sends --------------------------------------------------------------------
     def log_config(self, config: Mapping[str, Any]) -> None:
@@ -79,9 +80,10 @@ class Tracker:
         if not rows:
             return
         if table in ("steps", "evals"):
-            prefix = "train" if table == "steps" else "eval"
+            group = "train" if table == "steps" else "eval"
             for row in rows:
-                self.scalars(int(row["step"]), {f"{prefix}/{k}": v for k, v in _numbers(row).items()})
+                self.scalars(int(row["step"]),
+                             {f"{self.prefix}{group}/{k}": v for k, v in _numbers(row).items()})
         elif table == "layers":
             self._log_layers(rows)
         elif table in ("decisions", "events"):
@@ -90,7 +92,7 @@ class Tracker:
                 line = decision_text(row) if table == "decisions" else json.dumps(dict(row), default=str)
                 by_step.setdefault(int(row["step"]), []).append(line)
             for step, lines in by_step.items():
-                self.text(step, table, "\n".join(lines))
+                self.text(step, self.prefix + table, "\n".join(lines))
 
     def log_record(self, record: StepRecord, decisions: Sequence[Mapping[str, Any]] = ()) -> None:
         """One step from your own loop: ``tracker.log_record(ap.step(opt), ap.pop_decisions())``."""
@@ -111,15 +113,15 @@ class Tracker:
             columns: dict[str, list[float]] = {}
             for row in group:
                 layer = row["layer"]
-                values[f"layers/{layer}/format"] = float(FORMAT_CODES.get(row["format"], -1))
+                values[f"{self.prefix}layers/{layer}/format"] = float(FORMAT_CODES.get(row["format"], -1))
                 for stat, v in _numbers(row).items():
-                    values[f"layers/{layer}/{stat}"] = v
+                    values[f"{self.prefix}layers/{layer}/{stat}"] = v
                     if math.isfinite(v):
                         columns.setdefault(stat, []).append(v)
             self.scalars(step, values)
             if self.histograms:
                 for stat, vs in columns.items():
-                    self.histogram(step, f"layer_stats/{stat}", vs)
+                    self.histogram(step, f"{self.prefix}layer_stats/{stat}", vs)
 
     # -- primitives a tracker implements -------------------------------------------------------
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
@@ -135,10 +137,10 @@ class Tracker:
         raise NotImplementedError
 
     def summary(self, metrics: Mapping[str, Any]) -> None:
-        numbers = {f"final/{k}": v for k, v in _numbers(metrics, skip=()).items()}
+        numbers = {f"{self.prefix}final/{k}": v for k, v in _numbers(metrics, skip=()).items()}
         if numbers:
             self.scalars(int(metrics.get("steps", 0) or 0), numbers)
-        self.text(int(metrics.get("steps", 0) or 0), "metrics",
+        self.text(int(metrics.get("steps", 0) or 0), self.prefix + "metrics",
                   json.dumps(dict(metrics), sort_keys=True, default=str))
 
     def close(self) -> None:
