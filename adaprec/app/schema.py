@@ -188,6 +188,7 @@ class AdaprecConfig:
     model: Any = MISSING
     optimizer: Any = MISSING
     controller: Any = MISSING
+    logger: Any = None  # conf/logger/: csv (none besides the run dir's tables), tensorboard, mlflow, wandb
 
 
 # -- controller schemas (static controllers; adaptive ones register theirs the same way) -------
