@@ -5,28 +5,31 @@
         loss = loss_fn(model(x), y)
     ap.backward(loss)      # scaled backward + sampled statistics
     ap.step(optimizer)     # unscale, skip on inf/NaN, update scale, controller decides next plan
+
+GradScaler's habits work unchanged: ``ap.unscale_(optimizer)`` before clipping, several
+optimizers per step (``ap.step(a); ap.step(b); ap.update()``), ``ap.get_scale()``,
+``ap.is_enabled()``.
 """
 from __future__ import annotations
 
 import copy
 import json
 import math
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from contextlib import contextmanager
 from typing import Any
 
-import pandas as pd
 import torch
 from torch import nn
 
-from adaprec.controllers.base import Controller, ControllerContext, StepRecord
+from adaprec.controllers.base import Controller, ControllerContext, StepRecord, with_defaults
 from adaprec.controllers.static import Static
 from adaprec.runtime.diagnose import find_nonfinite_layer
 from adaprec.runtime.distributed import (broadcast_object, gather_objects, is_distributed,
                           reduce_loss_and_found_inf, unwrap)
-from adaprec.runtime.executors.native import NativeExecutor
-from adaprec.runtime.executors.emulated import AutoExecutor, EmulatedExecutor
+from adaprec.runtime.executors import EXECUTORS, Executor
 from adaprec.numerics.formats import BF16, get_format
 from adaprec.runtime.layers import discover_layers
 from adaprec.runtime.monitor import Monitor
@@ -34,8 +37,6 @@ from adaprec.runtime.plan import Plan
 from adaprec.numerics.scaler import LossScaler
 
 __all__ = ["AdaptivePrecision", "EXECUTORS", "needs_loss_scaling"]
-
-EXECUTORS = {"native": NativeExecutor, "emulated": EmulatedExecutor, "auto": AutoExecutor}
 
 
 def needs_loss_scaling(plan: Plan) -> bool:
@@ -81,8 +82,11 @@ class AdaptivePrecision:
         self.layers = discover_layers(model, layers)
         if not self.layers:
             raise ValueError(f"{type(model).__name__} has no layers (no module owns parameters)")
-        self.controller: Controller = controller if controller is not None else Static("fp32")
-        self.executor = EXECUTORS[executor](model, self.layers, device_type, **(executor_options or {}))
+        self.controller = controller if controller is not None else Static("fp32")
+        # the Protocol's defaults for optional members the controller does not define
+        self._controller: Controller = with_defaults(self.controller)
+        self.executor: Executor = EXECUTORS[executor](model, self.layers, device_type,
+                                                      **(executor_options or {}))
         self.monitor = Monitor(model, self.layers, monitor_every, exact=monitor_exact)
         # a model may own no parameters (only parameterless adaprec_layer blocks)
         device = next(model.parameters(), torch.empty(0)).device
@@ -96,17 +100,18 @@ class AdaptivePrecision:
         self._diagnosing = False
         self._diagnosis = None
         self._rng_at_start: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self._optimizers = _OptimizerSteps()  # GradScaler-style per-optimizer state of this step
+        self._unstepped: list[torch.Tensor] = []  # parameters with gradients no optimizer stepped yet
+        self._orphans: set[int] = set()  # parameters with gradients that belong to no optimizer
         modules = dict(model.named_modules())
         context = ControllerContext(layers=self.layers, device_type=device_type,
                                     layer_costs=layer_costs,
                                     cheapness=tuple(cheapness or ControllerContext.cheapness),
                                     layer_types={n: type(modules[n]).__name__ for n in self.layers},
-                                    executor=executor,
-                                    modules={n: modules[n] for n in self.layers})
-        if hasattr(self.controller, "setup"):
-            self.controller.setup(context)
+                                    executor=executor)
+        self._controller.setup(context)
         self._plan = Plan.uniform("fp32", self.layers)
-        self._apply(self.controller.decide(0), step=0)
+        self._apply(self._controller.decide(0), step=0)
 
     # -- the torch.amp-shaped surface -----------------------------------------------------------
     @property
@@ -118,6 +123,8 @@ class AdaptivePrecision:
     def autocast(self) -> Iterator[None]:
         """Run forward (and loss) under the current plan. In training mode the first call of a
         step arms the monitor if the step is sampled; in eval mode nothing is measured."""
+        if self._optimizers.stepped and self.model.training and not self._diagnosing:
+            self._finish_unfinished_step()
         if not self._in_step and self.model.training:
             self._in_step = True
             self._rng_at_start = _torch_rng_state(self.device_type)  # for a culprit replay
@@ -133,83 +140,168 @@ class AdaptivePrecision:
             self._diagnosis.check_loss(loss)
             self.scaler.scale_loss(loss).backward(**kwargs)
             return
+        if self._optimizers.stepped:
+            self._finish_unfinished_step()
+        self._optimizers.finished = None
         detached = loss.detach().float()
         self._loss_sum = detached if self._loss_sum is None else self._loss_sum + detached
         self._micro_batches += 1
         self.scaler.scale_loss(loss).backward(**kwargs)
         self.monitor.end_backward()
 
+    def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
+        """Divide ``optimizer``'s gradients by the loss scale in place, as
+        ``GradScaler.unscale_``: call it between ``ap.backward`` and ``ap.step`` to clip or read
+        true gradients; ``ap.step(optimizer)`` then does not unscale again. Once per optimizer
+        per step (a second call raises, as GradScaler's does)."""
+        if self._loss_sum is None:
+            raise RuntimeError("ap.unscale_(optimizer) called before ap.backward(loss)")
+        steps = self._optimizers
+        if id(optimizer) in steps.found_inf:
+            raise RuntimeError("unscale_() has already been called on this optimizer since the "
+                               "last update().")
+        if id(optimizer) in steps.stepped:
+            raise RuntimeError("unscale_() is being called after step().")
+        self._before_first_unscale()
+        steps.found_inf[id(optimizer)] = self.scaler.unscale_(p.grad for p in _params(optimizer))
+
+    def _before_first_unscale(self) -> None:
+        # weight gradients are measured still scaled, once per step, before any is unscaled
+        if not self._optimizers.measured:
+            self._optimizers.measured = True
+            self.monitor.measure_parameters()
+
     def step(self, optimizer: torch.optim.Optimizer, replay: Callable[[], None] | None = None
-             ) -> StepRecord:
-        """Unscale, skip the update on inf/NaN, update the scale, let the controller decide.
+             ) -> StepRecord | None:
+        """Unscale (unless ``ap.unscale_(optimizer)`` already did), skip the update on inf/NaN,
+        and, once every parameter with a gradient has been stepped, finish the step (update the
+        scale, let the controller decide) and return its record.
+
+        With one optimizer over the model this is the whole step. With several, call
+        ``ap.step(opt)`` for each and then ``ap.update()``, as with GradScaler; each optimizer
+        skips on its own inf/NaN, the scale backs off if any had one. ``step`` returns None while
+        parameters with gradients remain unstepped (``ap.update()`` then returns the record).
 
         ``replay``: a callable that re-runs this step's forward and backward (the same
         ``ap.autocast()`` / ``ap.backward()`` calls on the same micro-batches). It is called only
         on a skipped step, to name the culprit layer (``StepRecord.nonfinite_layer``); clean
         steps pay nothing for it.
         """
+        steps = self._optimizers
         if self._loss_sum is None:
-            raise RuntimeError("ap.step() called before ap.backward(loss)")
-        self.monitor.measure_parameters()
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        found_inf = self.scaler.unscale_(p.grad for p in params)
+            hint = (" (this step already finished: the optimizers stepped before covered every "
+                    "parameter with a gradient)") if steps.finished is not None else ""
+            raise RuntimeError("ap.step() called before ap.backward(loss)" + hint)
+        if id(optimizer) in steps.stepped:
+            raise RuntimeError("step() has already been called on this optimizer since the last "
+                               "update().")
+        self._before_first_unscale()
+        params = _params(optimizer)
+        found_inf = steps.found_inf.pop(id(optimizer), None)
+        if found_inf is None:
+            found_inf = self.scaler.unscale_(p.grad for p in params)
         # one collective (under DDP) and one host sync: mean loss, ranks that found inf/NaN
         loss_value, inf_value = reduce_loss_and_found_inf(self._loss_sum, found_inf).tolist()
         skipped = inf_value > 0 or not math.isfinite(loss_value)
-        culprit = None
         if not skipped:
             optimizer.step()
-        elif replay is not None:
-            culprit = self._find_culprit(replay, params)
+        elif replay is not None and steps.culprit is None:
+            steps.culprit = self._find_culprit(replay, params)
+        steps.record_step(optimizer, params, loss_value, found_inf.new_full((), float(inf_value > 0)),
+                          skipped)
+        self._unstepped = [p for p in self.model.parameters() if p.grad is not None
+                           and id(p) not in steps.params and id(p) not in self._orphans]
+        return None if self._unstepped else self.update()
+
+    def update(self) -> StepRecord:
+        """Finish the step after the last ``ap.step(optimizer)``: update the loss scale, record
+        the statistics, let the controller decide the next plan; returns the step's record.
+        After a ``step`` that already finished the step (one optimizer) it changes nothing."""
+        steps = self._optimizers
+        if not steps.stepped:
+            if steps.finished is not None:
+                return steps.finished
+            raise RuntimeError("ap.update() called before ap.step(optimizer)")
+        self._unstepped = []
         scale_used = self.scaler.applied_scale
-        self.scaler.update(found_inf.new_full((), float(inf_value > 0)))
+        self.scaler.update(steps.inf_flag())
         stats = self.monitor.collect(self.step_count, self._plan.format_of)
-        record = StepRecord(step=self.step_count, loss=loss_value, skipped=skipped,
+        gradients = (self.monitor.layer_gradients()
+                     if not steps.skipped and self._controller.wants_gradients(self.step_count) else None)
+        record = StepRecord(step=self.step_count, loss=steps.loss, skipped=steps.skipped,
                             loss_scale=scale_used, plan=self._plan, stats=stats,
-                            nonfinite_layer=culprit)
+                            nonfinite_layer=steps.culprit, gradients=gradients)
         self.last_record = record
-        self.controller.observe(record)
+        self._controller.observe(record)
         self.step_count += 1
         self._loss_sum, self._micro_batches, self._in_step = None, 0, False
-        self._apply(self.controller.decide(self.step_count), step=self.step_count)
+        self._optimizers = _OptimizerSteps(finished=record)
+        self._apply(self._controller.decide(self.step_count), step=self.step_count)
         return record
+
+    def get_scale(self) -> float:
+        """The factor the next backward multiplies the loss by (1.0 while no layer needs loss
+        scaling), as ``GradScaler.get_scale``."""
+        return self.scaler.applied_scale
+
+    def is_enabled(self) -> bool:
+        """Whether loss scaling is in use for the current plan (it follows the plan: on while
+        some layer runs fp16 or fp8), as ``GradScaler.is_enabled``."""
+        return self.scaler.active
+
+    def _finish_unfinished_step(self) -> None:
+        """A new step began although parameters with gradients were never stepped (they belong
+        to no optimizer): finish the old step now and leave them out from now on."""
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        example = next((names[id(p)] for p in self._unstepped if id(p) in names), "?")
+        warnings.warn(f"{len(self._unstepped)} parameters with gradients (e.g. {example!r}) were "
+                      "stepped by no optimizer; adaprec finished the step when the next one began. "
+                      "Call ap.update() after the last ap.step(optimizer), or set "
+                      "requires_grad=False on them", stacklevel=3)
+        self._orphans.update(id(p) for p in self._unstepped)
+        self.update()
 
     def _find_culprit(self, replay: Callable[[], None], params: list[torch.Tensor]) -> str | None:
         """Replay the step from its starting RNG state with finiteness checks on every layer;
         the RNG stream afterwards is left as the original step left it."""
         rng_after = _torch_rng_state(self.device_type)
         # the replay must not advance run state either (fp8 amax histories record each cast)
-        executor_before = copy.deepcopy(executor_state(self.executor))
+        executor_before = copy.deepcopy(self.executor.state_dict())
         _set_torch_rng_state(self._rng_at_start, self.device_type)
+        # the skipped step's grads are garbage; replay from zero. Other optimizers' gradients
+        # (several optimizers per step) are set aside and put back untouched.
+        kept = {id(p): p.grad for p in self.model.parameters()}
         self._diagnosing = True
         try:
             with find_nonfinite_layer(self.model, self.layers) as diagnosis:
                 self._diagnosis = diagnosis
-                for p in params:  # the skipped step's grads are garbage; replay from zero
+                for p in self.model.parameters():
                     p.grad = None
                 replay()
                 culprit = diagnosis.culprit()
         finally:
             self._diagnosing = False
             self._diagnosis = None
-            for p in params:
-                p.grad = None
+            mine = {id(p) for p in params}
+            for p in self.model.parameters():
+                p.grad = None if id(p) in mine else kept.get(id(p), p.grad)
             _set_torch_rng_state(rng_after, self.device_type)
-            load_executor_state(self.executor, executor_before)
+            self.executor.load_state_dict(executor_before)
         # under DDP every rank replays; the most telling culprit of any rank wins
         found = [c for c in gather_objects(culprit) if c is not None]
         return min(found, key=lambda c: c[0])[1] if found else None
 
-    def latest_stats(self) -> pd.DataFrame:
-        """Latest sampled LayerStats, one row per layer (empty before the first sample)."""
-        return self.monitor.latest_frame()
+    def latest_stats(self) -> list[dict]:
+        """Latest sampled LayerStats as flat rows, one per layer (empty before the first
+        sample); ``pandas.DataFrame(ap.latest_stats())`` makes a table of them."""
+        return self.monitor.latest_rows()
 
     # -- plan switching -------------------------------------------------------------------------
     def _apply(self, plan: Plan, step: int) -> None:
         if not isinstance(plan, Plan):
             raise TypeError(f"{type(self.controller).__name__}.decide() must return a Plan, "
                             f"got {type(plan).__name__}")
-        reasons = getattr(self.controller, "reasons", {}) or {}
+        reasons = self._controller.reasons or {}
         if is_distributed():  # DDP: rank 0 decides, every rank applies its plan and reasons
             plan_dict, reasons = broadcast_object((plan.to_dict(), dict(reasons)))
             plan = Plan.from_dict(plan_dict) if plan_dict["hash"] != plan.hash else plan
@@ -221,7 +313,7 @@ class AdaptivePrecision:
 
     def _install(self, plan: Plan) -> None:
         self._plan = plan
-        self.executor.set_plan(plan, global_region=getattr(self.controller, "global_autocast", False))
+        self.executor.set_plan(plan)
         self.scaler.active = needs_loss_scaling(plan)
 
     def set_plan(self, plan: Plan | dict, reason: str = "set by user") -> None:
@@ -260,7 +352,7 @@ class AdaptivePrecision:
         controller and monitor state (tensors and plain values only)."""
         return {"step": self.step_count, "plan": self._plan.to_dict(),
                 "scaler": self.scaler.state_dict(), "controller": self.controller.state_dict(),
-                "monitor": self.monitor.state_dict(), "executor": executor_state(self.executor)}
+                "monitor": self.monitor.state_dict(), "executor": self.executor.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.step_count = int(state["step"])
@@ -268,7 +360,7 @@ class AdaptivePrecision:
         self.controller.load_state_dict(state["controller"])
         if "monitor" in state:
             self.monitor.load_state_dict(state["monitor"])
-        load_executor_state(self.executor, state.get("executor") or {})
+        self.executor.load_state_dict(state.get("executor") or {})
         plan = Plan.from_dict(state["plan"])
         self._install(plan)
 
@@ -276,6 +368,38 @@ class AdaptivePrecision:
         """Detach every hook from the model."""
         self.executor.remove()
         self.monitor.remove()
+
+
+class _OptimizerSteps:
+    """What GradScaler keeps per optimizer, for one step: found-inf of the optimizers unscaled
+    so far, which were stepped and over which parameters, and what the step's record needs."""
+
+    def __init__(self, finished: StepRecord | None = None):
+        self.found_inf: dict[int, torch.Tensor] = {}
+        self.stepped: set[int] = set()
+        self.params: set[int] = set()
+        self.measured = False
+        self.loss = float("nan")
+        self.found_inf_flags: list[torch.Tensor] = []  # 0-dim 1.0/0.0 per stepped optimizer
+        self.skipped = False
+        self.culprit: str | None = None
+        self.finished = finished  # the record of the step finished last (until the next backward)
+
+    def record_step(self, optimizer, params, loss: float, found_inf: torch.Tensor,
+                    skipped: bool) -> None:
+        self.stepped.add(id(optimizer))
+        self.params.update(id(p) for p in params)
+        self.loss = loss
+        self.found_inf_flags.append(found_inf)
+        self.skipped |= skipped
+
+    def inf_flag(self) -> torch.Tensor:
+        """1.0 if any stepped optimizer found inf/NaN (GradScaler sums them; >0 backs off)."""
+        return torch.stack(self.found_inf_flags).amax()
+
+
+def _params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [p for group in optimizer.param_groups for p in group["params"]]
 
 
 def _torch_rng_state(device_type: str) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -291,29 +415,3 @@ def _set_torch_rng_state(state, device_type: str) -> None:
     if cuda is not None and device_type == "cuda":
         torch.cuda.set_rng_state(cuda)
 
-
-def executor_state(executor) -> dict:
-    """The executor's run state for checkpoints: its own ``state_dict()`` if it has one, else
-    the fp8 scaling states of an emulated executor (tensors and plain values only)."""
-    if hasattr(executor, "state_dict"):
-        return executor.state_dict()
-    states = getattr(executor, "fp8_states", None) or {}
-    return {"fp8": [{"layer": layer, "role": role, "fmt_max": st.fmt_max, "pos": st.pos,
-                     "history": st.history.clone(), "last_scale": st.last_scale.clone()}
-                    for (layer, role), st in states.items()]}
-
-
-def load_executor_state(executor, state: dict) -> None:
-    """Restore what :func:`executor_state` captured (states it lacks are dropped)."""
-    if hasattr(executor, "load_state_dict"):
-        executor.load_state_dict(state)
-        return
-    if not hasattr(executor, "fp8_states"):
-        return
-    from adaprec.numerics.emulation import AmaxState  # only emulated executors keep fp8 scaling state
-    executor.fp8_states.clear()
-    for entry in state.get("fp8", []):
-        st = AmaxState.__new__(AmaxState)  # fields set below, exactly as saved
-        st.config, st.fmt_max, st.pos = executor.fp8, entry["fmt_max"], int(entry["pos"])
-        st.history, st.last_scale = entry["history"].clone(), entry["last_scale"].clone()
-        executor.fp8_states[(entry["layer"], entry["role"])] = st

@@ -60,6 +60,7 @@ class TrainerConfig:
     max_steps: int = _ruled(60, ge=1)         # optimizer steps
     batch_size: int = _ruled(64, ge=1)        # examples per optimizer step (split over grad_accum)
     grad_accum: int = _ruled(1, ge=1)         # micro-batches per optimizer step
+    grad_clip: float = _ruled(0.0, ge=0)      # > 0: clip the global norm of the unscaled gradients (as GradScaler's unscale_ + clip); 0 = no clipping
     warmup_steps: int = _ruled(5, ge=0)       # linear warm-up, then cosine decay
     min_lr_ratio: float = _ruled(0.0, ge=0, le=1)  # final lr as a fraction of the peak
     eval_every: int = _ruled(30, ge=0)        # 0 = only at the end

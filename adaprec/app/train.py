@@ -286,6 +286,9 @@ def _train(cfg: DictConfig, log: RunLog | None, out: Path, state: dict | None,
                 ap.backward(loss)
 
         forward_backward()
+        if tc.grad_clip > 0:  # clip true gradients: unscale first (step then does not again)
+            ap.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), float(tc.grad_clip))
         record = ap.step(optimizer, replay=forward_backward)
         lr = scheduler.get_last_lr()[0]
         scheduler.step()
@@ -391,14 +394,12 @@ def _meter_state(meter: CostMeter | None) -> dict | None:
     """The cost meter's run totals (its prices are recomputed from the config on resume)."""
     if meter is None:
         return None
-    return {"steps": meter.steps, "cost": dict(meter._cost), "flops": dict(meter._flops)}
+    return meter.state_dict()
 
 
 def _load_meter_state(meter: CostMeter | None, state: dict | None) -> None:
     if meter is not None and state is not None:
-        meter.steps = int(state["steps"])
-        meter._cost.update(state["cost"])
-        meter._flops.update(state["flops"])
+        meter.load_state_dict(state)
 
 
 def _restore(state: dict, model, optimizer, scheduler, ap: AdaptivePrecision, meter,

@@ -17,17 +17,15 @@ from __future__ import annotations
 from adaprec.runtime.plan import Plan
 from adaprec.controllers._common import (FORMAT_RULE, UNIT_RULE, allowed_formats, canonical_formats,
                                         flush_rate, quant_mse, root_format)
-from adaprec.controllers.base import ControllerContext, StepRecord
+from adaprec.controllers.base import Controller, ControllerContext, StepRecord
 from adaprec.runtime.ranges import ranges, rule
 
 __all__ = ["Autoswitch"]
 
 
 @ranges("controller", low=FORMAT_RULE, high=FORMAT_RULE, underflow_max=UNIT_RULE, mse_max=rule(ge=0))
-class Autoswitch:
+class Autoswitch(Controller):
     """Stateless per-layer switch between ``low`` and ``high`` (see module docstring)."""
-
-    global_autocast = False
 
     def __init__(self, low: str = "bf16", high: str = "fp32", underflow_max: float = 0.05,
                  mse_max: float = 1e-4, cpu_fp16: bool = False):

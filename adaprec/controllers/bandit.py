@@ -41,7 +41,7 @@ from adaprec.controllers._common import (COST_BUDGET_RULE, FORMATS_RULE, UNIT_RU
                                         canonical_formats, cheapest_first, relative_costs, root_format)
 from adaprec.controllers.budget import Budget
 from adaprec.controllers._window import Window, summarize_step
-from adaprec.controllers.base import ControllerContext, StepRecord
+from adaprec.controllers.base import Controller, ControllerContext, StepRecord
 from adaprec.controllers.policies import POLICIES, Policy, make_policy
 from adaprec.runtime.ranges import ranges, rule
 
@@ -57,7 +57,7 @@ _NONNEG = rule(ge=0)
         baseline_decay=UNIT_RULE, block_windows=_NONNEG, range_max=UNIT_RULE,
         exploration=_NONNEG, discount=rule(gt=0, le=1), window=rule(ge=1), sigma=_NONNEG,
         exp3_gamma=UNIT_RULE, eta=_NONNEG, cost_budget=COST_BUDGET_RULE)
-class Bandit:
+class Bandit(Controller):
     """Per-layer bandits choosing each layer's format (see module docstring for the reward).
 
     Args:
@@ -69,8 +69,6 @@ class Bandit:
             D-UCB gamma, SW-UCB window in decisions, Thompson noise, EXP3 mixing, Hedge rate).
         seed: seeds the generator the randomized algorithms draw from.
     """
-
-    global_autocast = False
 
     def __init__(self, algorithm: str = "ucb1", formats: Sequence[str] = ("bf16", "fp16", "fp32"),
                  interval: int = 10, cost_weight: float = 1.0, nonfinite_penalty: float = 1.0,

@@ -26,7 +26,7 @@ from adaprec.controllers._common import (COST_BUDGET_RULE, FORMATS_RULE, UNIT_RU
                                         root_format)
 from adaprec.controllers._window import Window, summarize_step
 from adaprec.controllers.budget import Budget
-from adaprec.controllers.base import ControllerContext, StepRecord
+from adaprec.controllers.base import Controller, ControllerContext, StepRecord
 from adaprec.runtime.ranges import is_format, ranges, rule
 
 __all__ = ["Threshold"]
@@ -36,7 +36,7 @@ __all__ = ["Threshold"]
         patience=rule(ge=0), cooldown=rule(ge=0), interval=rule(ge=1), formats=FORMATS_RULE,
         start=rule(ok=lambda v: v == "cheapest" or is_format(v), allowed="'cheapest' or a format name"),
         cost_budget=COST_BUDGET_RULE)
-class Threshold:
+class Threshold(Controller):
     """Rule-based per-layer switching between fp32, bf16 and fp16 (see module docstring).
 
     Args:
@@ -53,8 +53,6 @@ class Threshold:
         cost_budget: if set, the plan's modeled cost relative to all-fp32 never exceeds it;
             layers pushed up by numerics are paid for by moving others down (``budget``).
     """
-
-    global_autocast = False
 
     def __init__(self, overflow_max: float = 1e-4, underflow_max: float = 0.01,
                  rounding_err_max: float = 0.005, patience: int = 3, cooldown: int = 20,
