@@ -91,8 +91,15 @@ def _config_type(t: Any, rule: Rule | None, enum_name: str) -> Any:
 
 
 def _publish(obj: Any) -> Any:
-    obj.__module__, obj.__qualname__ = __name__, obj.__name__
-    globals()[obj.__name__] = obj
+    """Make ``obj`` importable as ``adaprec.app.controller_schemas.<name>`` (pickle finds it by
+    that path); a second class of the same name (a plugin's ``Threshold``) gets a suffix."""
+    name, n = obj.__name__, 1
+    while name in globals() and globals()[name] is not obj:
+        n += 1
+        name = f"{obj.__name__}{n}"
+    obj.__name__ = obj.__qualname__ = name
+    obj.__module__ = __name__
+    globals()[name] = obj
     return obj
 
 
