@@ -4,6 +4,7 @@ import inspect
 
 import pytest
 
+from adaprec.numerics.formats import FORMATS
 from adaprec.runtime.ranges import FORMAT, ConfigError, check_args, ranges, ranges_of, rule
 
 
@@ -11,8 +12,7 @@ from adaprec.runtime.ranges import FORMAT, ConfigError, check_args, ranges, rang
     (rule(ge=0, le=1), "[0, 1]"), (rule(gt=0, le=1), "(0, 1]"), (rule(ge=1), ">= 1"),
     (rule(gt=0, why="relative to all-fp32"), "> 0 (relative to all-fp32)"), (rule(lt=2), "< 2"),
     (rule(choices=("bf16", "fp16")), "one of bf16, fp16"),
-    (rule(each=True, nonempty=True, **FORMAT), "each value a format name: fp32, bf16, fp16, "
-                                               "fp8_e4m3, fp8_e5m2 (at least one)"),
+    (rule(each=True, nonempty=True, **FORMAT), f"each value a format name: {', '.join(FORMATS)} (at least one)"),
 ])
 def test_a_rule_says_what_is_allowed(r, allowed):
     assert r.allowed == allowed
