@@ -23,9 +23,10 @@ __all__ = ["CONFIDENCE", "t_interval", "default_metrics", "aggregate", "welch_te
            "is_static_policy"]
 
 CONFIDENCE = 0.95
-_AGG_PATTERN = re.compile(r"^(rel_cost_.+|cost_.+_s|flop_share_.+|format_share_.+)$")
+_AGG_PATTERN = re.compile(r"^(rel_cost_.+|cost_.+_s|flop_share_.+|format_share_.+|mem_.+_bytes"
+                          r"|cuda_max_mem_bytes)$")
 _BASE_METRICS = ("quality", "val_loss", "val_accuracy", "val_perplexity", "val_rmse", "wall_s",
-                 "skipped_steps", "plan_changes")
+                 "cpu_s", "skipped_steps", "plan_changes")
 
 
 def t_interval(values: Iterable[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
