@@ -2,6 +2,7 @@
 registration and trains end to end; the task layer imports no Hydra, OmegaConf or pandas."""
 import ast
 import dataclasses
+import json
 import math
 import sys
 from pathlib import Path
@@ -12,6 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import adaprec.tasks
+from adaprec.app.objective import objective_value
+from adaprec.app.train import train
 from adaprec.data import DataBundle, load_digits_regression
 from adaprec.tasks import (Task, evaluate, get_task, higher_is_better, quality_metrics,
                            register_task, task_names, unregister_task)
@@ -113,6 +116,27 @@ def mae_task():
     register_task(MeanAbsoluteError)
     yield get_task("mae_regression")
     unregister_task("mae_regression")
+
+
+def test_a_new_task_registers_in_one_call_and_trains(mae_task, make_cfg, tmp_path):
+    assert "mae_regression" in task_names() and ("val_mae", False) in quality_metrics()
+    cfg = make_cfg("experiment=mixed_needs", "controller=fp32", "trainer.max_steps=3",
+                   "trainer.batch_size=16", "trainer.eval_every=2", "monitor.every=0",
+                   "cost.enabled=false")
+    cfg.dataset._target_ = f"{__name__}.mae_digits"
+    cfg.dataset.task = "mae_regression"
+    metrics = train(cfg, tmp_path)
+    assert metrics["status"] == "ok" and metrics["val_mae"] == metrics["val_loss"] > 0
+    assert "val_rmse" not in metrics
+    evals = (tmp_path / "evals.csv").read_text().splitlines()
+    assert evals[0] == "step,val_loss,val_mae" and len(evals) == 3  # steps 2 and 3
+    assert json.loads((tmp_path / "metrics.json").read_text())["val_mae"] == metrics["val_mae"]
+    # the tuning objective, deploy and the analysis read its quality and direction from the task
+    assert objective_value(metrics, "val_mae", "format_shares.fp32", budget=1.0) == metrics["val_mae"]
+    assert deploy.primary_metric(metrics) == ("val_mae", False)
+    from analysis.load import load_runs
+    run = load_runs(tmp_path).iloc[0]
+    assert (run.quality_metric, run.quality, run.higher_is_better) == ("val_mae", metrics["val_mae"], False)
 
 
 def test_the_task_layer_imports_only_torch_the_stdlib_and_itself():
