@@ -25,12 +25,13 @@ from adaprec.app.objective import objective_value
 from adaprec.app.runlog import write_json_atomic
 from adaprec.app.schema import describe_key, register_schemas
 from adaprec.app.train import train
+from adaprec.cost import conf_dir
 
 log = logging.getLogger("adaprec")
 register_schemas()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """Returns the objective (``cfg.objective``, for sweepers such as Optuna), else None."""
     hc = HydraConfig.get()

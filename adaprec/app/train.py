@@ -92,6 +92,9 @@ def _loop(cfg: DictConfig, run: RunDir, state: dict | None,
                 ap.backward(loss)
 
         forward_backward()
+        if tc.grad_clip > 0:  # clip true gradients: unscale first (step then does not again)
+            ap.unscale_(t.optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), float(tc.grad_clip))
         record = ap.step(t.optimizer, replay=forward_backward)  # replayed on inf/NaN to name the culprit
         lr = t.scheduler.get_last_lr()[0]
         t.scheduler.step()
