@@ -1,0 +1,111 @@
+"""Run trees for the analysis tests, written by the real trainer, so their files and columns
+are always today's (nothing hand-made to drift from what ``train()`` writes).
+
+- :func:`real_sweep`: the CLI itself, ``python -m adaprec.run -m``: 2 controllers x 2 seeds of a
+  6-step MLP on digits (jobs 0-3) and one job that fails (MNIST from a folder that does not
+  exist, job 4), with Hydra's ``.hydra/`` files.
+- :class:`RunFactory`: for numbers a real tiny run cannot give (chosen qualities, several cost
+  profiles, divergence, skipped steps), one real run per task and format is trained once per
+  session and copied, and the copy's ``metrics.json`` gets the values the test names.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = ("net.1", "net.3", "net.5")  # the MLP's layers, in forward order
+TINY_MLP = ["model=mlp", "model.hidden=[16,16]", "dataset.image_size=8", "trainer.eval_batches=1"]
+SWEEP_OVERRIDES = [*TINY_MLP, "trainer.max_steps=6", "trainer.eval_every=3", "monitor.every=2",
+                   "trainer.progress=false", "cost.enabled=false"]  # no profiles: cost falls back to wall_s
+
+
+def real_sweep(out: Path) -> Path:
+    """Run the tiny sweep into ``out`` (its two CLI calls side by side, ~10 s on 2 cores)."""
+    cli = [sys.executable, "-m", "adaprec.run", "-m", *SWEEP_OVERRIDES, f"hydra.sweep.dir={out}"]
+    jobs = [cli + ["controller=fp32,fp16", "seed=0,1"],
+            cli + ["controller=fp32", "dataset=mnist", "dataset.path=/nonexistent/mnist",
+                   "hydra.sweep.subdir=4"]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # cwd: the checkout, so `-m adaprec.run` runs this checkout's code
+    procs = [subprocess.Popen(job, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for job in jobs]
+    for job, proc in zip(jobs, procs):
+        output = proc.communicate(timeout=600)[0]
+        assert proc.returncode == 0, f"{' '.join(job)} failed:\n{output[-3000:]}"
+    return out
+
+
+# task -> the overrides of its template runs (4 steps, statistics at steps 0 and 2)
+TEMPLATES = {
+    "classification": TINY_MLP,
+    "lm": ["model=gpt", "dataset=text", "dataset.max_chars=20000", "dataset.block_size=16",
+           "model.n_layer=1", "model.n_head=2", "model.n_embd=16", "trainer.batch_size=8",
+           "trainer.eval_batches=1"],
+}
+COMMON = ["trainer.max_steps=4", "trainer.eval_every=2", "monitor.every=2",
+          "trainer.progress=false", "cost.enabled=false"]
+
+
+class RunFactory:
+    """``make_run(run_dir, controller=, seed=, quality=, ...)`` -> a copy of a real run with the
+    metrics the test chooses.
+
+    The template is the real run of the task (``val_perplexity`` -> a tiny GPT on text, else an
+    MLP on digits) under the controller's static format (fp32, bf16, fp16; any other controller
+    name gets bf16), so the tables (steps, evals, layers, decisions) and the format shares are
+    what the trainer wrote. A run whose ``status`` is not ``ok`` keeps only its config and a
+    metrics.json like that of a job that failed before its first step."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._templates: dict[tuple[str, str], Path] = {}
+
+    def template(self, task: str, fmt: str) -> Path:
+        if (task, fmt) not in self._templates:
+            from adaprec.app.train import train
+            from tests.conftest import compose_config
+
+            cfg = compose_config(*TEMPLATES[task], *COMMON, f"controller={fmt}")
+            out = self.root / f"{task}_{fmt}"
+            train(cfg, out)
+            self._templates[task, fmt] = out
+        return self._templates[task, fmt]
+
+    def __call__(self, run_dir: Path, *, controller: str, seed: int, quality: float | None = 0.5,
+                 metric: str = "val_accuracy", model: str | None = None, dataset: str | None = None,
+                 experiment: str | None = None, status: str = "ok", error: str | None = None,
+                 costs: dict[str, float] | None = None, skipped_steps: int = 0,
+                 extra: dict | None = None) -> Path:
+        task = "lm" if metric == "val_perplexity" else "classification"
+        fmt = controller if controller in ("fp32", "bf16", "fp16") else "bf16"
+        template = self.template(task, fmt)
+        shutil.copytree(template, run_dir, ignore=shutil.ignore_patterns("*.pt"))
+        real = json.loads((template / "metrics.json").read_text())
+        cfg_path = run_dir / "config_resolved.yaml"
+        cfg = yaml.safe_load(cfg_path.read_text())
+        cfg["seed"] = seed
+        cfg_path.write_text(yaml.safe_dump(cfg))
+        choices = {"controller": controller, "model": model or cfg["model"]["_target_"].split(".")[-2],
+                   "dataset": dataset or ("text" if task == "lm" else "digits"), "optimizer": "sgd",
+                   "experiment": experiment}
+        metrics = {"status": status, "error": error, "choices": choices, "seed": seed,
+                   "wall_s": real["wall_s"]}
+        if status == "ok":
+            metrics = {**real, **metrics, metric: quality, "skipped_steps": skipped_steps}
+            for profile, rel in (costs or {}).items():
+                metrics[f"rel_cost_{profile}"] = rel
+                metrics[f"cost_{profile}_s"] = rel * 0.01
+        else:
+            for table in run_dir.iterdir():
+                if table != cfg_path:
+                    table.unlink()
+        metrics.update(extra or {})
+        (run_dir / "metrics.json").write_text(json.dumps(metrics))
+        return run_dir
