@@ -27,18 +27,20 @@ SWEEP_OVERRIDES = [*TINY_MLP, "trainer.max_steps=6", "trainer.eval_every=3", "mo
 
 
 def real_sweep(out: Path) -> Path:
-    """Run the tiny sweep into ``out`` (its two CLI calls side by side, ~10 s on 2 cores)."""
-    cli = [sys.executable, "-m", "adaprec.run", "-m", *SWEEP_OVERRIDES, f"hydra.sweep.dir={out}"]
-    jobs = [cli + ["controller=fp32,fp16", "seed=0,1"],
-            cli + ["controller=fp32", "dataset=mnist", "dataset.path=/nonexistent/mnist",
-                   "hydra.sweep.subdir=4"]]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # cwd: the checkout, so `-m adaprec.run` runs this checkout's code
-    procs = [subprocess.Popen(job, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True) for job in jobs]
-    for job, proc in zip(jobs, procs):
-        output = proc.communicate(timeout=600)[0]
-        assert proc.returncode == 0, f"{' '.join(job)} failed:\n{output[-3000:]}"
+    """Run the tiny sweep into ``out``: its two multiruns through the CLI's entry point, one
+    after the other in one Python process (a second process would cost its imports again)."""
+    common = ["-m", *SWEEP_OVERRIDES, f"hydra.sweep.dir={out}"]
+    sweeps = [common + ["controller=fp32,fp16", "seed=0,1"],
+              common + ["controller=fp32", "dataset=mnist", "dataset.path=/nonexistent/mnist",
+                        "hydra.sweep.subdir=4"]]
+    driver = ("import json, sys\nfrom adaprec.run import cli\n"
+              "for argv in json.loads(sys.argv[1]):\n    sys.argv = ['adaprec.run', *argv]\n    cli()\n")
+    # cwd: the checkout, so this checkout's adaprec runs
+    proc = subprocess.run([sys.executable, "-c", driver, json.dumps(sweeps)], cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, f"the tiny sweep failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert len(list(out.glob("*/metrics.json"))) == 5, proc.stderr[-3000:]
     return out
 
 
