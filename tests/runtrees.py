@@ -51,8 +51,7 @@ TEMPLATES = {
            "model.n_layer=1", "model.n_head=2", "model.n_embd=16", "trainer.batch_size=8",
            "trainer.eval_batches=1"],
 }
-COMMON = ["trainer.max_steps=4", "trainer.eval_every=2", "monitor.every=2",
-          "trainer.progress=false", "cost.enabled=false"]
+COMMON = ["trainer.max_steps=4", "trainer.eval_every=2", "monitor.every=2", "trainer.progress=false"]
 
 
 class RunFactory:
@@ -61,8 +60,9 @@ class RunFactory:
 
     The template is the real run of the task (``val_perplexity`` -> a tiny GPT on text, else an
     MLP on digits) under the controller's static format (fp32, bf16, fp16; any other controller
-    name gets bf16), so the tables (steps, evals, layers, decisions) and the format shares are
-    what the trainer wrote. A run whose ``status`` is not ``ok`` keeps only its config and a
+    name gets bf16), so the tables (steps, evals, layers, decisions) and the format and FLOP
+    shares are what the trainer wrote; its modeled costs are replaced by ``costs`` (profile ->
+    cost relative to fp32; none when not given). A run whose ``status`` is not ``ok`` keeps only its config and a
     metrics.json like that of a job that failed before its first step."""
 
     def __init__(self, root: Path):
@@ -100,7 +100,9 @@ class RunFactory:
         metrics = {"status": status, "error": error, "choices": choices, "seed": seed,
                    "wall_s": real["wall_s"]}
         if status == "ok":
-            metrics = {**real, **metrics, metric: quality, "skipped_steps": skipped_steps}
+            modeled = [k for k in real if k.startswith(("rel_cost_", "cost_"))]  # the test's costs instead
+            metrics = {**{k: v for k, v in real.items() if k not in modeled}, **metrics, metric: quality,
+                       "skipped_steps": skipped_steps}
             for profile, rel in (costs or {}).items():
                 metrics[f"rel_cost_{profile}"] = rel
                 metrics[f"cost_{profile}_s"] = rel * 0.01
