@@ -394,14 +394,12 @@ def _meter_state(meter: CostMeter | None) -> dict | None:
     """The cost meter's run totals (its prices are recomputed from the config on resume)."""
     if meter is None:
         return None
-    return {"steps": meter.steps, "cost": dict(meter._cost), "flops": dict(meter._flops)}
+    return meter.state_dict()
 
 
 def _load_meter_state(meter: CostMeter | None, state: dict | None) -> None:
     if meter is not None and state is not None:
-        meter.steps = int(state["steps"])
-        meter._cost.update(state["cost"])
-        meter._flops.update(state["flops"])
+        meter.load_state_dict(state)
 
 
 def _restore(state: dict, model, optimizer, scheduler, ap: AdaptivePrecision, meter,
