@@ -62,8 +62,8 @@ class RunFactory:
     MLP on digits) under the controller's static format (fp32, bf16, fp16; any other controller
     name gets bf16), so the tables (steps, evals, layers, decisions) and the format and FLOP
     shares are what the trainer wrote; its modeled costs are replaced by ``costs`` (profile ->
-    cost relative to fp32; none when not given). A run whose ``status`` is not ``ok`` keeps only its config and a
-    metrics.json like that of a job that failed before its first step."""
+    cost relative to fp32; none when not given). A run whose ``status`` is not ``ok`` keeps
+    only its config and a metrics.json like that of a job that failed before its first step."""
 
     def __init__(self, root: Path):
         self.root = root
