@@ -1,12 +1,9 @@
 """The format registry: element facts, one-entry registration (a new format trains), the
 emulated executor's block rounding against fake_quantize, every format from the CLI."""
-from pathlib import Path
-
 import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 from torch import nn
 
 from adaprec import AdaptivePrecision, Plan, get_format
@@ -15,7 +12,7 @@ from adaprec.numerics.elements import E2M1, E2M3, E3M2, E4M3, E5M2, E8M0
 from adaprec.numerics.formats import FORMATS, Format, register, unregister
 from adaprec.numerics.recipes import Block
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+from tests.conftest import compose_config
 
 
 def test_element_limits_of_the_ocp_formats():
@@ -162,11 +159,7 @@ def test_stochastic_gradient_rounding_changes_gradients_not_forward():
     assert not torch.equal(g1, g0) or not torch.equal(g2, g0)
 
 
-def _compose(*overrides):
-    from adaprec.app.schema import register_schemas
-    register_schemas()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+_compose = compose_config
 
 
 QUICK = ["model=mlp", "trainer.max_steps=3", "trainer.batch_size=16", "trainer.eval_every=0",
