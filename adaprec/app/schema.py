@@ -134,6 +134,7 @@ class AdaprecConfig:
     model: Any = MISSING
     optimizer: Any = MISSING
     controller: Any = MISSING
+    logger: Any = None  # conf/logger/: csv (none besides the run dir's tables), tensorboard, mlflow, wandb
 
 
 def register_schemas() -> None:
