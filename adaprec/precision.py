@@ -5,12 +5,17 @@
         loss = loss_fn(model(x), y)
     ap.backward(loss)      # scaled backward + sampled statistics
     ap.step(optimizer)     # unscale, skip on inf/NaN, update scale, controller decides next plan
+
+GradScaler's habits work unchanged: ``ap.unscale_(optimizer)`` before clipping, several
+optimizers per step (``ap.step(a); ap.step(b); ap.update()``), ``ap.get_scale()``,
+``ap.is_enabled()``.
 """
 from __future__ import annotations
 
 import copy
 import json
 import math
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from contextlib import contextmanager
@@ -96,6 +101,9 @@ class AdaptivePrecision:
         self._diagnosing = False
         self._diagnosis = None
         self._rng_at_start: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self._optimizers = _OptimizerSteps()  # GradScaler-style per-optimizer state of this step
+        self._unstepped: list[torch.Tensor] = []  # parameters with gradients no optimizer stepped yet
+        self._orphans: set[int] = set()  # parameters with gradients that belong to no optimizer
         modules = dict(model.named_modules())
         context = ControllerContext(layers=self.layers, device_type=device_type,
                                     layer_costs=layer_costs,
@@ -118,6 +126,8 @@ class AdaptivePrecision:
     def autocast(self) -> Iterator[None]:
         """Run forward (and loss) under the current plan. In training mode the first call of a
         step arms the monitor if the step is sampled; in eval mode nothing is measured."""
+        if self._optimizers.stepped and self.model.training and not self._diagnosing:
+            self._finish_unfinished_step()
         if not self._in_step and self.model.training:
             self._in_step = True
             self._rng_at_start = _torch_rng_state(self.device_type)  # for a culprit replay
@@ -133,46 +143,124 @@ class AdaptivePrecision:
             self._diagnosis.check_loss(loss)
             self.scaler.scale_loss(loss).backward(**kwargs)
             return
+        if self._optimizers.stepped:
+            self._finish_unfinished_step()
+        self._optimizers.finished = None
         detached = loss.detach().float()
         self._loss_sum = detached if self._loss_sum is None else self._loss_sum + detached
         self._micro_batches += 1
         self.scaler.scale_loss(loss).backward(**kwargs)
         self.monitor.end_backward()
 
+    def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
+        """Divide ``optimizer``'s gradients by the loss scale in place, as
+        ``GradScaler.unscale_``: call it between ``ap.backward`` and ``ap.step`` to clip or read
+        true gradients; ``ap.step(optimizer)`` then does not unscale again. Once per optimizer
+        per step (a second call raises, as GradScaler's does)."""
+        if self._loss_sum is None:
+            raise RuntimeError("ap.unscale_(optimizer) called before ap.backward(loss)")
+        steps = self._optimizers
+        if id(optimizer) in steps.found_inf:
+            raise RuntimeError("unscale_() has already been called on this optimizer since the "
+                               "last update().")
+        if id(optimizer) in steps.stepped:
+            raise RuntimeError("unscale_() is being called after step().")
+        self._before_first_unscale()
+        steps.found_inf[id(optimizer)] = self.scaler.unscale_(p.grad for p in _params(optimizer))
+
+    def _before_first_unscale(self) -> None:
+        # weight gradients are measured still scaled, once per step, before any is unscaled
+        if not self._optimizers.measured:
+            self._optimizers.measured = True
+            self.monitor.measure_parameters()
+
     def step(self, optimizer: torch.optim.Optimizer, replay: Callable[[], None] | None = None
-             ) -> StepRecord:
-        """Unscale, skip the update on inf/NaN, update the scale, let the controller decide.
+             ) -> StepRecord | None:
+        """Unscale (unless ``ap.unscale_(optimizer)`` already did), skip the update on inf/NaN,
+        and, once every parameter with a gradient has been stepped, finish the step (update the
+        scale, let the controller decide) and return its record.
+
+        With one optimizer over the model this is the whole step. With several, call
+        ``ap.step(opt)`` for each and then ``ap.update()``, as with GradScaler; each optimizer
+        skips on its own inf/NaN, the scale backs off if any had one. ``step`` returns None while
+        parameters with gradients remain unstepped (``ap.update()`` then returns the record).
 
         ``replay``: a callable that re-runs this step's forward and backward (the same
         ``ap.autocast()`` / ``ap.backward()`` calls on the same micro-batches). It is called only
         on a skipped step, to name the culprit layer (``StepRecord.nonfinite_layer``); clean
         steps pay nothing for it.
         """
+        steps = self._optimizers
         if self._loss_sum is None:
-            raise RuntimeError("ap.step() called before ap.backward(loss)")
-        self.monitor.measure_parameters()
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        found_inf = self.scaler.unscale_(p.grad for p in params)
+            hint = (" (this step already finished: the optimizers stepped before covered every "
+                    "parameter with a gradient)") if steps.finished is not None else ""
+            raise RuntimeError("ap.step() called before ap.backward(loss)" + hint)
+        if id(optimizer) in steps.stepped:
+            raise RuntimeError("step() has already been called on this optimizer since the last "
+                               "update().")
+        self._before_first_unscale()
+        params = _params(optimizer)
+        found_inf = steps.found_inf.pop(id(optimizer), None)
+        if found_inf is None:
+            found_inf = self.scaler.unscale_(p.grad for p in params)
         # one collective (under DDP) and one host sync: mean loss, ranks that found inf/NaN
         loss_value, inf_value = reduce_loss_and_found_inf(self._loss_sum, found_inf).tolist()
         skipped = inf_value > 0 or not math.isfinite(loss_value)
-        culprit = None
         if not skipped:
             optimizer.step()
-        elif replay is not None:
-            culprit = self._find_culprit(replay, params)
+        elif replay is not None and steps.culprit is None:
+            steps.culprit = self._find_culprit(replay, params)
+        steps.record_step(optimizer, params, loss_value, found_inf.new_full((), float(inf_value > 0)),
+                          skipped)
+        self._unstepped = [p for p in self.model.parameters() if p.grad is not None
+                           and id(p) not in steps.params and id(p) not in self._orphans]
+        return None if self._unstepped else self.update()
+
+    def update(self) -> StepRecord:
+        """Finish the step after the last ``ap.step(optimizer)``: update the loss scale, record
+        the statistics, let the controller decide the next plan; returns the step's record.
+        After a ``step`` that already finished the step (one optimizer) it changes nothing."""
+        steps = self._optimizers
+        if not steps.stepped:
+            if steps.finished is not None:
+                return steps.finished
+            raise RuntimeError("ap.update() called before ap.step(optimizer)")
+        self._unstepped = []
         scale_used = self.scaler.applied_scale
-        self.scaler.update(found_inf.new_full((), float(inf_value > 0)))
+        self.scaler.update(steps.inf_flag())
         stats = self.monitor.collect(self.step_count, self._plan.format_of)
-        record = StepRecord(step=self.step_count, loss=loss_value, skipped=skipped,
+        record = StepRecord(step=self.step_count, loss=steps.loss, skipped=steps.skipped,
                             loss_scale=scale_used, plan=self._plan, stats=stats,
-                            nonfinite_layer=culprit)
+                            nonfinite_layer=steps.culprit)
         self.last_record = record
         self.controller.observe(record)
         self.step_count += 1
         self._loss_sum, self._micro_batches, self._in_step = None, 0, False
+        self._optimizers = _OptimizerSteps(finished=record)
         self._apply(self.controller.decide(self.step_count), step=self.step_count)
         return record
+
+    def get_scale(self) -> float:
+        """The factor the next backward multiplies the loss by (1.0 while no layer needs loss
+        scaling), as ``GradScaler.get_scale``."""
+        return self.scaler.applied_scale
+
+    def is_enabled(self) -> bool:
+        """Whether loss scaling is in use for the current plan (it follows the plan: on while
+        some layer runs fp16 or fp8), as ``GradScaler.is_enabled``."""
+        return self.scaler.active
+
+    def _finish_unfinished_step(self) -> None:
+        """A new step began although parameters with gradients were never stepped (they belong
+        to no optimizer): finish the old step now and leave them out from now on."""
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        example = next((names[id(p)] for p in self._unstepped if id(p) in names), "?")
+        warnings.warn(f"{len(self._unstepped)} parameters with gradients (e.g. {example!r}) were "
+                      "stepped by no optimizer; adaprec finished the step when the next one began. "
+                      "Call ap.update() after the last ap.step(optimizer), or set "
+                      "requires_grad=False on them", stacklevel=3)
+        self._orphans.update(id(p) for p in self._unstepped)
+        self.update()
 
     def _find_culprit(self, replay: Callable[[], None], params: list[torch.Tensor]) -> str | None:
         """Replay the step from its starting RNG state with finiteness checks on every layer;
@@ -181,19 +269,23 @@ class AdaptivePrecision:
         # the replay must not advance run state either (fp8 amax histories record each cast)
         executor_before = copy.deepcopy(executor_state(self.executor))
         _set_torch_rng_state(self._rng_at_start, self.device_type)
+        # the skipped step's grads are garbage; replay from zero. Other optimizers' gradients
+        # (several optimizers per step) are set aside and put back untouched.
+        kept = {id(p): p.grad for p in self.model.parameters()}
         self._diagnosing = True
         try:
             with find_nonfinite_layer(self.model, self.layers) as diagnosis:
                 self._diagnosis = diagnosis
-                for p in params:  # the skipped step's grads are garbage; replay from zero
+                for p in self.model.parameters():
                     p.grad = None
                 replay()
                 culprit = diagnosis.culprit()
         finally:
             self._diagnosing = False
             self._diagnosis = None
-            for p in params:
-                p.grad = None
+            mine = {id(p) for p in params}
+            for p in self.model.parameters():
+                p.grad = None if id(p) in mine else kept.get(id(p), p.grad)
             _set_torch_rng_state(rng_after, self.device_type)
             load_executor_state(self.executor, executor_before)
         # under DDP every rank replays; the most telling culprit of any rank wins
@@ -276,6 +368,38 @@ class AdaptivePrecision:
         """Detach every hook from the model."""
         self.executor.remove()
         self.monitor.remove()
+
+
+class _OptimizerSteps:
+    """What GradScaler keeps per optimizer, for one step: found-inf of the optimizers unscaled
+    so far, which were stepped and over which parameters, and what the step's record needs."""
+
+    def __init__(self, finished: StepRecord | None = None):
+        self.found_inf: dict[int, torch.Tensor] = {}
+        self.stepped: set[int] = set()
+        self.params: set[int] = set()
+        self.measured = False
+        self.loss = float("nan")
+        self.found_inf_flags: list[torch.Tensor] = []  # 0-dim 1.0/0.0 per stepped optimizer
+        self.skipped = False
+        self.culprit: str | None = None
+        self.finished = finished  # the record of the step finished last (until the next backward)
+
+    def record_step(self, optimizer, params, loss: float, found_inf: torch.Tensor,
+                    skipped: bool) -> None:
+        self.stepped.add(id(optimizer))
+        self.params.update(id(p) for p in params)
+        self.loss = loss
+        self.found_inf_flags.append(found_inf)
+        self.skipped |= skipped
+
+    def inf_flag(self) -> torch.Tensor:
+        """1.0 if any stepped optimizer found inf/NaN (GradScaler sums them; >0 backs off)."""
+        return torch.stack(self.found_inf_flags).amax()
+
+
+def _params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [p for group in optimizer.param_groups for p in group["params"]]
 
 
 def _torch_rng_state(device_type: str) -> tuple[torch.Tensor, torch.Tensor | None]:

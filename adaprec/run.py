@@ -30,12 +30,13 @@ from adaprec.app.rundir_lock import RunDirBusy, RunDirLock
 from adaprec.app.runlog import atomic_write, write_json_atomic
 from adaprec.app.schema import _type_text as type_text, describe_key, register_schemas
 from adaprec.app.train import train
+from adaprec.cost import conf_dir
 
 log = logging.getLogger("adaprec")
 register_schemas()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """Returns the objective (``cfg.objective``, for sweepers such as Optuna), else None."""
     hc = HydraConfig.get()

@@ -133,3 +133,14 @@ def test_inexact_absmax_comes_from_the_sample_only():
     assert cheap.absmax == 0.0 and cheap.fp16_overflow == 0.0  # the documented trade-off
     small = torch.tensor([1.0, -3.0, float("inf")])
     assert derive(reduce_probes([probe(small, exact_absmax=False)])[0].tolist()).absmax == float("inf")
+
+
+def test_a_probe_keeps_its_sample_when_the_tensor_changes_in_place():
+    # gradients are unscaled in place after the monitor probed them, inplace ReLUs rewrite
+    # activations: the probe must hold a copy, not a view
+    from adaprec.numerics.stats import probe
+
+    x = torch.linspace(-3, 3, 1000)
+    p = probe(x)
+    x.mul_(0.0)
+    assert p.sample.abs().max() == 3.0

@@ -120,6 +120,7 @@ class TrainerConfig:
     max_steps: int = field(default=100, metadata=rule(ge=1))          # optimizer steps
     batch_size: int = field(default=64, metadata=rule(ge=1))          # examples per optimizer step (split over grad_accum)
     grad_accum: int = field(default=1, metadata=rule(ge=1))           # micro-batches per optimizer step
+    grad_clip: float = field(default=0.0, metadata=rule(ge=0))        # max global norm of the unscaled gradients; 0 = no clipping
     warmup_steps: int = field(default=10, metadata=rule(ge=0))        # linear warm-up, then cosine decay
     min_lr_ratio: float = field(default=0.0, metadata=rule(ge=0, le=1))  # final lr as a fraction of the peak
     eval_every: int = field(default=50, metadata=rule(ge=0))          # 0 = only at the end

@@ -286,6 +286,9 @@ def _train(cfg: DictConfig, log: RunLog | None, out: Path, state: dict | None,
                 ap.backward(loss)
 
         forward_backward()
+        if tc.grad_clip > 0:  # clip true gradients: unscale first (step then does not again)
+            ap.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), float(tc.grad_clip))
         record = ap.step(optimizer, replay=forward_backward)
         lr = scheduler.get_last_lr()[0]
         scheduler.step()

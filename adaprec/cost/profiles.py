@@ -29,8 +29,16 @@ _METRICS = ("seconds", "bitops")
 
 
 def conf_dir() -> Path:
-    """The repository's ``conf/`` folder (next to the ``adaprec`` package)."""
-    return Path(__file__).resolve().parents[2] / "conf"
+    """The Hydra config groups: ``adaprec/conf/`` inside an installed wheel (pyproject.toml maps
+    the top-level ``conf/`` there), else the top-level ``conf/`` of the checkout that holds the
+    package (a checkout or an editable install). The one place that knows where ``conf`` is."""
+    package = Path(__file__).resolve().parents[1]
+    for path in (package / "conf", package.parent / "conf"):
+        if (path / "config.yaml").is_file():
+            return path
+    raise FileNotFoundError(f"adaprec's configs are missing: neither {package / 'conf'} nor "
+                            f"{package.parent / 'conf'} holds config.yaml; reinstall adaprec "
+                            "(pip install . from a checkout ships conf/ inside the package)")
 
 
 @dataclass(frozen=True)

@@ -143,7 +143,9 @@ def probe(x: torch.Tensor, scale: float = 1.0, prescaled: float = 1.0,
         return Probe(x.reshape(-1).float(), 0, z, z if exact_norm else None, scale)
     sumsq = (torch.linalg.vector_norm(x, 2, dtype=torch.float32).to(torch.float64) * factor) ** 2 \
         if exact_norm else None
-    xs = _sample(x, sample).float()
+    # a copy, never a view: the tensor may change in place before the probe is reduced
+    # (gradients are unscaled in place, an inplace ReLU rewrites its input's activations)
+    xs = _sample(x, sample).to(torch.float32, copy=True)
     xs = xs * factor if factor != 1.0 else xs
     source, scale_by = (x, factor) if exact_absmax else (xs, 1.0)
     absmax = torch.linalg.vector_norm(source, float("inf")).to(torch.float64) * scale_by

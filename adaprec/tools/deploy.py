@@ -30,7 +30,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from adaprec.controllers.static import Static
-from adaprec.cost import CostModel, load_profile
+from adaprec.cost import CostModel, conf_dir, load_profile
 from adaprec.app.instantiate import instantiate
 from adaprec.runtime.plan import Plan
 from adaprec.precision import AdaptivePrecision
@@ -188,7 +188,7 @@ def write_result(result: DeployResult, out_dir: Path, run_dir: str | None = None
     return path
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="deploy")
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="deploy")
 def main(cfg: DictConfig) -> None:
     _, model, data = load_trained_run(cfg.run_dir, cfg.device)
     result = deploy_search(model, data, cfg.profile, float(cfg.tolerance), tuple(cfg.formats),
