@@ -105,9 +105,10 @@ def _objective(cfg: DictConfig, metrics: dict) -> float | None:
 def one_line(exc: BaseException) -> str:
     """A composition error as one line: the key, what went wrong, and what is allowed."""
     if isinstance(exc, MissingConfigException) and exc.options and exc.missing_cfg_file:
-        group, _, name = exc.missing_cfg_file.rpartition("/")
+        first = str(exc).splitlines()[0]  # In 'config': Could not find 'controller/nope'
+        group = exc.missing_cfg_file.rpartition("/")[0]
         options = [o for o in exc.options if "schema" not in o]  # typed schemas, not choices
-        return f"{group}={name}: no such option; available: {', '.join(options)}"
+        return f"{first}; available options in '{group}': {', '.join(options)}"
     cause = exc if isinstance(exc, OmegaConfBaseException) else exc.__cause__
     key = getattr(cause, "full_key", None) if isinstance(cause, OmegaConfBaseException) else None
     if key:

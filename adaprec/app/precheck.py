@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
 import os
 import sys
 import typing
@@ -28,6 +29,7 @@ __all__ = ["RunDirRefused", "check_before_write", "refuse_finished", "read_statu
            "CheckBeforeWrite"]
 
 FINISHED = ("ok", "diverged")
+log = logging.getLogger("adaprec")
 
 
 class RunDirRefused(FileExistsError):
@@ -143,17 +145,31 @@ def _check_run_dir(run_dir: Path) -> None:
 
 class CheckBeforeWrite(Callback):
     """Hydra callback (``hydra.callbacks`` in ``conf/config.yaml``): runs
-    :func:`check_before_write` before Hydra creates the run dir of a single run. Hydra turns a
-    callback's exceptions into warnings, so a failure prints its line and exits here."""
+    :func:`check_before_write` before Hydra creates the run dir of a single run, and states
+    what a sweep will write before it starts. Hydra turns a callback's exceptions into
+    warnings, so a failure prints its line and exits here."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         HydraConfig.instance().set_config(config)  # for ${hydra:...} in the task config
         run_dir = Path(str(config.hydra.run.dir))  # resolves (and caches) ${now:...}
-        task = copy.deepcopy(config)
-        with read_write(task), open_dict(task):
-            del task["hydra"]
+        task = _task_config(config)
         try:
             check_before_write(task, run_dir)
         except (ConfigError, RunDirRefused) as exc:
             print(f"adaprec: error: {exc}", file=sys.stderr)
             raise SystemExit(1) from None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from adaprec.app.footprint import log_sweep_footprint
+
+        try:  # an estimate: a job whose config cannot be built says so itself later
+            log_sweep_footprint(config, _task_config(config))
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not estimate what the sweep writes: %s", exc)
+
+
+def _task_config(config: DictConfig) -> DictConfig:
+    task = copy.deepcopy(config)
+    with read_write(task), open_dict(task):
+        del task["hydra"]
+    return task

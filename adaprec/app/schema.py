@@ -110,6 +110,12 @@ class Executor(str, Enum):
     auto = "auto"          # per layer: native where the device runs the format fast, else emulated
 
 
+class SaveModel(str, Enum):
+    final = "final"        # model.pt = the weights after the last step
+    best = "best"          # model.pt = the weights at the best evaluation so far
+    none = "none"          # no model.pt (sweeps that only need the tables)
+
+
 class FP8Scaling(str, Enum):
     current = "current"    # scale from this tensor's amax
     delayed = "delayed"    # scale from the max of an amax history (Transformer Engine's recipe)
@@ -133,6 +139,7 @@ class TrainerConfig:
                                     # run dir's own checkpoint, if the run there is unfinished)
     max_consecutive_skips: int = field(default=25, metadata=rule(ge=0))  # non-finite steps in a row -> diverged; 0 = never
     num_threads: int = field(default=0, metadata=rule(ge=0))  # torch intra-op threads; 0 = torch's default (1 per parallel sweep job)
+    save_model: SaveModel = SaveModel.final  # model.pt: final | best (by the task's quality metric) | none
 
 
 @dataclass
