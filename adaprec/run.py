@@ -3,7 +3,9 @@
 Thin on purpose: resolve the output dir, record the group choices, call ``train``. In a
 multirun sweep a failing job is recorded (status ``failed`` in its metrics.json) and the sweep
 goes on; a single run exits non-zero with a one-line error: a bad config (unknown key, wrong
-type, value out of range, unknown group option), a failure, or a diverged run.
+type, value out of range, unknown group option), a failure, or a diverged run. A preempted
+run (SIGTERM or SIGUSR1) checkpoints at the next step boundary and exits for requeue
+(``adaprec.app.preemption``).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from adaprec.runtime.distributed import is_main_process, maybe_init_from_env
+from adaprec.app import preemption
 from adaprec.app.objective import objective_value
 from adaprec.app.precheck import RunDirRefused, check_before_write
 from adaprec.app.rundir_lock import RunDirBusy, RunDirLock
@@ -45,7 +48,7 @@ def main(cfg: DictConfig) -> float | None:
     try:
         maybe_init_from_env(str(getattr(cfg.device, "value", cfg.device)))  # under torchrun
         check_before_write(cfg, out)  # again: a multirun job's config exists only here
-        with RunDirLock(out) if is_main_process() else nullcontext():
+        with RunDirLock(out) if is_main_process() else nullcontext(), preemption.watch():
             if is_main_process():
                 _save_hydra_files(out, cfg)
             metrics = train(cfg, out, choices=choices)
@@ -61,6 +64,9 @@ def main(cfg: DictConfig) -> float | None:
             return _objective(cfg, {"status": "failed"})  # recorded; the other jobs go on
         print(f"adaprec: error: {exc}", file=sys.stderr)  # once: metrics.json has it too
         sys.exit(1)
+    if metrics["status"] == "preempted":  # checkpointed: hand over to the launcher to requeue
+        print(f"adaprec: {metrics['error']}", file=sys.stderr)
+        preemption.requeue()
     if metrics["status"] != "ok":  # diverged: recorded, and a single run says so and fails
         if hc.mode != RunMode.MULTIRUN:
             print(f"adaprec: error: {metrics['error']}", file=sys.stderr)

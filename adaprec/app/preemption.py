@@ -19,7 +19,7 @@ import sys
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
-__all__ = ["EXIT_REQUEUE", "SIGNALS", "watch", "requested", "requeue"]
+__all__ = ["EXIT_REQUEUE", "SIGNALS", "watch", "requested", "outcome", "requeue"]
 
 EXIT_REQUEUE = 75  # os.EX_TEMPFAIL (not on every platform's os module)
 SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGUSR1") if hasattr(signal, n))
@@ -75,6 +75,13 @@ def watch() -> Iterator[None]:
 def requested() -> str | None:
     """The name of the preemption signal received, or None: the loop checks this per step."""
     return _state["signal"]
+
+
+def outcome(signal_name: str, steps: int, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The loop's result when it stopped for preemption after ``steps`` steps."""
+    return {**metrics, "status": "preempted", "steps": steps,
+            "error": f"preempted by {signal_name} after step {steps}: checkpoint saved; rerun the "
+                     "same command to resume"}
 
 
 def requeue() -> None:
