@@ -21,17 +21,15 @@ from pathlib import Path
 from contextlib import contextmanager
 from typing import Any
 
-import pandas as pd
 import torch
 from torch import nn
 
-from adaprec.controllers.base import Controller, ControllerContext, StepRecord
+from adaprec.controllers.base import Controller, ControllerContext, StepRecord, with_defaults
 from adaprec.controllers.static import Static
 from adaprec.runtime.diagnose import find_nonfinite_layer
 from adaprec.runtime.distributed import (broadcast_object, gather_objects, is_distributed,
                           reduce_loss_and_found_inf, unwrap)
-from adaprec.runtime.executors.native import NativeExecutor
-from adaprec.runtime.executors.emulated import AutoExecutor, EmulatedExecutor
+from adaprec.runtime.executors import EXECUTORS, Executor
 from adaprec.numerics.formats import BF16, get_format
 from adaprec.runtime.layers import discover_layers
 from adaprec.runtime.monitor import Monitor
@@ -39,8 +37,6 @@ from adaprec.runtime.plan import Plan
 from adaprec.numerics.scaler import LossScaler
 
 __all__ = ["AdaptivePrecision", "EXECUTORS", "needs_loss_scaling"]
-
-EXECUTORS = {"native": NativeExecutor, "emulated": EmulatedExecutor, "auto": AutoExecutor}
 
 
 def needs_loss_scaling(plan: Plan) -> bool:
@@ -86,8 +82,11 @@ class AdaptivePrecision:
         self.layers = discover_layers(model, layers)
         if not self.layers:
             raise ValueError(f"{type(model).__name__} has no layers (no module owns parameters)")
-        self.controller: Controller = controller if controller is not None else Static("fp32")
-        self.executor = EXECUTORS[executor](model, self.layers, device_type, **(executor_options or {}))
+        self.controller = controller if controller is not None else Static("fp32")
+        # the Protocol's defaults for optional members the controller does not define
+        self._controller: Controller = with_defaults(self.controller)
+        self.executor: Executor = EXECUTORS[executor](model, self.layers, device_type,
+                                                      **(executor_options or {}))
         self.monitor = Monitor(model, self.layers, monitor_every, exact=monitor_exact)
         # a model may own no parameters (only parameterless adaprec_layer blocks)
         device = next(model.parameters(), torch.empty(0)).device
@@ -109,12 +108,10 @@ class AdaptivePrecision:
                                     layer_costs=layer_costs,
                                     cheapness=tuple(cheapness or ControllerContext.cheapness),
                                     layer_types={n: type(modules[n]).__name__ for n in self.layers},
-                                    executor=executor,
-                                    modules={n: modules[n] for n in self.layers})
-        if hasattr(self.controller, "setup"):
-            self.controller.setup(context)
+                                    executor=executor)
+        self._controller.setup(context)
         self._plan = Plan.uniform("fp32", self.layers)
-        self._apply(self.controller.decide(0), step=0)
+        self._apply(self._controller.decide(0), step=0)
 
     # -- the torch.amp-shaped surface -----------------------------------------------------------
     @property
@@ -229,15 +226,17 @@ class AdaptivePrecision:
         scale_used = self.scaler.applied_scale
         self.scaler.update(steps.inf_flag())
         stats = self.monitor.collect(self.step_count, self._plan.format_of)
+        gradients = (self.monitor.layer_gradients()
+                     if not steps.skipped and self._controller.wants_gradients(self.step_count) else None)
         record = StepRecord(step=self.step_count, loss=steps.loss, skipped=steps.skipped,
                             loss_scale=scale_used, plan=self._plan, stats=stats,
-                            nonfinite_layer=steps.culprit)
+                            nonfinite_layer=steps.culprit, gradients=gradients)
         self.last_record = record
-        self.controller.observe(record)
+        self._controller.observe(record)
         self.step_count += 1
         self._loss_sum, self._micro_batches, self._in_step = None, 0, False
         self._optimizers = _OptimizerSteps(finished=record)
-        self._apply(self.controller.decide(self.step_count), step=self.step_count)
+        self._apply(self._controller.decide(self.step_count), step=self.step_count)
         return record
 
     def get_scale(self) -> float:
@@ -267,7 +266,7 @@ class AdaptivePrecision:
         the RNG stream afterwards is left as the original step left it."""
         rng_after = _torch_rng_state(self.device_type)
         # the replay must not advance run state either (fp8 amax histories record each cast)
-        executor_before = copy.deepcopy(executor_state(self.executor))
+        executor_before = copy.deepcopy(self.executor.state_dict())
         _set_torch_rng_state(self._rng_at_start, self.device_type)
         # the skipped step's grads are garbage; replay from zero. Other optimizers' gradients
         # (several optimizers per step) are set aside and put back untouched.
@@ -287,21 +286,22 @@ class AdaptivePrecision:
             for p in self.model.parameters():
                 p.grad = None if id(p) in mine else kept.get(id(p), p.grad)
             _set_torch_rng_state(rng_after, self.device_type)
-            load_executor_state(self.executor, executor_before)
+            self.executor.load_state_dict(executor_before)
         # under DDP every rank replays; the most telling culprit of any rank wins
         found = [c for c in gather_objects(culprit) if c is not None]
         return min(found, key=lambda c: c[0])[1] if found else None
 
-    def latest_stats(self) -> pd.DataFrame:
-        """Latest sampled LayerStats, one row per layer (empty before the first sample)."""
-        return self.monitor.latest_frame()
+    def latest_stats(self) -> list[dict]:
+        """Latest sampled LayerStats as flat rows, one per layer (empty before the first
+        sample); ``pandas.DataFrame(ap.latest_stats())`` makes a table of them."""
+        return self.monitor.latest_rows()
 
     # -- plan switching -------------------------------------------------------------------------
     def _apply(self, plan: Plan, step: int) -> None:
         if not isinstance(plan, Plan):
             raise TypeError(f"{type(self.controller).__name__}.decide() must return a Plan, "
                             f"got {type(plan).__name__}")
-        reasons = getattr(self.controller, "reasons", {}) or {}
+        reasons = self._controller.reasons or {}
         if is_distributed():  # DDP: rank 0 decides, every rank applies its plan and reasons
             plan_dict, reasons = broadcast_object((plan.to_dict(), dict(reasons)))
             plan = Plan.from_dict(plan_dict) if plan_dict["hash"] != plan.hash else plan
@@ -313,7 +313,7 @@ class AdaptivePrecision:
 
     def _install(self, plan: Plan) -> None:
         self._plan = plan
-        self.executor.set_plan(plan, global_region=getattr(self.controller, "global_autocast", False))
+        self.executor.set_plan(plan)
         self.scaler.active = needs_loss_scaling(plan)
 
     def set_plan(self, plan: Plan | dict, reason: str = "set by user") -> None:
@@ -352,7 +352,7 @@ class AdaptivePrecision:
         controller and monitor state (tensors and plain values only)."""
         return {"step": self.step_count, "plan": self._plan.to_dict(),
                 "scaler": self.scaler.state_dict(), "controller": self.controller.state_dict(),
-                "monitor": self.monitor.state_dict(), "executor": executor_state(self.executor)}
+                "monitor": self.monitor.state_dict(), "executor": self.executor.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.step_count = int(state["step"])
@@ -360,7 +360,7 @@ class AdaptivePrecision:
         self.controller.load_state_dict(state["controller"])
         if "monitor" in state:
             self.monitor.load_state_dict(state["monitor"])
-        load_executor_state(self.executor, state.get("executor") or {})
+        self.executor.load_state_dict(state.get("executor") or {})
         plan = Plan.from_dict(state["plan"])
         self._install(plan)
 
@@ -415,29 +415,3 @@ def _set_torch_rng_state(state, device_type: str) -> None:
     if cuda is not None and device_type == "cuda":
         torch.cuda.set_rng_state(cuda)
 
-
-def executor_state(executor) -> dict:
-    """The executor's run state for checkpoints: its own ``state_dict()`` if it has one, else
-    the fp8 scaling states of an emulated executor (tensors and plain values only)."""
-    if hasattr(executor, "state_dict"):
-        return executor.state_dict()
-    states = getattr(executor, "fp8_states", None) or {}
-    return {"fp8": [{"layer": layer, "role": role, "fmt_max": st.fmt_max, "pos": st.pos,
-                     "history": st.history.clone(), "last_scale": st.last_scale.clone()}
-                    for (layer, role), st in states.items()]}
-
-
-def load_executor_state(executor, state: dict) -> None:
-    """Restore what :func:`executor_state` captured (states it lacks are dropped)."""
-    if hasattr(executor, "load_state_dict"):
-        executor.load_state_dict(state)
-        return
-    if not hasattr(executor, "fp8_states"):
-        return
-    from adaprec.numerics.emulation import AmaxState  # only emulated executors keep fp8 scaling state
-    executor.fp8_states.clear()
-    for entry in state.get("fp8", []):
-        st = AmaxState.__new__(AmaxState)  # fields set below, exactly as saved
-        st.config, st.fmt_max, st.pos = executor.fp8, entry["fmt_max"], int(entry["pos"])
-        st.history, st.last_scale = entry["history"].clone(), entry["last_scale"].clone()
-        executor.fp8_states[(entry["layer"], entry["role"])] = st

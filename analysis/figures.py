@@ -13,11 +13,12 @@ from typing import Callable, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import matplotlib.transforms as mtransforms
 from matplotlib.colors import BoundaryNorm, ListedColormap, LogNorm, Normalize
-from matplotlib.patches import Patch
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
 
-from .style import (COLUMN_WIDTH_IN, FORMAT_COLORS, FORMAT_ORDER, controller_styles, cost_label,
-                    paper_rc)
+from .style import COLUMN_WIDTH_IN, FORMAT_COLORS, FORMAT_ORDER, cost_label, paper_rc, policy_styles
 
 __all__ = ["quality_cost_scatter", "precision_timeline", "fp16_rates", "training_curves",
            "flop_share_bars", "loss_scale_trace", "deploy_sensitivity", "save_figure",
@@ -52,38 +53,106 @@ def _need(df: pd.DataFrame, cols: Sequence[str], what: str) -> None:
 
 @_paper
 def quality_cost_scatter(table: pd.DataFrame, *, group: str = "controller", styles: dict | None = None,
-                         quality_label: str | None = None, x_label: str | None = None, ax=None):
-    """Quality vs cost per controller with 95% CI error bars; the Pareto front is joined by a
-    dashed line and its points ringed. ``table``: rows of :func:`analysis.stats.pareto_front`
-    for one workload and cost (``quality_mean, quality_ci95, cost_mean, cost_ci95, on_front``)."""
+                         quality_label: str | None = None, x_label: str | None = None,
+                         title: str | None = None, ax=None):
+    """Quality vs cost per policy with 95% CI error bars (clipped to the metric's range).
+
+    Points on the Pareto front (``on_front``; see :func:`analysis.stats.pareto_front`, which
+    respects the intervals) are ringed and, where there are two or more, joined by a dashed
+    line. Policies whose points coincide are drawn side by side (a few points apart; the data
+    coordinates stay exact). Policies without a finite quality (diverged, failed) get no point
+    and no legend entry; they are named in a note under the axes. ``table``: rows of
+    :func:`analysis.stats.pareto_front` for one workload and cost."""
     _need(table, [group, "quality_mean", "quality_ci95", "cost_mean", "cost_ci95", "on_front"],
           "quality_cost_scatter")
-    fig, ax = _axes(ax)
-    styles = styles or controller_styles(table[group])
-    for row in table.itertuples(index=False):
-        name, st = getattr(row, group), styles[getattr(row, group)]
-        ax.errorbar(row.cost_mean, row.quality_mean, xerr=np.nan_to_num(row.cost_ci95),
-                    yerr=np.nan_to_num(row.quality_ci95), fmt="none", ecolor=st["color"],
-                    elinewidth=0.8, capsize=1.5)
-        ax.scatter([row.cost_mean], [row.quality_mean], color=st["color"], marker=st["marker"],
-                   s=22, zorder=3, label=str(name), gid="point",
-                   edgecolors="black" if row.on_front else "none", linewidths=0.8)
-    front = table[table["on_front"].astype(bool)].sort_values("cost_mean")
-    ax.plot(front["cost_mean"], front["quality_mean"], ls="--", color="0.3", lw=0.8, zorder=2,
-            gid="pareto", label="Pareto front")
+    fig, ax = _axes(ax, height=2.6)
+    styles = styles or policy_styles(table[group])
     metric = table["quality_metric"].iloc[0] if "quality_metric" in table and len(table) else "quality"
+    shown = table[np.isfinite(table["quality_mean"].astype(float)) & np.isfinite(table["cost_mean"].astype(float))]
+    hidden = sorted(set(map(str, table[group])) - set(map(str, shown[group])))
+    dodge = _dodge_offsets(shown["cost_mean"].to_numpy(float), shown["quality_mean"].to_numpy(float))
+    lo_bound, hi_bound = _metric_bounds(metric)
+    for (row, dx) in zip(shown.itertuples(index=False), dodge):
+        name = str(getattr(row, group))
+        st = styles[name]
+        shift = mtransforms.offset_copy(ax.transData, fig=fig, x=dx, y=0, units="points")
+        q, qe = float(row.quality_mean), float(np.nan_to_num(row.quality_ci95))
+        yerr = [[q - max(q - qe, lo_bound)], [min(q + qe, hi_bound) - q]]
+        ax.errorbar(row.cost_mean, q, xerr=np.nan_to_num(row.cost_ci95), yerr=yerr, fmt="none",
+                    ecolor=st["color"], elinewidth=0.8, capsize=1.5, transform=shift)
+        ax.scatter([row.cost_mean], [q], color=st["color"], marker=st["marker"], s=24, zorder=3,
+                   label=name, gid="point", transform=shift,
+                   edgecolors="black" if row.on_front else st["edgecolor"],
+                   linewidths=1.0 if row.on_front else 0.5)
+    front = shown[shown["on_front"].astype(bool)].sort_values("cost_mean")
+    if len(front) >= 2:
+        ax.plot(front["cost_mean"], front["quality_mean"], ls="--", color="0.3", lw=0.8, zorder=2,
+                gid="pareto", label="Pareto front")
+    if len(front):  # the ring is the front's mark even when one point forms it
+        ax.scatter([], [], marker="o", facecolors="none", edgecolors="black", linewidths=1.0, s=24,
+                   label="on Pareto front (CI-aware)")
     cost = table["cost"].iloc[0] if "cost" in table and len(table) else "cost"
     ax.set_xlabel(x_label or cost_label(cost))
-    ax.set_ylabel(quality_label or str(metric).replace("_", " "))
-    ax.legend(loc="best", handletextpad=0.3)
+    ax.set_ylabel(quality_label or _metric_label(metric, table))
+    ax.set_title(title or _workload_title(table))
+    if _spans_decades(shown["cost_mean"]):
+        ax.set_xscale("log")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0, handletextpad=0.3)
+    if hidden:
+        ax.annotate("no point (diverged or failed): " + ", ".join(hidden), xy=(0, 0),
+                    xycoords="axes fraction", xytext=(0, -26), textcoords="offset points",
+                    fontsize=5.5, va="top", gid="hidden-note")
     return fig, ax
 
 
+def _dodge_offsets(x: np.ndarray, y: np.ndarray, step_pt: float = 5.0) -> list[float]:
+    """Horizontal offsets (points) that set coincident points side by side."""
+    offsets = [0.0] * len(x)
+    groups: dict[tuple, list[int]] = {}
+    for i, key in enumerate(zip(np.round(x, 12), np.round(y, 12))):
+        groups.setdefault(key, []).append(i)
+    for members in groups.values():
+        for k, i in enumerate(members):
+            offsets[i] = (k - (len(members) - 1) / 2) * step_pt
+    return offsets
+
+
+def _metric_bounds(metric: str) -> tuple[float, float]:
+    """The range a quality metric can take (error bars never leave it)."""
+    name = str(metric)
+    if "accuracy" in name:
+        return 0.0, 1.0
+    if "perplexity" in name:
+        return 1.0, np.inf
+    if any(k in name for k in ("rmse", "loss", "mse")):
+        return 0.0, np.inf
+    return -np.inf, np.inf
+
+
+def _metric_label(metric: str, table: pd.DataFrame) -> str:
+    higher = bool(table["higher_is_better"].iloc[0]) if "higher_is_better" in table and len(table) else True
+    return f"{str(metric).replace('_', ' ')} ({'higher' if higher else 'lower'} is better)"
+
+
+def _workload_title(table: pd.DataFrame) -> str:
+    return f"workload: {table['workload'].iloc[0]}" if "workload" in table and len(table) else ""
+
+
+def _spans_decades(values, decades: float = 2.0) -> bool:
+    v = pd.to_numeric(pd.Series(values), errors="coerce")
+    v = v[np.isfinite(v) & (v > 0)]
+    return len(v) >= 2 and np.log10(v.max() / v.min()) >= decades
+
+
 @_paper
-def precision_timeline(table: pd.DataFrame, switches: pd.DataFrame | None = None, *, ax=None):
-    """Layers × sampled steps heat map of each layer's format (one colour per format); plan
-    switches from ``switches`` (``step, layer``) are marked with ticks. ``table``:
-    :func:`analysis.prep.timeline_table` (``step, layer, format``)."""
+def precision_timeline(table: pd.DataFrame, switches: pd.DataFrame | None = None, *,
+                       interval: int | None = None, ax=None):
+    """Layers × sampled steps heat map of each layer's format (one colour per format, grey
+    hatching where a layer was not sampled); plan switches from ``switches`` (``step, layer``)
+    are small triangles at the top edge of the switched cell (in the legend). Every layer is
+    labelled: the figure grows with the layer count instead of dropping labels. ``interval``:
+    the sampling interval, stated on the x axis (inferred from the steps when omitted).
+    ``table``: :func:`analysis.prep.timeline_table` (``step, layer, format``)."""
     _need(table, ["step", "layer", "format"], "precision_timeline")
     unknown = sorted(set(table["format"]) - set(FORMAT_ORDER))
     if unknown:
@@ -91,22 +160,45 @@ def precision_timeline(table: pd.DataFrame, switches: pd.DataFrame | None = None
     layers = list(dict.fromkeys(table["layer"]))
     steps = np.sort(table["step"].unique())
     codes = timeline_codes(table)
-    fig, ax = _axes(ax, height=min(4.0, max(1.6, 0.6 + 0.12 * len(layers))))
+    row_in = 0.085 if len(layers) > 30 else 0.12
+    fig, ax = _axes(ax, height=min(9.0, max(1.6, 0.7 + row_in * len(layers))))
     cmap = ListedColormap([FORMAT_COLORS[f] for f in FORMAT_ORDER])
     norm = BoundaryNorm(np.arange(len(FORMAT_ORDER) + 1) - 0.5, len(FORMAT_ORDER))
+    ax.set_facecolor("0.92")  # not sampled: the hatched background shows through
+    ax.add_patch(Rectangle((0, 0), 1, 1, transform=ax.transAxes, fill=False, hatch="////",
+                           edgecolor="0.75", lw=0, zorder=0))
     ax.pcolormesh(_edges(steps), np.arange(len(layers) + 1) - 0.5, np.ma.masked_invalid(codes),
-                  cmap=cmap, norm=norm, gid="timeline", rasterized=codes.size > _VECTOR_CELLS)
+                  cmap=cmap, norm=norm, gid="timeline", rasterized=codes.size > _VECTOR_CELLS, zorder=1)
+    handles = [Patch(color=FORMAT_COLORS[f], label=f) for f in FORMAT_ORDER if f in set(table["format"])]
+    if np.isnan(codes).any():
+        handles.append(Patch(facecolor="0.92", hatch="////", edgecolor="0.75", label="not sampled"))
     if switches is not None and len(switches):
         pos = {name: i for i, name in enumerate(layers)}
         sw = switches[switches["layer"].isin(pos)]
-        ax.scatter(sw["step"], sw["layer"].map(pos), marker="|", s=30, color="black",
-                   linewidths=0.8, gid="switches", label="switch", zorder=3)
+        up = mtransforms.offset_copy(ax.transData, fig=fig, x=0, y=_row_points(fig, ax, len(layers)) * 0.32,
+                                     units="points")
+        ax.scatter(sw["step"], sw["layer"].map(pos), marker="v", s=7, color="black",
+                   edgecolors="white", linewidths=0.3, gid="switches", label="plan switch",
+                   zorder=3, transform=up)
+        handles.append(Line2D([], [], marker="v", ls="none", color="black", markeredgecolor="white",
+                              markersize=3.5, label="plan switch"))
     _layer_ticks(ax, layers)
-    ax.set_xlabel("step")
-    present = [f for f in FORMAT_ORDER if f in set(table["format"])]
-    ax.legend(handles=[Patch(color=FORMAT_COLORS[f], label=f) for f in present],
-              loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
+    interval = interval or _sampling_interval(steps)
+    ax.set_xlabel("step" + (f" (formats sampled every {interval} steps)" if interval else ""))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
     return fig, ax
+
+
+def _row_points(fig, ax, n_rows: int) -> float:
+    """Height of one heat-map row in points (for marker offsets inside a row)."""
+    return fig.get_figheight() * 72 * ax.get_position().height / max(1, n_rows)
+
+
+def _sampling_interval(steps: np.ndarray) -> int | None:
+    if len(steps) < 2:
+        return None
+    gaps = np.diff(np.asarray(steps, dtype=float))
+    return int(np.median(gaps)) if np.all(gaps > 0) else None
 
 
 def timeline_codes(table: pd.DataFrame) -> np.ndarray:
@@ -121,29 +213,48 @@ def timeline_codes(table: pd.DataFrame) -> np.ndarray:
 
 @_paper
 def fp16_rates(table: pd.DataFrame, *, kind: str = "", axes=None):
-    """Two stacked layers × steps heat maps: the fp16 overflow and underflow rates per layer
-    over time (log colour scale; white = zero or not sampled). ``table``: :func:`analysis.prep.rates_table`.
+    """Two stacked layers × steps heat maps: the fraction of a tensor's elements that an fp16
+    cast would overflow / flush to zero (at the scale fp16 would use, whatever format the layer
+    ran: hypothetical for layers not in fp16), per layer over time. Log colour scale; white =
+    exactly zero, grey hatching = not sampled; a panel without any non-zero rate says so and
+    has no colour bar. ``table``: :func:`analysis.prep.rates_table`.
     Returns ``(fig, axes)`` with ``axes = [overflow_ax, underflow_ax]``."""
     _need(table, ["step", "layer", "overflow", "underflow"], "fp16_rates")
     layers = list(dict.fromkeys(table["layer"]))
     steps = np.sort(table["step"].unique())
     if axes is None:
         fig, axes = plt.subplots(2, 1, sharex=True, layout="constrained",
-                                 figsize=(COLUMN_WIDTH_IN, min(5.0, max(2.4, 1.0 + 0.2 * len(layers)))))
+                                 figsize=(COLUMN_WIDTH_IN, min(9.0, max(2.4, 1.0 + 0.2 * len(layers)))))
     fig = axes[0].figure
+    what = {"act": "activations", "grad": "output gradients", "weight": "weights",
+            "wgrad": "weight gradients", "inp": "inputs"}.get(kind, kind)
     for ax, col in zip(axes, ("overflow", "underflow")):
         values = rates_matrix(table, col)
         positive = values[np.isfinite(values) & (values > 0)]
+        ax.set_facecolor("0.92")
+        ax.add_patch(Rectangle((0, 0), 1, 1, transform=ax.transAxes, fill=False, hatch="////",
+                               edgecolor="0.75", lw=0, zorder=0))
+        white = np.where(np.isfinite(values), 0.0, np.nan)  # zero cells: white, not hatched
+        ax.pcolormesh(_edges(steps), np.arange(len(layers) + 1) - 0.5, np.ma.masked_invalid(white),
+                      cmap=ListedColormap(["white"]), vmin=0, vmax=1, zorder=1,
+                      rasterized=values.size > _VECTOR_CELLS)
         norm = LogNorm(positive.min(), max(positive.max(), positive.min() * 10)) if positive.size \
             else Normalize(0, 1)
         mesh = ax.pcolormesh(_edges(steps), np.arange(len(layers) + 1) - 0.5,
                              np.ma.masked_less_equal(np.nan_to_num(values, nan=0.0), 0.0),
-                             cmap="cividis", norm=norm, gid=col, rasterized=values.size > _VECTOR_CELLS)
-        fig.colorbar(mesh, ax=ax, label=f"{kind} fp16 {col}".strip(), pad=0.01)
-        if not positive.size:  # an all-white panel must not read as missing data
-            ax.text(0.5, 0.5, f"no {col}", transform=ax.transAxes, ha="center", va="center")
+                             cmap="cividis", norm=norm, gid=col, zorder=2,
+                             rasterized=values.size > _VECTOR_CELLS)
+        label = f"fp16 {col} rate of {what}\n(fraction of elements)" if what else \
+            f"fp16 {col} rate\n(fraction of elements)"
+        if positive.size:
+            fig.colorbar(mesh, ax=ax, label=label, pad=0.01)
+        else:  # an all-white panel must not read as missing data, nor carry a meaningless bar
+            ax.set_title(label.replace("\n", " "), fontsize=6)
+            ax.text(0.5, 0.5, f"no {col} in any sampled step", transform=ax.transAxes,
+                    ha="center", va="center", bbox=dict(facecolor="white", edgecolor="none"))
         _layer_ticks(ax, layers)
-    axes[-1].set_xlabel("step")
+    interval = _sampling_interval(steps)
+    axes[-1].set_xlabel("step" + (f" (sampled every {interval} steps)" if interval else ""))
     return fig, axes
 
 
@@ -156,93 +267,135 @@ def rates_matrix(table: pd.DataFrame, column: str) -> np.ndarray:
 
 @_paper
 def training_curves(table: pd.DataFrame, *, group: str = "controller", ylabel: str = "loss",
-                    styles: dict | None = None, log_y: bool = False, ax=None):
-    """One line per controller (mean over seeds) with its 95% t band where defined.
-    ``table``: :func:`analysis.prep.curve_table` (``controller, step, mean, lo, hi``)."""
+                    styles: dict | None = None, log_y: bool | None = None, title: str | None = None,
+                    ax=None):
+    """One line per policy (mean over seeds) with its 95% t band where defined; each policy
+    has its own colour, line style and marker (markers on every point of sparse series such as
+    evaluations, on every tenth of dense ones). ``log_y=None`` picks a log axis when the means
+    span two decades. ``table``: :func:`analysis.prep.curve_table` (``controller, step, mean, lo, hi``)."""
     _need(table, [group, "step", "mean", "lo", "hi"], "training_curves")
-    fig, ax = _axes(ax)
-    styles = styles or controller_styles(table[group])
+    fig, ax = _axes(ax, height=2.4)
+    styles = styles or policy_styles(table[group])
     for name, part in table.groupby(group, sort=True):
         part = part.sort_values("step")
-        color = styles[name]["color"]
-        ax.plot(part["step"], part["mean"], color=color, label=str(name), gid=f"curve:{name}")
+        st = styles[str(name)]
+        every = 1 if len(part) <= 20 else max(1, len(part) // 10)
+        ax.plot(part["step"], part["mean"], color=st["color"], ls=st["linestyle"], marker=st["marker"],
+                markevery=every, markersize=3, markeredgecolor=st["edgecolor"], label=str(name),
+                gid=f"curve:{name}")
         band = np.isfinite(part["lo"]) & np.isfinite(part["hi"])
         if band.any():
-            ax.fill_between(part["step"], part["lo"], part["hi"], where=band, color=color,
-                            alpha=0.2, lw=0)
+            ax.fill_between(part["step"], part["lo"], part["hi"], where=band, color=st["color"],
+                            alpha=0.15, lw=0)
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
-    if log_y:
+    if title:
+        ax.set_title(title)
+    if log_y or (log_y is None and _spans_decades(table["mean"])):
         ax.set_yscale("log")
-    ax.legend(loc="best")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
     return fig, ax
 
 
 @_paper
-def flop_share_bars(table: pd.DataFrame, *, group: str = "controller", ax=None):
-    """Stacked bars: each controller's share of FLOPs (or of layers, see ``basis``) per format.
-    ``table``: :func:`analysis.prep.share_table` (``controller, format, share``)."""
+def flop_share_bars(table: pd.DataFrame, *, group: str = "controller", title: str | None = None, ax=None):
+    """Stacked bars: each policy's share per format, only formats with a non-zero share
+    anywhere. FLOP shares are averaged over the run's steps (time-weighted: a format that ran
+    half the run at full share counts 0.5), so they differ from end-of-run plan shares; the
+    y label says which basis is drawn. ``table``: :func:`analysis.prep.share_table`
+    (``controller, format, share``)."""
     _need(table, [group, "format", "share"], "flop_share_bars")
-    fig, ax = _axes(ax)
     wide = table.pivot_table(index=group, columns="format", values="share", aggfunc="first")
     names = list(wide.index)
+    fig, ax = _axes(ax, height=2.4)
+    if len(names) > 8:
+        fig.set_figwidth(max(fig.get_figwidth(), 0.3 * len(names) + 1.2))
     bottom = np.zeros(len(names))
-    for fmt in [f for f in FORMAT_ORDER if f in wide.columns]:
+    for fmt in [f for f in FORMAT_ORDER if f in wide.columns and (wide[f].fillna(0) > 0).any()]:
         heights = wide[fmt].fillna(0.0).to_numpy()
         ax.bar(range(len(names)), heights, bottom=bottom, color=FORMAT_COLORS[fmt], label=fmt,
                width=0.7, gid=f"share:{fmt}")
         bottom += heights
-    ax.set_xticks(range(len(names)), [str(n) for n in names], rotation=30, ha="right")
+    ax.set_xticks(range(len(names)), [str(n) for n in names], rotation=90)
+    ax.set_xlabel("policy")
     basis = table["basis"].iloc[0] if "basis" in table and len(table) else "flop_share"
-    ax.set_ylabel("share of FLOPs" if basis == "flop_share" else "share of layers")
+    ax.set_ylabel("share of FLOPs\n(averaged over steps)" if basis == "flop_share"
+                  else "share of layers\n(end-of-run plan)")
     ax.set_ylim(0, max(1.0, float(bottom.max()) if len(bottom) else 1.0))
+    if title:
+        ax.set_title(title)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
     return fig, ax
 
 
 @_paper
 def loss_scale_trace(table: pd.DataFrame, *, ax=None):
-    """The dynamic loss scale over steps (log axis) with skipped steps marked by crosses.
-    ``table``: :func:`analysis.prep.scale_table` (``step, loss_scale, skipped``)."""
+    """The dynamic loss scale over steps (log2 axis) with skipped steps marked by crosses.
+    Steps where the scaler was inactive (no fp16 layer: ``scaler_active`` False) are a gap,
+    not a scale of 1. ``table``: :func:`analysis.prep.scale_table` (``step, loss_scale, skipped``)."""
     _need(table, ["step", "loss_scale", "skipped"], "loss_scale_trace")
     fig, ax = _axes(ax, height=1.8)
     table = table.sort_values("step")
-    ax.plot(table["step"], table["loss_scale"], drawstyle="steps-post", color=FORMAT_COLORS["fp16"],
+    scale = pd.to_numeric(table["loss_scale"], errors="coerce").astype(float)
+    if "scaler_active" in table:
+        active = table["scaler_active"].fillna(True).astype(bool)
+        scale = scale.where(active)
+    ax.plot(table["step"], scale, drawstyle="steps-post", color=FORMAT_COLORS["fp16"],
             gid="scale", label="loss scale")
     skipped = table[table["skipped"].astype(bool)]
-    ax.scatter(skipped["step"], skipped["loss_scale"], marker="x", color="#D55E00", s=14,
-               linewidths=0.8, zorder=3, gid="skipped", label=f"skipped ({len(skipped)})")
-    scale = pd.to_numeric(table["loss_scale"], errors="coerce")
-    if (scale > 0).all() and scale.notna().all() and len(scale):
+    ax.scatter(skipped["step"], scale[skipped.index], marker="x", color="#D55E00", s=14,
+               linewidths=0.8, zorder=3, gid="skipped", label=f"skipped step ({len(skipped)})")
+    finite = scale[np.isfinite(scale)]
+    if len(finite) and (finite > 0).all():
         ax.set_yscale("log", base=2)
+    if "scaler_active" in table and not table["scaler_active"].fillna(True).astype(bool).all():
+        ax.plot([], [], color="none", label="gaps: scaler inactive (no fp16 layer)")
     ax.set_xlabel("step")
     ax.set_ylabel("loss scale")
-    ax.legend(loc="best")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
     return fig, ax
 
 
 @_paper
-def deploy_sensitivity(table: pd.DataFrame, *, tolerance: float | None = None, ax=None):
+def deploy_sensitivity(table: pd.DataFrame, *, tolerance: float | None = None,
+                       drop_label: str | None = None, ax=None):
     """Per-layer sensitivity of a deploy search: quality drop with one layer in each format
     (all others fp32), one bar per format; layers the final plan put in 16-bit are starred.
-    ``table``: rows ``layer, format, drop`` (+ optional ``chosen`` bool) in layer order."""
+    An infinite drop (the layer overflows in that format) is a hatched bar to the axis edge
+    marked "∞". The x axis is symmetric-log when drops span decades. ``drop_label`` says what
+    the drop measures (deploy: accuracy points lost, or the relative increase of perplexity /
+    RMSE). ``table``: rows ``layer, format, drop`` (+ optional ``chosen`` bool) in layer order."""
     _need(table, ["layer", "format", "drop"], "deploy_sensitivity")
     layers = list(dict.fromkeys(table["layer"]))
     fmts = [f for f in FORMAT_ORDER if f in set(table["format"])]
     fig, ax = _axes(ax, height=min(8.0, 0.9 + 0.16 * len(layers) * max(1, len(fmts)) ** 0.5))
+    drops = pd.to_numeric(table["drop"], errors="coerce").astype(float)
+    finite = drops[np.isfinite(drops)].clip(lower=0)
+    edge = float(finite.max()) * 1.5 if len(finite) and finite.max() > 0 else 1.0
     width = 0.8 / max(1, len(fmts))
     for i, fmt in enumerate(fmts):
         rows = table[table["format"] == fmt].set_index("layer").reindex(layers)
-        ax.barh(np.arange(len(layers)) + (i - (len(fmts) - 1) / 2) * width,
-                rows["drop"].clip(lower=0).fillna(0).to_numpy(), height=width,
+        d = pd.to_numeric(rows["drop"], errors="coerce").astype(float)
+        inf = np.isinf(d.to_numpy()) & (d.to_numpy() > 0)
+        y = np.arange(len(layers)) + (i - (len(fmts) - 1) / 2) * width
+        ax.barh(y, d.where(~inf).clip(lower=0).fillna(0).to_numpy(), height=width,
                 color=FORMAT_COLORS[fmt], label=fmt, gid=f"drop:{fmt}")
+        if inf.any():
+            ax.barh(y[inf], [edge] * int(inf.sum()), height=width, color=FORMAT_COLORS[fmt],
+                    hatch="xxx", edgecolor="white", lw=0, gid=f"inf:{fmt}")
+            for yy in y[inf]:
+                ax.text(edge, yy, " ∞", va="center", ha="left", fontsize=6)
     if tolerance is not None:
         ax.axvline(tolerance, color="0.3", linestyle="--", linewidth=0.8, label="tolerance")
     chosen = set(table.loc[table.get("chosen", pd.Series(False, index=table.index)).astype(bool), "layer"])
     ax.set_yticks(range(len(layers)), [f"{n} *" if n in chosen else n for n in layers])
     ax.invert_yaxis()
-    ax.set_xlabel("quality drop vs fp32 (one layer changed)")
-    ax.legend(loc="lower right")
+    positive = finite[finite > 0]
+    if len(positive) >= 2 and positive.max() / positive.min() >= 100:
+        ax.set_xscale("symlog", linthresh=float(positive.min()))
+    ax.set_xlabel(drop_label or "quality drop vs fp32, one layer changed\n"
+                  "(accuracy points; relative for perplexity/RMSE)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
     return fig, ax
 
 
@@ -265,11 +418,11 @@ def save_figure(fig, path: str | Path, data: pd.DataFrame | None = None, close: 
     return written
 
 
-def _layer_ticks(ax, layers: list[str], max_labels: int = 30) -> None:
-    """Layer names on the y axis, first layer on top (as in the model); thinned to at most
-    ``max_labels`` so deep models stay legible at column width."""
-    every = -(-len(layers) // max_labels)
-    ax.set_yticks(range(0, len(layers), every), layers[::every])
+def _layer_ticks(ax, layers: list[str]) -> None:
+    """Every layer name on the y axis, first layer on top (as in the model); deep models get a
+    smaller font (the figure grows with the layer count) instead of dropped labels."""
+    size = 6 if len(layers) <= 30 else 4.5 if len(layers) <= 60 else 3.5
+    ax.set_yticks(range(len(layers)), layers, fontsize=size)
     ax.set_ylim(len(layers) - 0.5, -0.5)
 
 

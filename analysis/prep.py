@@ -93,10 +93,12 @@ def rates_table(layers: pd.DataFrame, kind: str = "act") -> pd.DataFrame:
 
 
 def scale_table(steps: pd.DataFrame) -> pd.DataFrame:
-    """``step, loss_scale, skipped`` of one run (skipped as bool)."""
+    """``step, loss_scale, skipped`` of one run (skipped as bool), plus ``scaler_active``
+    where the run logged it (False: no fp16 layer, the scale was not applied)."""
     steps = one_run(steps)
     _need(steps, ["step", "loss_scale", "skipped"], "scale_table")
-    out = steps[["step", "loss_scale", "skipped"]].reset_index(drop=True)
+    cols = ["step", "loss_scale", "skipped"] + (["scaler_active"] if "scaler_active" in steps else [])
+    out = steps[cols].reset_index(drop=True)
     out["skipped"] = out["skipped"].fillna(False).astype(bool)
     return out
 

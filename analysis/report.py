@@ -4,8 +4,10 @@
     python -m analysis.report --run runs/<sweep>/<n> --out <dir>   # one run's own figures
 
 Writes each figure as ``<name>.pdf`` + ``<name>.png`` beside ``<name>.csv`` (its data), the
-summary tables as Markdown and LaTeX, and prints the Markdown summary. Runs that failed,
-diverged or never finished are listed with their error and left out of every aggregate.
+summary tables as Markdown and LaTeX, an ``index.html`` that shows every figure and table of
+the folder (relative links: it opens offline, straight from the disk), and prints the Markdown
+summary. Runs that failed, diverged or never finished are listed with their error and left out
+of every aggregate.
 """
 from __future__ import annotations
 
@@ -19,8 +21,9 @@ import pandas as pd
 
 from . import figures, prep, tables
 from .load import load_decisions, load_evals, load_layers, load_runs, load_steps, ok_runs
-from .stats import aggregate, cost_columns, pareto_front, welch_tests
-from .style import controller_styles
+from .html_index import write_index
+from .stats import aggregate, cost_columns, improvement_probabilities, pareto_front, welch_tests
+from .style import policy_styles
 
 __all__ = ["main", "sweep_report", "run_report", "slug"]
 
@@ -47,15 +50,17 @@ def sweep_report(sweep: str | Path, out: str | Path, per_run: bool = True,
         notes.insert(0, "Note: no modeled cost (rel_cost_<profile>) in these runs; "
                         "cost = measured wall_s.")
     agg, welch = aggregate(runs), welch_tests(runs, baseline=baseline)
+    poi = improvement_probabilities(runs, baseline=baseline)
     front = pareto_front(agg, costs)
-    for name, frame in (("aggregate", agg), ("welch", welch), ("pareto", front)):
+    for name, frame in (("aggregate", agg), ("welch", welch), ("pareto", front),
+                        ("improvement", poi)):
         frame.to_csv(out / f"{name}.csv", index=False)
-    styles = controller_styles(runs["controller"].dropna())
+    styles = policy_styles(runs["controller"].dropna())
     steps, evals = load_steps(ok_runs(runs)), load_evals(ok_runs(runs))
     sections = []
     for workload in sorted(agg.loc[agg["n"] > 0, "workload"].unique()):  # skip all-failed ones
         wl_dir = out / slug(workload)
-        sections.append(_workload_tables(workload, agg, costs, welch, wl_dir, baseline))
+        sections.append(_workload_tables(workload, agg, costs, welch, poi, wl_dir, baseline))
         _workload_figures(workload, agg, front, steps, evals, wl_dir, styles)
     if per_run:
         for run_id in ok_runs(runs)["run_id"]:
@@ -63,11 +68,12 @@ def sweep_report(sweep: str | Path, out: str | Path, per_run: bool = True,
     text = f"# Sweep {Path(sweep).name}\n\n" + "\n".join(sections)
     text += ("\n" + "\n".join(notes) + "\n") if notes else ""
     (out / "summary.md").write_text(text)
+    write_index(out, title=f"Sweep {Path(sweep).name}")
     return text
 
 
-def _workload_tables(workload, agg, costs, welch, wl_dir: Path, baseline: str) -> str:
-    summary = tables.summary_table(agg, costs, welch, workload, baseline=baseline)
+def _workload_tables(workload, agg, costs, welch, poi, wl_dir: Path, baseline: str) -> str:
+    summary = tables.summary_table(agg, costs, welch, workload, baseline=baseline, poi=poi)
     wl_dir.mkdir(parents=True, exist_ok=True)
     markdown = tables.to_markdown(summary)
     (wl_dir / "summary.md").write_text(markdown)
@@ -78,7 +84,7 @@ def _workload_tables(workload, agg, costs, welch, wl_dir: Path, baseline: str) -
 def _workload_figures(workload, agg, front, steps, evals, wl_dir: Path, styles) -> None:
     part = front[front["workload"] == workload]
     for cost, table in part.groupby("cost", sort=True):
-        fig, _ = figures.quality_cost_scatter(table, styles=styles)
+        fig, _ = figures.quality_cost_scatter(table, styles=styles, title=f"workload: {workload}")
         figures.save_figure(fig, wl_dir / f"quality_vs_{cost}", data=table)
     agg_wl = agg[agg["workload"] == workload]
     try:
@@ -86,20 +92,25 @@ def _workload_figures(workload, agg, front, steps, evals, wl_dir: Path, styles) 
     except ValueError:
         shares = None  # runs report no shares: nothing to stack
     if shares is not None:
-        figures.save_figure(figures.flop_share_bars(shares)[0], wl_dir / "shares", data=shares)
-    _curves(steps[steps["workload"] == workload], "loss", wl_dir / "train_loss", styles, smooth=True)
+        figures.save_figure(figures.flop_share_bars(shares, title=f"workload: {workload}")[0],
+                            wl_dir / "shares", data=shares)
+    _curves(steps[steps["workload"] == workload], "loss", wl_dir / "train_loss", styles, smooth=True,
+            title=f"workload: {workload}")
     metric = agg_wl["quality_metric"].iloc[0]
     if metric and metric in evals:
-        _curves(evals[evals["workload"] == workload], metric, wl_dir / metric, styles)
+        _curves(evals[evals["workload"] == workload], metric, wl_dir / metric, styles,
+                title=f"workload: {workload}")
 
 
-def _curves(table: pd.DataFrame, y: str, stem: Path, styles, smooth: bool = False) -> None:
+def _curves(table: pd.DataFrame, y: str, stem: Path, styles, smooth: bool = False,
+            title: str | None = None) -> None:
     if table.empty or y not in table or table[y].notna().sum() == 0:
         return
     # per-step training loss is noisy: average over ~1/50 of the run (evals are left as logged)
     window = max(1, table.groupby("run_id")["step"].count().max() // 50) if smooth else 1
     curve = prep.curve_table(table, y=y, smooth=int(window))
-    fig, _ = figures.training_curves(curve, ylabel=y.replace("_", " "), styles=styles)
+    label = y.replace("_", " ") + (" (training, smoothed)" if smooth and window > 1 else "")
+    fig, _ = figures.training_curves(curve, ylabel=label, styles=styles, title=title)
     figures.save_figure(fig, stem, data=curve)
 
 
@@ -107,7 +118,7 @@ def run_figures(run: pd.DataFrame, out: Path, styles: dict | None = None) -> lis
     """The per-run figures (precision timeline, fp16 rates, curves, loss scale) of the single
     run in ``run`` (one row of :func:`load_runs`) into ``out``; returns notes on what was missing."""
     out.mkdir(parents=True, exist_ok=True)
-    styles = styles or controller_styles(run["controller"].dropna())
+    styles = styles or policy_styles(run["controller"].dropna())
     notes = []
     layers, decisions = load_layers(run), load_decisions(run)
     steps, evals = load_steps(run), load_evals(run)
@@ -175,6 +186,7 @@ def run_report(run_dir: str | Path, out: str | Path) -> str:
     lines += [f"- {n}" for n in notes]
     text = "\n".join(lines) + "\n"
     (Path(out) / "summary.md").write_text(text)
+    write_index(Path(out), title=f"Run {run['run_id']}")
     return text
 
 

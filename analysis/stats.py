@@ -18,9 +18,11 @@ from scipy import stats as sps
 from adaprec.tasks import quality_metrics
 
 from .load import ok_runs
+from .robust import bootstrap_ci, interval_pareto_mask, iqm, probability_of_improvement
 
 __all__ = ["CONFIDENCE", "t_interval", "default_metrics", "aggregate", "welch_tests",
-           "pareto_mask", "cost_columns", "pareto_front"]
+           "pareto_mask", "cost_columns", "pareto_front", "improvement_probabilities",
+           "is_static_policy"]
 
 CONFIDENCE = 0.95
 _AGG_PATTERN = re.compile(r"^(rel_cost_.+|cost_.+_s|flop_share_.+|format_share_.+)$")
@@ -54,7 +56,9 @@ def aggregate(runs: pd.DataFrame, metrics: Sequence[str] | None = None,
               confidence: float = CONFIDENCE) -> pd.DataFrame:
     """One row per ``by`` group (over seeds) with, for each metric ``m``: ``m_mean``, ``m_std``,
     ``m_ci95`` (half width of the t interval), ``m_lo``, ``m_hi``; plus ``n`` (ok runs),
-    ``n_runs`` (all runs, failed ones included), ``quality_metric`` and ``higher_is_better``."""
+    ``n_runs`` (all runs, failed ones included), ``quality_metric`` and ``higher_is_better``;
+    for ``quality`` also the robust ``quality_iqm`` with its percentile-bootstrap interval
+    ``quality_iqm_lo`` / ``quality_iqm_hi`` (:mod:`analysis.robust`)."""
     metrics = list(metrics) if metrics is not None else default_metrics(runs)
     ok = ok_runs(runs)
     rows = []
@@ -68,6 +72,10 @@ def aggregate(runs: pd.DataFrame, metrics: Sequence[str] | None = None,
             mean, std, half = t_interval(pd.to_numeric(good[m], errors="coerce"), confidence)
             row.update({f"{m}_mean": mean, f"{m}_std": std, f"{m}_ci95": half,
                         f"{m}_lo": mean - half, f"{m}_hi": mean + half})
+        if "quality" in metrics:
+            q = pd.to_numeric(good["quality"], errors="coerce")
+            lo, hi = bootstrap_ci(q, confidence=confidence)
+            row.update(quality_iqm=iqm(q), quality_iqm_lo=lo, quality_iqm_hi=hi)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -137,7 +145,8 @@ def pareto_front(agg: pd.DataFrame, costs: Sequence[str], quality: str = "qualit
                  by: str = "workload", group: str = "controller") -> pd.DataFrame:
     """Quality vs each cost column per workload, from :func:`aggregate` output. One row per
     (workload, cost, controller): ``quality_mean, quality_ci95, cost_mean, cost_ci95, n,
-    on_front`` — the front is taken over the seed means."""
+    on_front`` — a point leaves the front only where the 95% intervals say another point is
+    better (:func:`analysis.robust.interval_pareto_mask`; with one seed, over the means)."""
     frames = []
     for cost in costs:
         for wl, part in agg.groupby(by, dropna=False, sort=True):
@@ -149,6 +158,42 @@ def pareto_front(agg: pd.DataFrame, costs: Sequence[str], quality: str = "qualit
                 "quality_ci95": part[f"{quality}_ci95"].to_numpy(),
                 "cost_mean": part[f"{cost}_mean"].to_numpy(),
                 "cost_ci95": part[f"{cost}_ci95"].to_numpy(), "n": part["n"].to_numpy()})
-            frame["on_front"] = pareto_mask(frame["quality_mean"], frame["cost_mean"], higher)
+            qh, ch = frame["quality_ci95"].to_numpy(float), frame["cost_ci95"].to_numpy(float)
+            qm, cm = frame["quality_mean"].to_numpy(float), frame["cost_mean"].to_numpy(float)
+            frame["on_front"] = interval_pareto_mask(qm - qh, qm, qm + qh, cm - ch, cm, cm + ch, higher)
             frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def is_static_policy(name: str) -> bool:
+    """Whether a policy is a fixed plan (a format name, ``plan``, or a best-static plan), as
+    opposed to an adaptive controller."""
+    from adaprec import FORMATS
+    name = str(name).split("@")[0]
+    return name in FORMATS or name == "plan" or name.startswith(("plan:", "best_static"))
+
+
+def improvement_probabilities(runs: pd.DataFrame, baseline: str = "fp32", by: str = "workload",
+                              group: str = "controller") -> pd.DataFrame:
+    """Per workload and policy: ``poi_baseline``, the probability that a run of the policy beats
+    a run of ``baseline`` on quality, and ``poi_best_static``, the same against the best static
+    policy of the workload (highest quality IQM among :func:`is_static_policy` names, the
+    policy itself excluded), named in ``best_static``. Over ok runs; NaN where undefined."""
+    ok = ok_runs(runs)
+    rows = []
+    for wl, part in ok.groupby(by, dropna=False, sort=True):
+        higher = bool(part["higher_is_better"].iloc[0]) if "higher_is_better" in part and \
+            part["higher_is_better"].notna().any() else True
+        q = {c: pd.to_numeric(g["quality"], errors="coerce").to_numpy(float)
+             for c, g in part.groupby(group, sort=True)}
+        sign = 1.0 if higher else -1.0
+        statics = {c: sign * iqm(v) for c, v in q.items() if is_static_policy(c) and np.isfinite(iqm(v))}
+        for ctrl, values in q.items():
+            best = max((c for c in statics if c != ctrl), key=statics.get, default=None)
+            rows.append({by: wl, group: ctrl,
+                         "poi_baseline": probability_of_improvement(values, q.get(baseline, []), higher)
+                         if ctrl != baseline else float("nan"),
+                         "best_static": best,
+                         "poi_best_static": probability_of_improvement(values, q[best], higher)
+                         if best is not None else float("nan")})
+    return pd.DataFrame(rows, columns=[by, group, "poi_baseline", "best_static", "poi_best_static"])

@@ -1,33 +1,70 @@
-"""One look for every figure: a fixed colour per format, paper-width rcParams.
+"""One look for every figure: a fixed colour per format, a unique style per policy, paper rcParams.
 
-Colours come from the Okabe–Ito palette (safe for the common colour-vision deficiencies). A
-format keeps its colour in every figure; a controller that is named after a format (``fp32``,
-``bf16``, ...) borrows that colour, other controllers take the palette's remaining colours and a
-distinct marker each, so no figure relies on colour alone.
+Style contract (checked by ``tests/test_analysis_style_contract.py`` on the Matplotlib objects):
+
+- every format keeps one colour in every figure (:func:`format_color`); formats are listed in
+  the order of adaprec's format registry, so a newly registered format gets a colour too;
+- every policy (controller) of a figure has its own colour, marker *and* line style
+  (:func:`policy_styles`): no figure tells two policies apart by colour alone;
+- colours come from colour-blind-safe palettes: Okabe & Ito (2008) first, then Paul Tol's
+  "muted" scheme; yellow, the weakest colour on white paper, comes last and is drawn with a
+  dark edge.
 """
 from __future__ import annotations
 
+import zlib
 from contextlib import contextmanager
 from typing import Iterable, Iterator
 
 import matplotlib as mpl
 
-__all__ = ["FORMAT_COLORS", "FORMAT_ORDER", "COLUMN_WIDTH_IN", "RC", "paper_rc", "format_color",
-           "controller_styles", "cost_label"]
+from adaprec import FORMATS
 
-# Okabe & Ito (2008), "Color Universal Design". Order = order in legends and stacked bars.
-FORMAT_COLORS: dict[str, str] = {
-    "fp32": "#0072B2",      # blue
-    "bf16": "#E69F00",      # orange
-    "fp16": "#009E73",      # bluish green
-    "fp8_e4m3": "#D55E00",  # vermillion
-    "fp8_e5m2": "#CC79A7",  # reddish purple
-}
-FORMAT_ORDER: tuple[str, ...] = tuple(FORMAT_COLORS)
-# Left for controllers that are not formats: sky blue, black, then a neutral grey and yellow
-# (yellow is last: it is the palette's weakest colour on white paper).
-_OTHER_COLORS = ("#56B4E9", "#000000", "#999999", "#F0E442")
-_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+__all__ = ["FORMAT_COLORS", "FORMAT_ORDER", "COLUMN_WIDTH_IN", "RC", "paper_rc", "format_color",
+           "format_order", "policy_styles", "controller_styles", "cost_label", "LINESTYLES",
+           "MARKERS"]
+
+# Okabe & Ito (2008), "Color Universal Design".
+_OKABE_ITO = {"blue": "#0072B2", "orange": "#E69F00", "green": "#009E73", "vermillion": "#D55E00",
+              "purple": "#CC79A7", "sky": "#56B4E9", "black": "#000000", "yellow": "#F0E442"}
+# Paul Tol's "muted" qualitative scheme (colour-blind safe), for what Okabe-Ito runs out of.
+_TOL_MUTED = ("#332288", "#88CCEE", "#44AA99", "#117733", "#999933", "#DDCC77", "#CC6677",
+              "#882255", "#AA4499", "#DDDDDD")
+
+# Fixed colours of the classic formats (the order readers know); other registered formats
+# take Tol's colours in registry order.
+_FIXED_FORMAT_COLORS = {"fp32": _OKABE_ITO["blue"], "bf16": _OKABE_ITO["orange"],
+                        "fp16": _OKABE_ITO["green"], "fp8_e4m3": _OKABE_ITO["vermillion"],
+                        "fp8_e5m2": _OKABE_ITO["purple"]}
+
+
+def format_order() -> tuple[str, ...]:
+    """Formats in legend/stacking order: adaprec's registry order (fp32 first)."""
+    return tuple(FORMATS)
+
+
+def _format_colors() -> dict[str, str]:
+    colors = dict(_FIXED_FORMAT_COLORS)
+    extras = iter(c for c in _TOL_MUTED if c not in colors.values())
+    for name in format_order():
+        if name not in colors:
+            colors[name] = next(extras, None) or _stable_pick(name, _TOL_MUTED)
+    return colors
+
+
+def _stable_pick(name: str, options: tuple[str, ...]) -> str:
+    return options[zlib.crc32(name.encode()) % len(options)]
+
+
+FORMAT_COLORS: dict[str, str] = _format_colors()
+FORMAT_ORDER: tuple[str, ...] = format_order()
+
+# Non-format policies: the Okabe-Ito colours no classic format uses, then Tol's muted; yellow last.
+_POLICY_COLORS = (_OKABE_ITO["sky"], _OKABE_ITO["black"], *_TOL_MUTED[:-1], "#777777",
+                  _OKABE_ITO["yellow"])
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
+LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 2)), (0, (8, 2)),
+              (0, (3, 1, 1, 1)))
 
 COLUMN_WIDTH_IN = 3.3  # single column of a two-column paper (IEEE/ACM/NeurIPS ~3.25-3.4 in)
 
@@ -60,34 +97,48 @@ def paper_rc() -> Iterator[None]:
 
 
 def format_color(name: str) -> str:
-    """The fixed colour of format ``name``."""
+    """The fixed colour of format ``name`` (any registered format)."""
     try:
         return FORMAT_COLORS[name]
     except KeyError:
         raise ValueError(f"unknown format {name!r}; known formats: {', '.join(FORMAT_ORDER)}") from None
 
 
-def controller_styles(controllers: Iterable[str]) -> dict[str, dict[str, str]]:
-    """``{controller: {"color": ..., "marker": ...}}``, deterministic for a given set of names.
+def policy_styles(policies: Iterable[str]) -> dict[str, dict]:
+    """``{policy: {"color", "marker", "linestyle", "edgecolor"}}``, unique per policy.
 
-    Pass every controller of a sweep at once so that all of its figures agree.
-    """
-    names = sorted({str(c) for c in controllers})
-    others = [n for n in names if n not in FORMAT_COLORS]
-    styles = {}
+    Pass every policy of a sweep at once so that all of its figures agree. A policy named after
+    a format (``fp32``, ``bf16``, ...) borrows that format's colour; the others take distinct
+    colours no borrowed format uses. Markers and line styles are assigned in name order, each
+    distinct within the set (colour, marker and line style each tell policies apart)."""
+    names = sorted({str(p) for p in policies})
+    taken = {FORMAT_COLORS[n] for n in names if n in FORMAT_COLORS}
+    free = [c for c in _POLICY_COLORS if c not in taken]
+    free += [c for c in FORMAT_COLORS.values() if c not in taken and c not in free]
+    styles, others = {}, 0
     for i, name in enumerate(names):
         if name in FORMAT_COLORS:
             color = FORMAT_COLORS[name]
         else:
-            color = _OTHER_COLORS[others.index(name) % len(_OTHER_COLORS)]
-        styles[name] = {"color": color, "marker": _MARKERS[i % len(_MARKERS)]}
+            color = free[others % len(free)]
+            others += 1
+        styles[name] = {"color": color, "marker": MARKERS[i % len(MARKERS)],
+                        "linestyle": LINESTYLES[i % len(LINESTYLES)],
+                        "edgecolor": "black" if color == _OKABE_ITO["yellow"] else color}
     return styles
 
 
+controller_styles = policy_styles  # the name the loaders' column uses
+
+
 def cost_label(column: str) -> str:
-    """Axis/column label of a cost column; says so when measured wall time stands in."""
+    """Axis/column label of a cost column: says whether it is modeled or measured, and its unit."""
     if column.startswith("rel_cost_"):
-        return f"relative cost ({column[len('rel_cost_'):]})"
+        return f"modeled {column[len('rel_cost_'):]} cost, relative to fp32"
+    if column.startswith("cost_") and column.endswith("_s"):
+        return f"modeled {column[len('cost_'):-2]} time per step (s)"
     if column == "wall_s":
-        return "wall time, measured (s)"
+        return "measured wall time (s)"
+    if column == "cpu_s":
+        return "measured CPU time (s)"
     return column.replace("_", " ")

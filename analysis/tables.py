@@ -3,7 +3,11 @@
 :func:`summary_table` builds the numbers (a DataFrame, one row per controller) and
 :func:`best_mask` marks the best value in each ranked column; :func:`to_markdown` and
 :func:`to_latex` (booktabs) render both. "Best" compares seed means: highest (or lowest, per the
-quality metric's direction) quality, lowest cost, fewest skipped steps; ties are all marked.
+quality metric's direction) quality, lowest cost, fewest skipped steps; only a *unique* best
+is marked (a tie marks nothing). Numbers are printed to three significant figures (scientific
+below 1e-3 and from 1e5 up), so an RMSE of 1.8e-4 never reads 0.000. Format-share columns of
+formats no policy used are left out; LaTeX output is split into tables of at most
+:data:`MAX_COLUMNS` columns, each repeating the controller column.
 """
 from __future__ import annotations
 
@@ -16,17 +20,22 @@ import pandas as pd
 from .stats import CONFIDENCE
 from .style import FORMAT_ORDER, cost_label
 
-__all__ = ["summary_table", "best_mask", "to_markdown", "to_latex", "caption"]
+__all__ = ["summary_table", "best_mask", "to_markdown", "to_latex", "caption", "sig", "MAX_COLUMNS"]
+
+MAX_COLUMNS = 8  # per LaTeX table: wider ones do not fit a paper's column or page
 
 
 def summary_table(agg: pd.DataFrame, costs: Sequence[str], welch: pd.DataFrame | None = None,
                   workload: str | None = None, group: str = "controller",
-                  baseline: str = "fp32") -> pd.DataFrame:
+                  baseline: str = "fp32", poi: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per controller of one workload from :func:`analysis.stats.aggregate` output.
 
     Columns: ``quality, quality_ci95, n, n_runs``, ``p`` (Welch vs the baseline, when ``welch``
-    is given), one column per cost in ``costs`` (seed mean), ``share_<fmt>`` (FLOP shares, or
-    layer shares when the runs report no FLOP shares), ``skipped_steps``. ``attrs`` carries
+    is given), ``iqm, iqm_lo, iqm_hi`` (when the aggregate has them), ``poi_baseline,
+    poi_best_static`` (when ``poi`` from :func:`analysis.stats.improvement_probabilities` is
+    given), one column per cost in ``costs`` (seed mean), ``share_<fmt>`` (FLOP shares, or
+    layer shares when the runs report no FLOP shares; only formats some policy used),
+    ``skipped_steps``. ``attrs`` carries
     ``workload``, ``quality_metric``, ``higher_is_better``, ``share_basis``, ``costs``,
     ``baseline``. Rows: the baseline first, then the other controllers by name."""
     workloads = agg["workload"].unique()
@@ -44,12 +53,18 @@ def summary_table(agg: pd.DataFrame, costs: Sequence[str], welch: pd.DataFrame |
     if welch is not None:
         w = welch[welch["workload"] == workload].set_index(group)
         out["p"] = w["p"].reindex(out.index)
+    if "quality_iqm" in part:
+        out["iqm"], out["iqm_lo"], out["iqm_hi"] = part["quality_iqm"], part["quality_iqm_lo"], part["quality_iqm_hi"]
+    if poi is not None:
+        pp = poi[poi["workload"] == workload].set_index(group)
+        out["poi_baseline"] = pp["poi_baseline"].reindex(out.index)
+        out["poi_best_static"] = pp["poi_best_static"].reindex(out.index)
     for cost in costs:
         out[cost] = part[f"{cost}_mean"]
     basis = next((b for b in ("flop_share", "format_share")
                   if any(f"{b}_{f}_mean" in part for f in FORMAT_ORDER)), None)
     for f in FORMAT_ORDER:
-        if basis and f"{basis}_{f}_mean" in part:
+        if basis and f"{basis}_{f}_mean" in part and (part[f"{basis}_{f}_mean"].fillna(0) > 0).any():
             out[f"share_{f}"] = part[f"{basis}_{f}_mean"]
     if "skipped_steps_mean" in part:
         out["skipped_steps"] = part["skipped_steps_mean"]
@@ -61,14 +76,17 @@ def summary_table(agg: pd.DataFrame, costs: Sequence[str], welch: pd.DataFrame |
 
 
 def best_mask(summary: pd.DataFrame) -> pd.DataFrame:
-    """Boolean frame like ``summary``: True at the best value of each ranked column."""
+    """Boolean frame like ``summary``: True at the unique best value of each ranked column
+    (nothing where two or more rows share the best value)."""
     mask = pd.DataFrame(False, index=summary.index, columns=summary.columns)
-    ranked = {"quality": "max" if summary.attrs.get("higher_is_better", True) else "min",
+    higher = summary.attrs.get("higher_is_better", True)
+    ranked = {"quality": "max" if higher else "min", "iqm": "max" if higher else "min",
               "skipped_steps": "min", **{c: "min" for c in summary.attrs.get("costs", [])}}
     for col, how in ranked.items():
         if col in summary and summary[col].notna().any():
             best = summary[col].max() if how == "max" else summary[col].min()
-            mask[col] = np.isclose(summary[col], best, rtol=1e-12, atol=0) & summary[col].notna()
+            hit = np.isclose(summary[col], best, rtol=1e-12, atol=0) & summary[col].notna()
+            mask[col] = hit if hit.sum() == 1 else False
     return mask
 
 
@@ -77,35 +95,61 @@ def caption(summary: pd.DataFrame) -> str:
     metric = summary.attrs.get("quality_metric") or "quality"
     arrow = "higher" if summary.attrs.get("higher_is_better", True) else "lower"
     basis = "FLOPs" if summary.attrs.get("share_basis") == "flop_share" else "layers"
-    return (f"{summary.attrs.get('workload')}: {metric} ({arrow} is better), mean ± "
-            f"{CONFIDENCE:.0%} Student-t confidence interval over seeds (n = ok runs / all runs); "
-            f"p: Welch's t-test against {summary.attrs.get('baseline', 'fp32')}; cost: seed mean; shares: fraction of {basis} per "
-            f"format; best value per column in bold (compared on means).")
+    baseline = summary.attrs.get("baseline", "fp32")
+    text = (f"{summary.attrs.get('workload')}: {metric} ({arrow} is better), mean ± "
+            f"{CONFIDENCE:.0%} Student-t confidence interval over seeds (n = ok runs / all runs)")
+    if "iqm" in summary:
+        text += f"; IQM: interquartile mean with {CONFIDENCE:.0%} percentile-bootstrap interval"
+    if "p" in summary:
+        text += f"; p: Welch's t-test against {baseline}"
+    if "poi_baseline" in summary:
+        text += (f"; P>{baseline}, P>static: probability that a run beats a run of {baseline} / "
+                 f"of the best static plan")
+    text += (f"; cost: seed mean; shares: fraction of {basis} per format (unused formats left out); "
+             f"a unique best value per column in bold.")
+    return text
 
 
 def _cells(summary: pd.DataFrame, bold) -> tuple[list[str], list[list[str]]]:
     """Header and formatted body rows; ``bold(text)`` wraps a best cell."""
     mask = best_mask(summary)
-    header = ["controller", str(summary.attrs.get("quality_metric") or "quality"), "n"]
-    header += ["p"] if "p" in summary else []
+    baseline = summary.attrs.get("baseline", "fp32")
+    header = ["controller", str(summary.attrs.get("quality_metric") or "quality")]
+    header += ["IQM [95% CI]"] if "iqm" in summary else []
+    header += ["n"] + (["p"] if "p" in summary else [])
+    header += [f"P>{baseline}", "P>static"] if "poi_baseline" in summary else []
     header += [cost_label(c) for c in summary.attrs.get("costs", [])]
     header += ["% " + c[len("share_"):] for c in summary if c.startswith("share_")]
     header += ["skipped"] if "skipped_steps" in summary else []
     rows = []
     for name, r in summary.iterrows():
         m = mask.loc[name]
-        q = _num(r["quality"]) + (f" ± {_num(r['quality_ci95'])}" if _finite(r["quality_ci95"]) else "")
-        cells = [str(name), bold(q) if m["quality"] else q, f"{int(r['n'])}/{int(r['n_runs'])}"]
+        q = sig(r["quality"]) + (f" ± {sig(r['quality_ci95'], 2)}" if _finite(r["quality_ci95"]) else "")
+        cells = [str(name), bold(q) if m["quality"] else q]
+        if "iqm" in summary:
+            iq = sig(r["iqm"]) + (f" [{sig(r['iqm_lo'])}, {sig(r['iqm_hi'])}]" if _finite(r["iqm_lo"]) else "")
+            cells.append(bold(iq) if m["iqm"] else iq)
+        cells.append(f"{int(r['n'])}/{int(r['n_runs'])}")
         if "p" in summary:
             cells.append(_p(r["p"]))
+        if "poi_baseline" in summary:
+            cells += [_prob(r["poi_baseline"]), _prob(r["poi_best_static"])]
         for c in summary.attrs.get("costs", []):
-            cells.append(bold(_num(r[c])) if m[c] else _num(r[c]))
+            cells.append(bold(sig(r[c])) if m[c] else sig(r[c]))
         cells += [_pct(r[c]) for c in summary if c.startswith("share_")]
         if "skipped_steps" in summary:
-            s = f"{r['skipped_steps']:.3g}" if _finite(r["skipped_steps"]) else "–"
+            s = sig(r["skipped_steps"]) if _finite(r["skipped_steps"]) else "–"
             cells.append(bold(s) if m["skipped_steps"] else s)
         rows.append(cells)
     return header, rows
+
+
+def _column_groups(n_columns: int, limit: int = MAX_COLUMNS) -> list[list[int]]:
+    """Column indices of each part when a table of ``n_columns`` (the first being the row
+    name) is split into parts of at most ``limit`` columns, the row name repeated in each."""
+    rest = list(range(1, n_columns))
+    width = limit - 1
+    return [[0] + rest[i:i + width] for i in range(0, len(rest), width)] or [[0]]
 
 
 def to_markdown(summary: pd.DataFrame) -> str:
@@ -116,17 +160,25 @@ def to_markdown(summary: pd.DataFrame) -> str:
     return f"{caption(summary)}\n\n" + "\n".join(lines) + "\n"
 
 
-def to_latex(summary: pd.DataFrame, label: str | None = None) -> str:
-    """A booktabs ``table`` environment (best values in ``\\textbf``), caption included."""
+def to_latex(summary: pd.DataFrame, label: str | None = None, max_columns: int = MAX_COLUMNS) -> str:
+    """Booktabs ``table`` environments (best values in ``\\textbf``), captions included; a table
+    wider than ``max_columns`` is split into parts that each repeat the controller column
+    (labels ``<label>`` for the first part, ``<label>-2``, ... for the others)."""
     header, rows = _cells(summary, lambda s: f"\\textbf{{{s}}}")
     esc = _latex_escape
-    body = [" & ".join(esc(h) for h in header) + r" \\", r"\midrule"]
-    body += [" & ".join(_latex_cell(c) for c in r) + r" \\" for r in rows]
-    label_line = f"\\label{{{label}}}\n" if label else ""
-    return ("\\begin{table}[t]\n\\centering\n\\small\n"
-            f"\\caption{{{esc(caption(summary))}}}\n{label_line}"
-            f"\\begin{{tabular}}{{l{'r' * (len(header) - 1)}}}\n\\toprule\n"
-            + "\n".join(body) + "\n\\bottomrule\n\\end{tabular}\n\\end{table}\n")
+    groups = _column_groups(len(header), max_columns)
+    out = []
+    for k, cols in enumerate(groups, start=1):
+        part = f" (part {k} of {len(groups)})" if len(groups) > 1 else ""
+        body = [" & ".join(esc(header[i]) for i in cols) + r" \\", r"\midrule"]
+        body += [" & ".join(_latex_cell(r[i]) for i in cols) + r" \\" for r in rows]
+        lab = label if k == 1 else (f"{label}-{k}" if label else None)
+        label_line = f"\\label{{{lab}}}\n" if lab else ""
+        out.append("\\begin{table}[t]\n\\centering\n\\small\n"
+                   f"\\caption{{{esc(caption(summary) + part)}}}\n{label_line}"
+                   f"\\begin{{tabular}}{{l{'r' * (len(cols) - 1)}}}\n\\toprule\n"
+                   + "\n".join(body) + "\n\\bottomrule\n\\end{tabular}\n\\end{table}\n")
+    return "\n".join(out)
 
 
 def _latex_cell(text: str) -> str:
@@ -137,7 +189,7 @@ def _latex_cell(text: str) -> str:
 
 def _latex_escape(text: str) -> str:
     for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"),
-                 ("#", r"\#"), ("±", r"$\pm$"), ("<", r"$<$"), ("–", "--")):
+                 ("#", r"\#"), ("±", r"$\pm$"), ("<", r"$<$"), (">", r"$>$"), ("–", "--")):
         text = text.replace(a, b)
     return text
 
@@ -149,12 +201,22 @@ def _finite(x) -> bool:
         return False
 
 
-def _num(x) -> str:
+def sig(x, digits: int = 3) -> str:
+    """``x`` to ``digits`` significant figures; scientific (``1.80e-04``) below 1e-3 and from
+    1e5 up, so small errors never print as zero; "–" for missing or non-finite values."""
     if not _finite(x):
         return "–"
     x = float(x)
-    digits = 3 if abs(x) < 10 else 2 if abs(x) < 100 else 1
-    return f"{x:.{digits}f}"
+    if x == int(x) and abs(x) < 1e5:
+        return str(int(x))  # counts (skipped steps) and exact integers stay integers
+    if abs(x) < 1e-3 or abs(x) >= 1e5:
+        return f"{x:.{digits - 1}e}"
+    decimals = max(0, digits - 1 - int(math.floor(math.log10(abs(x)))))
+    return f"{x:.{decimals}f}"
+
+
+def _prob(x) -> str:
+    return f"{float(x):.2f}" if _finite(x) else "–"
 
 
 def _p(x) -> str:

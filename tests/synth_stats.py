@@ -21,8 +21,9 @@ def layer_stats(name, fmt, step=0, grad=None, **act):
                       grad=grad or tensor(), weight=tensor(), wgrad=tensor())
 
 
-def record(step, plan, stats=None, loss=1.0, skipped=False, scale=1.0):
-    return StepRecord(step=step, loss=loss, skipped=skipped, loss_scale=scale, plan=plan, stats=stats)
+def record(step, plan, stats=None, loss=1.0, skipped=False, scale=1.0, gradients=None):
+    return StepRecord(step=step, loss=loss, skipped=skipped, loss_scale=scale, plan=plan, stats=stats,
+                      gradients=gradients)
 
 
 def clean_stats(plan, step=0, **overrides):

@@ -110,7 +110,8 @@ def test_timeline_image_is_the_format_matrix():
         assert to_hex(mesh.cmap(mesh.norm(code))) == FORMAT_COLORS[fmt].lower()
     switches = next(c for c in ax.collections if c.get_gid() == "switches")
     assert switches.get_offsets().tolist() == [[10, 0]]
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["fp32", "bf16", "fp16", "fp8_e4m3"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == \
+        ["fp32", "bf16", "fp16", "fp8_e4m3", "plan switch"]
 
 
 def test_timeline_rejects_unknown_formats():

@@ -27,7 +27,8 @@ def test_summary_numbers_and_best_in_column(tmp_path):
     assert best["quality"].to_dict() == {"bf16": True, "fp32": False, "fp8_e4m3": False}
     assert best["rel_cost_a100"].to_dict() == {"bf16": True, "fp32": False, "fp8_e4m3": False}
     assert best["rel_cost_h100"].to_dict() == {"bf16": False, "fp32": False, "fp8_e4m3": True}
-    assert best["skipped_steps"].to_dict() == {"bf16": True, "fp32": True, "fp8_e4m3": False}  # tie
+    # a tie is no best: nothing bold (issue 17: "bold only a unique best")
+    assert best["skipped_steps"].to_dict() == {"bf16": False, "fp32": False, "fp8_e4m3": False}
     assert not best["share_bf16"].any() and not best["n"].any()  # unranked columns
 
 
@@ -51,6 +52,6 @@ def test_latex_is_booktabs_and_escaped(tmp_path):
     tex = to_latex(_summary(tmp_path), label="tab:x")
     for token in (r"\toprule", r"\midrule", r"\bottomrule", r"\label{tab:x}", r"fp8\_e4m3", r"$\pm$"):
         assert token in tex
-    assert tex.count(r"\textbf{") == 5  # quality, two costs, two tied skip columns
+    assert tex.count(r"\textbf{") == 4  # quality, its IQM, two costs; the tied skip column none
     body = tex.split(r"\midrule")[1].split(r"\bottomrule")[0]
     assert "_" not in body.replace(r"\_", "")

@@ -43,17 +43,18 @@ def test_muppet_threshold_matches_the_paper():
 
 
 def fake_step(ctl, layer, step, grads):
-    """Give ``layer`` the gradient ``grads`` and let the controller observe step ``step``."""
+    """Let the controller observe step ``step`` with ``grads`` as ``layer``'s gradients (the
+    runtime's layout: the layer's own parameter gradients flattened and concatenated)."""
     from tests.synth_stats import record
-    layer.weight.grad, layer.bias.grad = grads
-    ctl.observe(record(step, ctl.plan))
+    flat = {"lin": torch.cat([g.reshape(-1) for g in grads])}
+    ctl.observe(record(step, ctl.plan, gradients=flat if ctl.wants_gradients(step) else None))
     return ctl.decide(step + 1)
 
 
 def test_muppet_switches_up_the_ladder_when_diversity_falls():
     lin = nn.Linear(8, 8)
     ctl = MuPPET(interval=4, batches=4, patience=2)
-    ctl.setup(context(["lin"], modules={"lin": lin}, layer_types={"lin": "Linear"}))
+    ctl.setup(context(["lin"], layer_types={"lin": "Linear"}))
     assert ctl.ladder == ["bf16", "fp32"]  # fp16 left out on CPU (native executor)
     g = torch.Generator().manual_seed(0)
     plans, reasons = [], {}

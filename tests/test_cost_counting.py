@@ -1,4 +1,5 @@
 """FLOP and byte counts per layer against the analytic formulas."""
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -19,7 +20,7 @@ def conv_flops(batch, c_in, c_out, k, h_out, w_out, groups=1):
 def test_linear_flops_equal_formula_and_backward_is_twice_forward():
     model = nn.Sequential(nn.Linear(12, 24), nn.Tanh(), nn.Linear(24, 6))
     cm = CostModel.count(model, torch.randn(5, 12))
-    t = cm.layer_table().set_index("layer")
+    t = pd.DataFrame(cm.layer_table()).set_index("layer")
     assert t.loc["0", "fwd_flops"] == linear_flops(5, 12, 24)
     assert t.loc["2", "fwd_flops"] == linear_flops(5, 24, 6)
     # the first layer's input needs no gradient (training): weight gradient only
@@ -37,7 +38,7 @@ def test_conv2d_flops_equal_formula(stride, padding, groups):
     x = torch.randn(2, 3, 9, 9)
     h_out = (9 + 2 * padding - 3) // stride + 1
     cm = CostModel.count(model, x)
-    t = cm.layer_table().set_index("layer")
+    t = pd.DataFrame(cm.layer_table()).set_index("layer")
     fwd = conv_flops(2, 4, 6, 3, h_out, h_out, groups)
     assert t.loc["1", "fwd_flops"] == fwd
     assert t.loc["1", "bwd_flops"] == 2 * fwd
@@ -49,7 +50,7 @@ def test_attention_core_owns_its_matmuls_and_projections_own_theirs():
     b, t_len, d = 2, 7, 8
     model = nn.Sequential(nn.Linear(d, d), AttentionBlock(d))
     cm = CostModel.count(model, torch.randn(b, t_len, d))
-    table = cm.layer_table().set_index("layer")
+    table = pd.DataFrame(cm.layer_table()).set_index("layer")
     assert "1.core" in cm.layers and "1" not in cm.layers  # the block itself owns nothing
     qk_and_av = 2 * (2 * b * t_len * t_len * d)
     assert table.loc["1.core", "fwd_flops"] == qk_and_av
@@ -72,7 +73,7 @@ def test_nested_layer_owns_only_its_own_ops():
 
     model = nn.Sequential(nn.Linear(6, 6), Mixer())
     cm = CostModel.count(model, torch.randn(3, 6))
-    t = cm.layer_table().set_index("layer")
+    t = pd.DataFrame(cm.layer_table()).set_index("layer")
     assert t.loc["1", "fwd_flops"] == linear_flops(3, 6, 6)   # x @ scale only
     assert t.loc["1.inner", "fwd_flops"] == linear_flops(3, 6, 6)
     assert t.loc["1", "bwd_flops"] == 2 * linear_flops(3, 6, 6)
@@ -82,7 +83,7 @@ def test_nested_layer_owns_only_its_own_ops():
 def test_parallel_branches_are_charged_to_their_own_layers_in_backward():
     model = nn.Sequential(nn.Linear(5, 5), Residual(5), Residual(5))
     cm = CostModel.count(model, torch.randn(4, 5))
-    t = cm.layer_table().set_index("layer")
+    t = pd.DataFrame(cm.layer_table()).set_index("layer")
     for name in ("1.body.0", "1.body.2", "1.shortcut", "2.body.0", "2.shortcut"):
         assert t.loc[name, "fwd_flops"] == linear_flops(4, 5, 5)
         assert t.loc[name, "bwd_flops"] == 2 * linear_flops(4, 5, 5), name
@@ -99,7 +100,7 @@ def test_root_level_ops_are_unattributed():
 
     cm = CostModel.count(Root(), torch.randn(2, 4))
     assert cm.other_fwd == {"matmul": linear_flops(2, 4, 3)}
-    assert cm.total_flops == sum(cm.layer_table()[["fwd_flops", "bwd_flops"]].sum()) + 2 * linear_flops(2, 4, 3)
+    assert cm.total_flops == sum(pd.DataFrame(cm.layer_table())[["fwd_flops", "bwd_flops"]].sum()) + 2 * linear_flops(2, 4, 3)
 
 
 def test_counting_leaves_model_state_untouched():
@@ -139,7 +140,7 @@ def test_unknown_layer_name_is_a_clear_error():
 def test_transposed_conv_flops_equal_formula():
     model = nn.Sequential(nn.Conv2d(2, 3, 1), nn.ConvTranspose2d(3, 4, 3, stride=2))
     cm = CostModel.count(model, torch.randn(2, 2, 5, 5))
-    t = cm.layer_table().set_index("layer")
+    t = pd.DataFrame(cm.layer_table()).set_index("layer")
     fwd = 2 * 2 * 5 * 5 * 3 * 4 * 3 * 3  # every input pixel meets the whole kernel
     assert t.loc["1", "fwd_flops"] == fwd
     assert t.loc["1", "bwd_flops"] == 2 * fwd
@@ -162,7 +163,7 @@ def test_every_zoo_flop_is_owned_by_a_layer(name):
     cm = CostModel.count(model, x)
     assert cm.other_fwd == {} and cm.other_bwd == {}
     assert cm.layers and sorted(cm.layers) == sorted(discover_layers(model))
-    t = cm.layer_table()
+    t = pd.DataFrame(cm.layer_table())
     flopped = t[t["fwd_flops"] > 0]
     assert len(flopped) > 0
     # backward: the weight gradient (1x forward) plus the input gradient (1x) unless it is the input
@@ -176,6 +177,6 @@ def test_gpt_attention_core_owns_the_attention_matmuls():
     model = GPT(vocab_size=32, block_size=t_len, n_layer=1, n_head=2, n_embd=d)
     cm = CostModel.count(model, torch.randint(0, 32, (b, t_len)))
     cores = [n for n in cm.layers if type(dict(model.named_modules())[n]).__name__ == "CausalAttentionCore"]
-    table = cm.layer_table().set_index("layer")
+    table = pd.DataFrame(cm.layer_table()).set_index("layer")
     assert len(cores) == 1
     assert table.loc[cores[0], "fwd_flops"] == 2 * (2 * b * t_len * t_len * d)  # q k^T and a v, all heads

@@ -85,9 +85,10 @@ def test_inference_pricing_is_forward_only():
     plan = Plan({"inp": "bf16", "mid": "bf16", "head": "fp32"})
     train_cost, infer_cost = cm.price(plan, "h100"), cm.price(plan, "h100", inference=True)
     assert infer_cost.total < train_cost.total
-    assert (infer_cost.per_layer["bwd"] == 0).all() and (infer_cost.per_layer["weight_cast"] == 0).all()
+    assert all(r["bwd"] == 0 and r["weight_cast"] == 0 for r in infer_cost.per_layer)
     # activation casts are paid once (forward) instead of twice (forward + gradient)
-    assert infer_cost.per_layer["act_cast"].sum() == pytest.approx(train_cost.per_layer["act_cast"].sum() / 2)
+    assert sum(r["act_cast"] for r in infer_cost.per_layer) == pytest.approx(
+        sum(r["act_cast"] for r in train_cost.per_layer) / 2)
 
 
 @pytest.mark.slow

@@ -327,7 +327,7 @@ def test_mixed_plan_with_fp8_bf16_and_fp32_layers():
 
 # -- auto -----------------------------------------------------------------------------------------
 def test_auto_runs_fast_formats_natively_and_the_rest_emulated(monkeypatch, caplog):
-    from adaprec.runtime.executors import emulated as ee
+    from adaprec.runtime.executors import auto as ee
     # as on an AMX-BF16 CPU without fp16 support (this machine); fixed so the test is portable
     monkeypatch.setattr(ee, "_cpu_has_fast", lambda fmt: fmt.name == "bf16")
     model = convnet()
@@ -335,7 +335,7 @@ def test_auto_runs_fast_formats_natively_and_the_rest_emulated(monkeypatch, capl
     seen = {}
     model[3].register_forward_hook(lambda m, a, o: seen.update(conv_bf16=o.dtype))
     model[0].register_forward_hook(lambda m, a, o: seen.update(conv_fp16=o.dtype))
-    with caplog.at_level("INFO", logger="adaprec.runtime.executors.native"):
+    with caplog.at_level("INFO", logger="adaprec.runtime.executors.auto"):
         ap = AdaptivePrecision(model, controller=FixedPlan(plan, default="fp32"), executor="auto")
     assert ap.executor.choices == {"0": "emulated", "1": "emulated", "3": "native", "4": "native",
                                    "8": "emulated"}
@@ -349,7 +349,7 @@ def test_auto_runs_fast_formats_natively_and_the_rest_emulated(monkeypatch, capl
 
 
 def test_auto_capability_rule():
-    from adaprec.runtime.executors import emulated as ee
+    from adaprec.runtime.executors import auto as ee
     assert ee.native_is_fast(get_format("fp32"), "conv", "cpu")
     assert not ee.native_is_fast(FP8_E4M3, "matmul", "cpu")
     assert not ee.native_is_fast(FP8_E5M2, "matmul", "cuda")
@@ -359,7 +359,7 @@ def test_auto_capability_rule():
 
 
 def test_auto_with_global_autocast_controller_is_native_where_fast(monkeypatch):
-    from adaprec.runtime.executors import emulated as ee
+    from adaprec.runtime.executors import auto as ee
     from adaprec.controllers import Autocast
     monkeypatch.setattr(ee, "_cpu_has_fast", lambda fmt: fmt.name == "bf16")
     x, y = data((16,), 5)

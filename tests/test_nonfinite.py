@@ -185,8 +185,6 @@ def _first_nonfinite_layer_by_hand(cfg, run_dir, step):
 
 def test_culprit_replay_leaves_fp8_scaling_state_untouched():
     """The replay re-runs casts; the emulated executor's amax histories must not record them."""
-    from adaprec.precision import executor_state
-
     def run(replay: bool):
         model = _mlp()
         ap = AdaptivePrecision(model, controller=Static("fp8_e4m3"), executor="emulated",
@@ -207,7 +205,7 @@ def test_culprit_replay_leaves_fp8_scaling_state_untouched():
             rec = ap.step(opt, replay=fwd_bwd if replay else None)
             if rec.step == 1:
                 assert rec.skipped and rec.nonfinite_layer == ("2" if replay else None)
-        return executor_state(ap.executor)["fp8"], [p.detach().clone() for p in model.parameters()]
+        return ap.executor.state_dict()["fp8"], [p.detach().clone() for p in model.parameters()]
 
     (with_replay, w1), (without, w2) = run(True), run(False)
     assert len(with_replay) == len(without) > 0

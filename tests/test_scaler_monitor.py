@@ -1,4 +1,5 @@
 """Loss scaling follows GradScaler's state machine; the monitor samples only when asked."""
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -82,7 +83,7 @@ def test_monitor_samples_every_n_steps_with_all_kinds():
     assert stats.weight.numel == 8 * 16 + 16  # weight and bias combined
     assert stats.wgrad.norm == pytest.approx(
         torch.cat([p.grad.flatten() for p in model[0].parameters()]).norm().item(), rel=1e-5)
-    frame = ap.latest_stats()
+    frame = pd.DataFrame(ap.latest_stats())
     assert list(frame["layer"]) == ["0", "2"] and "grad_fp16_underflow" in frame
     assert not ap.monitor._pending  # nothing left queued on unsampled steps
 

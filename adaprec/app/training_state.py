@@ -12,7 +12,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from adaprec.app.build import Training
 from adaprec.app.checkpoint import CheckpointError, rng_state, set_rng_state
-from adaprec.cost import CostMeter
 
 __all__ = ["Progress", "checkpoint_state", "restore", "check_resumable", "comparable_config"]
 
@@ -71,13 +70,15 @@ def checkpoint_state(cfg: DictConfig, step: int, t: Training, progress: Progress
     return {"step": step, "model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(),
             "scheduler": t.scheduler.state_dict(), "precision": t.ap.state_dict(),
             "rng": rng_state(), "counters": progress.counters(), "last_eval": dict(progress.last_eval),
-            "wall_s": wall_s, "config": comparable_config(cfg), "cost_meter": _meter_state(t.meter)}
+            "wall_s": wall_s, "config": comparable_config(cfg),
+            "cost_meter": t.meter.state_dict() if t.meter else None}  # its totals; prices are rebuilt
 
 
 def restore(state: dict[str, Any], t: Training, progress: Progress) -> int:
     """Load ``state`` into the freshly built objects and ``progress``; returns the steps done."""
     t.model.load_state_dict(state["model"])
-    _load_meter_state(t.meter, state.get("cost_meter"))
+    if t.meter is not None and state.get("cost_meter") is not None:
+        t.meter.load_state_dict(state["cost_meter"])
     t.optimizer.load_state_dict(state["optimizer"])
     t.scheduler.load_state_dict(state["scheduler"])
     t.ap.load_state_dict(state["precision"])
@@ -88,16 +89,3 @@ def restore(state: dict[str, Any], t: Training, progress: Progress) -> int:
     set_rng_state(state["rng"])  # last: building the objects above may draw random numbers
     return int(state["step"])
 
-
-def _meter_state(meter: CostMeter | None) -> dict | None:
-    """The cost meter's run totals (its prices are recomputed from the config on resume)."""
-    if meter is None:
-        return None
-    return {"steps": meter.steps, "cost": dict(meter._cost), "flops": dict(meter._flops)}
-
-
-def _load_meter_state(meter: CostMeter | None, state: dict | None) -> None:
-    if meter is not None and state is not None:
-        meter.steps = int(state["steps"])
-        meter._cost.update(state["cost"])
-        meter._flops.update(state["flops"])

@@ -16,15 +16,13 @@ from __future__ import annotations
 
 from adaprec.runtime.plan import Plan
 from adaprec.controllers._common import allowed_formats, check_formats, check_range, flush_rate, quant_mse, root_format
-from adaprec.controllers.base import ControllerContext, StepRecord
+from adaprec.controllers.base import Controller, ControllerContext, StepRecord
 
 __all__ = ["Autoswitch"]
 
 
-class Autoswitch:
+class Autoswitch(Controller):
     """Stateless per-layer switch between ``low`` and ``high`` (see module docstring)."""
-
-    global_autocast = False
 
     def __init__(self, low: str = "bf16", high: str = "fp32", underflow_max: float = 0.05,
                  mse_max: float = 1e-4, cpu_fp16: bool = False):

@@ -40,13 +40,13 @@ from adaprec.runtime.plan import Plan
 from adaprec.controllers._common import allowed_formats, cheapest_first, check_formats, check_range, relative_costs, root_format
 from adaprec.controllers.budget import Budget
 from adaprec.controllers._window import Window, summarize_step
-from adaprec.controllers.base import ControllerContext, StepRecord
+from adaprec.controllers.base import Controller, ControllerContext, StepRecord
 from adaprec.controllers.policies import POLICIES, Policy, make_policy
 
 __all__ = ["Bandit"]
 
 
-class Bandit:
+class Bandit(Controller):
     """Per-layer bandits choosing each layer's format (see module docstring for the reward).
 
     Args:
@@ -58,8 +58,6 @@ class Bandit:
             D-UCB gamma, SW-UCB window in decisions, Thompson noise, EXP3 mixing, Hedge rate).
         seed: seeds the generator the randomized algorithms draw from.
     """
-
-    global_autocast = False
 
     def __init__(self, algorithm: str = "ucb1", formats: Sequence[str] = ("bf16", "fp16", "fp32"),
                  interval: int = 10, cost_weight: float = 1.0, nonfinite_penalty: float = 1.0,

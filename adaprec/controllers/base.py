@@ -3,12 +3,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
+
+import torch
 
 from adaprec.runtime.plan import Plan
 from adaprec.numerics.stats import LayerStats
 
-__all__ = ["Controller", "StepRecord", "ControllerContext"]
+__all__ = ["Controller", "StepRecord", "ControllerContext", "with_defaults"]
 
 
 @dataclass(frozen=True)
@@ -17,6 +20,10 @@ class StepRecord:
 
     ``stats`` is None on unsampled steps. ``nonfinite_layer`` names the first layer whose
     outputs (forward order) or output gradients (backward order) went non-finite, if known.
+    ``gradients`` (only on steps the controller asked for, see
+    :meth:`Controller.wants_gradients`, and None on skipped steps): per layer, its own
+    parameters' unscaled gradients flattened and concatenated in fp32 (a copy), as measured by
+    the runtime after the optimizer step.
     """
 
     step: int
@@ -26,6 +33,7 @@ class StepRecord:
     plan: Plan
     stats: Mapping[str, LayerStats] | None = None
     nonfinite_layer: str | None = None
+    gradients: Mapping[str, torch.Tensor] | None = None
 
 
 @dataclass
@@ -36,8 +44,8 @@ class ControllerContext:
     profile); ``cheapness`` lists formats cheapest first. Both come from the cost model when
     one is configured, else from a documented default order. ``layer_types`` maps each layer
     to its module's class name (e.g. ``"Conv2d"``), ``executor`` names the executor, so a
-    controller can leave out formats the device cannot run fast; ``modules`` maps each layer
-    to its ``nn.Module`` for controllers that read parameters or gradients (MuPPET).
+    controller can leave out formats the device cannot run fast. Controllers never see the
+    modules: what they measure comes through :class:`StepRecord`.
     """
 
     layers: Sequence[str]
@@ -46,7 +54,6 @@ class ControllerContext:
     cheapness: Sequence[str] = ("bf16", "fp16", "fp32")
     layer_types: Mapping[str, str] | None = None
     executor: str = "native"
-    modules: Mapping[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -54,10 +61,24 @@ class ControllerContext:
 class Controller(Protocol):
     """Decides each layer's format. ``decide(step)`` returns the plan for step ``step``.
 
-    Optional: ``setup(context)`` is called once before the first ``decide``; ``reasons``
-    (layer -> text) explains the last decision; ``global_autocast`` (bool) asks for one global
-    autocast region instead of per-layer ones.
+    Required: ``observe``, ``decide``, ``state_dict``, ``load_state_dict``. Optional, with the
+    defaults below (subclass ``Controller`` to inherit them; a controller that only has the
+    required members gets them from :func:`with_defaults`): ``setup(context)``, called once
+    before the first ``decide``; ``reasons`` (layer -> text) explaining the last decision;
+    ``wants_gradients(step)``, whether step ``step``'s record should carry per-layer gradients.
+
+    How the executor runs a plan (a region per layer, or one global autocast region) is the
+    plan's own ``region``, so a controller asks for it by the plans it returns.
     """
+
+    reasons: Mapping[str, str] = MappingProxyType({})
+
+    def setup(self, context: ControllerContext) -> None:
+        """Called once with the layers (and costs, if known) before the first ``decide``."""
+
+    def wants_gradients(self, step: int) -> bool:
+        """Whether the record of step ``step`` should carry ``gradients`` (default: never)."""
+        return False
 
     def observe(self, record: StepRecord) -> None: ...
 
@@ -66,3 +87,35 @@ class Controller(Protocol):
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict) -> None: ...
+
+
+_REQUIRED = ("observe", "decide", "state_dict", "load_state_dict")
+_OPTIONAL = ("setup", "reasons", "wants_gradients")
+
+
+class _WithDefaults:
+    """``controller`` with the Protocol's defaults for the optional members it lacks."""
+
+    def __init__(self, controller: Any):
+        self._controller = controller
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "_controller":  # not set yet (copy/pickle protocols probe the bare object)
+            raise AttributeError(name)
+        try:
+            return getattr(self._controller, name)
+        except AttributeError:
+            if name not in _OPTIONAL:
+                raise
+            default = getattr(Controller, name)
+            return default.__get__(self._controller) if callable(default) else default
+
+
+def with_defaults(controller: Any) -> Controller:
+    """``controller`` itself when it has every member of :class:`Controller`, else a view of it
+    that adds the defaults of the optional ones. A missing required member is a clear error."""
+    missing = [m for m in _REQUIRED if not callable(getattr(controller, m, None))]
+    if missing:
+        raise TypeError(f"{type(controller).__name__} is not a controller: it lacks "
+                        f"{', '.join(missing)} (see adaprec.controllers.Controller)")
+    return controller if isinstance(controller, Controller) else _WithDefaults(controller)

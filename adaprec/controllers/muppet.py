@@ -18,6 +18,10 @@ Adaptation: the paper climbs a ladder of fixed-point word lengths (8, 12, 14, 16
 fp32). Here the rungs are float formats ordered by mantissa precision: bf16 (8 significand
 bits) -> fp16 (11) -> fp32 (24). A rung some layer cannot run on this device (fp16 on CPU with
 the native executor) is left out, so the CPU ladder is bf16 -> fp32.
+
+The gradients come from the runtime: :meth:`MuPPET.wants_gradients` asks for them on the
+window's last ``batches`` steps, and each such :class:`~adaprec.controllers.base.StepRecord`
+carries them (``record.gradients``); the controller never touches the model.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ import torch
 
 from adaprec.runtime.plan import Plan
 from adaprec.controllers._common import allowed_formats, check_formats, check_range
-from adaprec.controllers.base import ControllerContext, StepRecord
+from adaprec.controllers.base import Controller, ControllerContext, StepRecord
 
 __all__ = ["MuPPET", "muppet_threshold"]
 
@@ -38,7 +42,7 @@ def muppet_threshold(e: int) -> float:
     return 1.0 + 1.5 * math.exp(-0.1 * e)
 
 
-class MuPPET:
+class MuPPET(Controller):
     """Global bf16 -> fp16 -> fp32 switching on falling gradient diversity (see module docstring).
 
     Args:
@@ -48,8 +52,6 @@ class MuPPET:
         patience: consecutive checks with p > T(e) before switching.
         cpu_fp16: keep the fp16 rung on CPU with the native executor (slow kernels).
     """
-
-    global_autocast = False
 
     def __init__(self, ladder: Sequence[str] = ("bf16", "fp16", "fp32"), interval: int = 20,
                  batches: int = 4, patience: int = 2, cpu_fp16: bool = False):
@@ -63,7 +65,6 @@ class MuPPET:
         self.cpu_fp16 = bool(cpu_fp16)
         self.reasons: dict[str, str] = {}
         self._layers: list[str] = []
-        self._params: dict[str, list[torch.nn.Parameter]] = {}
         self._rung = 0
         self._checks = 0
         self._violations = 0
@@ -73,28 +74,28 @@ class MuPPET:
         self._sq: dict[str, float] = {}
 
     def setup(self, context: ControllerContext) -> None:
-        if context.modules is None:
-            raise ValueError("MuPPET reads gradients: it needs ControllerContext.modules "
-                             "(AdaptivePrecision supplies them)")
         self._layers = list(context.layers)
         dropped = [f for f in self.ladder if any(
             f not in allowed_formats([f], layer, context, self.cpu_fp16) for layer in self._layers)]
         self.ladder = [f for f in self.ladder if f not in dropped] or ["fp32"]
-        self._params = {l: [p for p in context.modules[l].parameters(recurse=False) if p.requires_grad]
-                        for l in self._layers}
         note = f" (left out, not runnable here: {', '.join(dropped)})" if dropped else ""
         self.reasons = {l: f"muppet start: ladder {' -> '.join(self.ladder)}{note}" for l in self._layers}
 
     # -- gradients ------------------------------------------------------------------------------
+    def wants_gradients(self, step: int) -> bool:
+        """The last ``batches`` steps of each window enter the diversity."""
+        return step % self.interval >= self.interval - self.batches  # position in the window
+
     def observe(self, record: StepRecord) -> None:
-        position = record.step % self.interval  # 0 .. interval-1 within the current window
-        if position < self.interval - self.batches or record.skipped:
+        if not self.wants_gradients(record.step) or record.skipped:
             return
-        for layer, params in self._params.items():
-            grads = [p.grad.detach().reshape(-1).float() for p in params if p.grad is not None]
-            if not grads:
+        if record.gradients is None:
+            raise ValueError(f"MuPPET needs the gradients of step {record.step} in its StepRecord "
+                             "(AdaptivePrecision supplies them when wants_gradients() asks)")
+        for layer in self._layers:
+            g = record.gradients.get(layer)
+            if g is None:
                 continue
-            g = torch.cat(grads)
             self._sum[layer] = g.clone() if layer not in self._sum else self._sum[layer] + g
             self._sq[layer] = self._sq.get(layer, 0.0) + float(g.square().sum())
 

@@ -5,15 +5,13 @@ from collections.abc import Mapping
 
 from adaprec.numerics.formats import FP32, get_format
 from adaprec.runtime.plan import Plan
-from adaprec.controllers.base import ControllerContext, StepRecord
+from adaprec.controllers.base import Controller, ControllerContext, StepRecord
 
 __all__ = ["Static", "FixedPlan", "Autocast"]
 
 
-class _StaticBase:
+class _StaticBase(Controller):
     """Shared plumbing: a plan built once in ``setup`` and returned forever."""
-
-    global_autocast = False
 
     def __init__(self) -> None:
         self._plan: Plan | None = None
@@ -80,8 +78,6 @@ class Autocast(_StaticBase):
     """The industry baseline: one global ``torch.autocast`` region with PyTorch's own op
     lists (``dtype`` bf16 or fp16), dynamic loss scaling when fp16."""
 
-    global_autocast = True
-
     def __init__(self, dtype: str = "bf16"):
         super().__init__()
         self.dtype = get_format(dtype).name
@@ -89,7 +85,7 @@ class Autocast(_StaticBase):
             raise ValueError(f"autocast dtype must be bf16 or fp16, got {dtype!r}")
 
     def _build(self, layers: list[str]) -> Plan:
-        return Plan.uniform(self.dtype, layers)
+        return Plan.uniform(self.dtype, layers, region="global")
 
     def describe(self) -> str:
         return f"autocast {self.dtype}"

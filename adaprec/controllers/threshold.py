@@ -25,12 +25,12 @@ from adaprec.controllers._common import (allowed_formats, check_formats, check_r
                       relative_costs)
 from adaprec.controllers._window import Window, summarize_step
 from adaprec.controllers.budget import Budget
-from adaprec.controllers.base import ControllerContext, StepRecord
+from adaprec.controllers.base import Controller, ControllerContext, StepRecord
 
 __all__ = ["Threshold"]
 
 
-class Threshold:
+class Threshold(Controller):
     """Rule-based per-layer switching between fp32, bf16 and fp16 (see module docstring).
 
     Args:
@@ -47,8 +47,6 @@ class Threshold:
         cost_budget: if set, the plan's modeled cost relative to all-fp32 never exceeds it;
             layers pushed up by numerics are paid for by moving others down (``budget``).
     """
-
-    global_autocast = False
 
     def __init__(self, overflow_max: float = 1e-4, underflow_max: float = 0.01,
                  rounding_err_max: float = 0.005, patience: int = 3, cooldown: int = 20,

@@ -75,6 +75,17 @@ class CostMeter:
             out[f"flop_share_{f}"] = n / self.steps if self.steps else float("nan")
         return out
 
+    # -- run state (checkpoints) ----------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """The run totals (prices are recomputed from the model and profiles on resume)."""
+        return {"steps": self.steps, "cost": dict(self._cost), "flops": dict(self._flops)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue the totals :meth:`state_dict` captured."""
+        self.steps = int(state["steps"])
+        self._cost.update(state["cost"])
+        self._flops.update(state["flops"])
+
     @property
     def controller_profile(self) -> DeviceProfile:
         """The profile controllers see: the first configured one that prices in seconds."""

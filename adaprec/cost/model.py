@@ -21,7 +21,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-import pandas as pd
 import torch
 from torch import nn
 
@@ -45,7 +44,9 @@ class PlanCost:
     rel_to_fp32: float              # total / total of the all-fp32 plan
     cast: float                     # part of ``total`` spent converting formats
     flop_shares: dict[str, float]   # plan format -> share of the step's FLOPs (fwd + bwd)
-    per_layer: pd.DataFrame = field(repr=False)
+    # one dict per layer: layer, format, runs_as, fwd, bwd, weight_cast, act_cast, total
+    # (``pandas.DataFrame(cost.per_layer)`` makes a table of it)
+    per_layer: list[dict] = field(repr=False)
 
     @property
     def seconds(self) -> float:
@@ -80,12 +81,13 @@ class CostModel:
         """Layer names in forward execution order."""
         return [c.name for c in self.counts]
 
-    def layer_table(self) -> pd.DataFrame:
-        """One row per layer: layer, fwd_flops, bwd_flops, macs, act_in_elems, act_out_elems, param_elems."""
+    def layer_table(self) -> list[dict]:
+        """One dict per layer: layer, fwd_flops, bwd_flops, macs, act_in_elems, act_out_elems,
+        param_elems, calls (``pandas.DataFrame(cm.layer_table())`` makes a table of it)."""
         rows = [{"layer": c.name, "fwd_flops": c.fwd_total, "bwd_flops": c.bwd_total, "macs": c.macs,
                  "act_in_elems": c.act_in_elems, "act_out_elems": c.act_out_elems,
                  "param_elems": c.param_elems, "calls": c.calls} for c in self.counts]
-        return pd.DataFrame(rows)
+        return rows
 
     @property
     def total_flops(self) -> int:
@@ -126,7 +128,7 @@ class CostModel:
         fp32_total, _, _ = self._price(Plan.uniform("fp32", self.layers), profile, inference)
         return PlanCost(profile=profile.name, unit=profile.unit, total=total,
                         rel_to_fp32=total / fp32_total if fp32_total else float("nan"), cast=cast,
-                        flop_shares=self.flop_shares(plan), per_layer=pd.DataFrame(rows))
+                        flop_shares=self.flop_shares(plan), per_layer=rows)
 
     def flop_shares(self, plan: Plan | Mapping[str, str] | str) -> dict[str, float]:
         """Share of the step's FLOPs (fwd + bwd) run in each plan format; all formats listed."""

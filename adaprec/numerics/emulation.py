@@ -72,6 +72,19 @@ class AmaxState:
         self.pos = 0
         self.last_scale = torch.ones((), dtype=torch.float32, device=device)
 
+    def state_dict(self) -> dict:
+        """Tensors and plain values (``torch.load(weights_only=True)``-safe), copied."""
+        return {"fmt_max": self.fmt_max, "pos": self.pos, "history": self.history.clone(),
+                "last_scale": self.last_scale.clone()}
+
+    @classmethod
+    def from_state(cls, config: FP8Config, state: dict) -> "AmaxState":
+        """The state :meth:`state_dict` captured, exactly (history length and device as saved)."""
+        self = cls.__new__(cls)
+        self.config, self.fmt_max, self.pos = config, float(state["fmt_max"]), int(state["pos"])
+        self.history, self.last_scale = state["history"].clone(), state["last_scale"].clone()
+        return self
+
     def scale_for(self, amax: torch.Tensor) -> torch.Tensor:
         """The scale for a tensor of amax ``amax``; records ``amax`` (delayed scaling)."""
         if self.config.scaling == "delayed":

@@ -11,7 +11,6 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
-import pandas as pd
 import torch
 from torch import nn
 
@@ -106,9 +105,19 @@ class Monitor:
         self.history.append(stats)
         return stats
 
-    def latest_frame(self) -> pd.DataFrame:
-        """The latest sampled statistics, one row per layer."""
-        return pd.DataFrame([s.as_row() for s in self.latest.values()])
+    def latest_rows(self) -> list[dict]:
+        """The latest sampled statistics, one flat dict per layer (``pandas.DataFrame(rows)``)."""
+        return [s.as_row() for s in self.latest.values()]
+
+    def layer_gradients(self) -> dict[str, torch.Tensor]:
+        """Per layer with any gradient: its own parameters' gradients, flattened and
+        concatenated in fp32 (a copy; controllers such as MuPPET measure diversity on them)."""
+        out = {}
+        for name, params in self._params.items():
+            grads = [p.grad.detach().reshape(-1).float() for p in params if p.grad is not None]
+            if grads:
+                out[name] = torch.cat(grads)
+        return out
 
     # -- hooks --------------------------------------------------------------------------------
     def _forward_hook(self, name: str):

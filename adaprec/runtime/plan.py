@@ -2,6 +2,10 @@
 
 The executor applies a Plan; the logger records its hash; controllers return a new one each
 decision. Layer names are qualified module names (``model.named_modules()``).
+
+``region`` says how an executor runs the plan: ``"layer"`` (default) opens a region per layer;
+``"global"`` asks for one ``torch.autocast`` region around the whole forward in the default
+format, PyTorch's op lists deciding per op (the autocast baseline). A global plan is uniform.
 """
 from __future__ import annotations
 
@@ -13,25 +17,36 @@ from pathlib import Path
 
 from adaprec.numerics.formats import get_format
 
-__all__ = ["Plan"]
+__all__ = ["Plan", "REGIONS"]
+
+REGIONS = ("layer", "global")
 
 
 class Plan(Mapping[str, str]):
     """Immutable ``layer -> format`` map. ``default`` covers the model's root and unlisted code."""
 
-    __slots__ = ("_entries", "_default", "_hash")
+    __slots__ = ("_entries", "_default", "_region", "_hash")
 
-    def __init__(self, entries: Mapping[str, str] | None = None, default: str = "fp32"):
+    def __init__(self, entries: Mapping[str, str] | None = None, default: str = "fp32",
+                 region: str = "layer"):
         self._default = get_format(default).name
         self._entries = {str(k): get_format(v).name for k, v in sorted((entries or {}).items())}
-        payload = json.dumps({"default": self._default, "entries": self._entries}, sort_keys=True)
-        self._hash = hashlib.sha1(payload.encode()).hexdigest()[:12]
+        if region not in REGIONS:
+            raise ValueError(f"plan region must be one of {', '.join(REGIONS)}, got {region!r}")
+        if region == "global" and any(f != self._default for f in self._entries.values()):
+            raise ValueError("a global-region plan runs every layer in its default format; "
+                             "use region='layer' for per-layer formats")
+        self._region = region
+        content = {"default": self._default, "entries": self._entries}
+        if region != "layer":  # per-layer plans keep the hashes they always had
+            content["region"] = region
+        self._hash = hashlib.sha1(json.dumps(content, sort_keys=True).encode()).hexdigest()[:12]
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
-    def uniform(cls, fmt: str, layers: Iterable[str]) -> "Plan":
-        """Every layer (and the default) in ``fmt``."""
-        return cls({name: fmt for name in layers}, default=fmt)
+    def uniform(cls, fmt: str, layers: Iterable[str], region: str = "layer") -> "Plan":
+        """Every layer (and the default) in ``fmt``; ``region="global"``: one autocast region."""
+        return cls({name: fmt for name in layers}, default=fmt, region=region)
 
     @classmethod
     def from_patterns(cls, patterns: Mapping[str, str], layers: Iterable[str],
@@ -71,13 +86,18 @@ class Plan(Mapping[str, str]):
         return self._default
 
     @property
+    def region(self) -> str:
+        """``"layer"`` (a region per layer) or ``"global"`` (one autocast region for all)."""
+        return self._region
+
+    @property
     def hash(self) -> str:
         """Stable 12-hex-digit digest of the plan's content (independent of insertion order)."""
         return self._hash
 
     def with_changes(self, changes: Mapping[str, str]) -> "Plan":
-        """A new plan with some layers reassigned."""
-        return Plan({**self._entries, **changes}, default=self._default)
+        """A new plan with some layers reassigned (same region)."""
+        return Plan({**self._entries, **changes}, default=self._default, region=self._region)
 
     def diff(self, other: "Plan") -> dict[str, tuple[str, str]]:
         """``{layer: (format here, format in other)}`` for every layer that differs."""
@@ -96,12 +116,16 @@ class Plan(Mapping[str, str]):
 
     # -- serialization ------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {"default": self._default, "entries": dict(self._entries), "hash": self._hash}
+        out = {"default": self._default, "entries": dict(self._entries), "hash": self._hash}
+        if self._region != "layer":
+            out["region"] = self._region
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "Plan":
         try:
-            return cls(data["entries"], default=data.get("default", "fp32"))
+            return cls(data["entries"], default=data.get("default", "fp32"),
+                       region=data.get("region", "layer"))
         except (KeyError, TypeError) as exc:
             raise ValueError("a plan needs the form {'default': fmt, 'entries': {layer: fmt}}") from exc
 
@@ -127,4 +151,5 @@ class Plan(Mapping[str, str]):
 
     def __repr__(self) -> str:
         shares = ", ".join(f"{k} {v:.0%}" for k, v in self.shares().items())
-        return f"Plan({len(self)} layers, default={self._default}, {shares}, hash={self._hash})"
+        region = f", region={self._region}" if self._region != "layer" else ""
+        return f"Plan({len(self)} layers, default={self._default}, {shares}{region}, hash={self._hash})"

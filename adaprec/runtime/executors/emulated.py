@@ -1,4 +1,4 @@
-"""Emulated and auto executors: a layer's format applied by rounding fp32 values.
+"""The emulated executor: a layer's format applied by rounding fp32 values.
 
 :class:`EmulatedExecutor` runs every layer in fp32 kernels. For a layer in a narrower format
 its floating inputs and its own parameters are rounded to the format before the layer's ops,
@@ -17,24 +17,22 @@ matmul/conv/linear, softmax, dropout and elementwise add/sub/mul/div calls (soft
 uses the rounded softmax output, as the native kernel uses its low-precision result). Ops
 outside every layer (residual adds, pooling, the loss) run in fp32. fp8 layers use the same
 boundaries, each tensor role (``input:0``, ``weight:weight``, ``output``, ``grad_output``, ...)
-with its own scaling state in ``executor.fp8_states``.
+with its own scaling state in ``executor.fp8_states`` (checkpointed by ``state_dict()``).
 
 Already-rounded inputs are not rounded again: a layer's output is tagged with its format and
 the tensor's version counter (passed through ReLU/MaxPool/Flatten/Identity modules, which keep
 values on the grid), and the next layer in the same format skips that input (its gradient is
 rounded by the producer's output rounding, so numerics are unchanged).
 
-:class:`AutoExecutor` decides per layer: native autocast where a capability probe says the
-device computes that format fast (bf16 on an AMX/AVX512-BF16 CPU, fp16/bf16 on CUDA), emulation
-where it does not (fp16 on a CPU without AVX512-FP16/AMX-FP16, where convolution training takes
-minutes per step) and always for fp8. ``executor.choices`` and a log line per layer show it.
+The ``auto`` executor (:mod:`adaprec.runtime.executors.auto`) composes this one with the
+native executor, layer by layer.
 """
 from __future__ import annotations
 
-import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Iterator
 
 import torch
@@ -44,13 +42,11 @@ from torch.overrides import TorchFunctionMode
 
 from adaprec.numerics.emulation import (AmaxState, FP8Config, RoundedSoftmaxFn, RoundFn, ScaledRoundFn,
                         round_scaled, round_to, round_tree)
-from adaprec.runtime.executors.native import cast_floating
 from adaprec.numerics.formats import FP32, Format, get_format
+from adaprec.runtime.executors.base import hook_layers as _hook_layers
 from adaprec.runtime.plan import Plan
 
-__all__ = ["EmulatedExecutor", "AutoExecutor", "native_is_fast", "layer_family"]
-
-log = logging.getLogger("adaprec.runtime.executors.native")
+__all__ = ["EmulatedExecutor"]
 
 _LOW_DTYPES = (torch.float16, torch.bfloat16)
 _TAG = "_adaprec_rounded"
@@ -81,8 +77,7 @@ class _Frame:
 
     layer: str | None
     fmt: Format
-    kind: str  # "fp32" | "native" | "emulated"
-    ctx: Any = None  # the autocast context this frame entered, if any
+    kind: str  # "fp32" | "emulated"
     module: nn.Module | None = None
     shadowed: list[str] = field(default_factory=list)
     op_mode: Any = None
@@ -148,99 +143,83 @@ class EmulatedExecutor:
             fields as a dict).
         skip_rounded: don't re-round an input the previous layer already rounded to the
             same 16-bit format (saves one elementwise pass per tensor, numerics unchanged).
+        hook_layers: register the per-layer hooks (False: a composing executor calls
+            :meth:`enter_layer`/:meth:`exit_layer` itself).
+
+    A global-region plan is emulated per layer: a uniform plan rounds every layer, which is
+    what it means; ops outside every layer compute in fp32.
     """
 
     name = "emulated"
 
     def __init__(self, model: nn.Module, layers: Sequence[str], device_type: str = "cpu",
-                 fp8: FP8Config | dict | None = None, skip_rounded: bool = True):
+                 fp8: FP8Config | dict | None = None, skip_rounded: bool = True,
+                 hook_layers: bool = True):
         self.device_type = device_type
         self.layers = list(layers)
         self.fp8 = fp8 if isinstance(fp8, FP8Config) else FP8Config(**(fp8 or {}))
         self.skip_rounded = skip_rounded
-        self.fp8_states: dict[tuple[str, str], AmaxState] = {}
+        self._fp8_states: dict[tuple[str, str], AmaxState] = {}
         self._formats: dict[str, Format] = {name: FP32 for name in self.layers}
-        self._kinds: dict[str, str] = {name: "fp32" for name in self.layers}
-        self._root = _FP32_FRAME
-        self._global = False
         self._stack: list[_Frame] = []
         modules = dict(model.named_modules())
         self._modules = {name: modules[name] for name in self.layers}
         self._op_level = {name: _needs_op_rounding(m) for name, m in self._modules.items()}
-        self._handles = []
-        for name, mod in self._modules.items():
-            self._handles.append(mod.register_forward_pre_hook(self._pre_hook(name), with_kwargs=True))
-            self._handles.append(mod.register_forward_hook(self._post_hook(name), always_call=True))
+        self._handles = (_hook_layers(model, self.layers, self.enter_layer, self.exit_layer)
+                         if hook_layers else [])
         if skip_rounded:
             for name, mod in modules.items():
                 if isinstance(mod, _GRID_PRESERVING) and name not in self._modules:
                     self._handles.append(mod.register_forward_hook(_pass_tag))
 
     # -- plan ---------------------------------------------------------------------------------
-    def set_plan(self, plan: Plan, global_region: bool = False) -> None:
-        """Apply ``plan`` from the next forward on. ``global_region`` (the autocast baseline)
-        is emulated per layer: a uniform plan rounds every layer, which is what it means."""
+    def set_plan(self, plan: Plan) -> None:
+        """Apply ``plan`` from the next forward on."""
         for name in self.layers:
             self._formats[name] = get_format(plan.format_of(name))
-            self._kinds[name] = self._kind(self._formats[name], self._modules[name])
-        self._root = self._root_frame(get_format(plan.default), global_region)
-
-    def _kind(self, fmt: Format, module: nn.Module | None) -> str:
-        return "fp32" if fmt == FP32 else "emulated"
-
-    def _root_frame(self, fmt: Format, global_region: bool) -> _Frame:
-        # nothing runs under autocast here: ops outside every layer compute in fp32
-        return _FP32_FRAME
 
     def format_of(self, layer: str) -> Format:
         return self._formats[layer]
 
+    # -- run state ----------------------------------------------------------------------------
     @property
-    def choices(self) -> dict[str, str]:
-        """How each layer runs now: ``"native"`` (fp32 or autocast) or ``"emulated"``."""
-        return {n: "emulated" if k == "emulated" else "native" for n, k in self._kinds.items()}
+    def fp8_states(self) -> Mapping[tuple[str, str], AmaxState]:
+        """fp8 scaling state per ``(layer, tensor role)`` (read-only view)."""
+        return MappingProxyType(self._fp8_states)
+
+    def state_dict(self) -> dict:
+        """The fp8 scaling states (amax histories are run state: a resume continues them)."""
+        return {"fp8": [{"layer": layer, "role": role, **st.state_dict()}
+                        for (layer, role), st in self._fp8_states.items()]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s states exactly (states not in ``state`` are dropped)."""
+        self._fp8_states.clear()
+        for entry in state.get("fp8", []):
+            self._fp8_states[(entry["layer"], entry["role"])] = AmaxState.from_state(self.fp8, entry)
 
     # -- regions ------------------------------------------------------------------------------
     @contextmanager
     def region(self) -> Iterator[None]:
-        """The outermost region (``ap.autocast()``)."""
-        root = self._root
-        ctx = (torch.autocast(self.device_type, dtype=root.fmt.dtype) if root.kind == "native"
-               else torch.autocast(self.device_type, enabled=False))
-        with ctx:
-            self._stack.append(root)
+        """The outermost region (``ap.autocast()``): nothing outside a layer runs under autocast."""
+        with torch.autocast(self.device_type, enabled=False):
+            self._stack.append(_FP32_FRAME)
             try:
                 yield
             finally:
                 self._stack.pop()
 
-    def _parent(self) -> _Frame:
-        return self._stack[-1] if self._stack else _FP32_FRAME
-
-    def _pre_hook(self, name: str):
-        def hook(module, args, kwargs):
-            if self._global:
-                return None
-            frame = _Frame(name, self._formats[name], self._kinds[name], module=module)
-            parent = self._parent()
-            if frame.kind == "native":
-                if not (parent.kind == "native" and parent.fmt == frame.fmt):
-                    frame.ctx = torch.autocast(self.device_type, dtype=frame.fmt.dtype)
-                    frame.ctx.__enter__()
-                self._stack.append(frame)
-                return None
-            if parent.kind == "native":  # fp32 or emulated inside an autocast region
-                frame.ctx = torch.autocast(self.device_type, enabled=False)
-                frame.ctx.__enter__()
-                args, kwargs = cast_floating(args, torch.float32), cast_floating(kwargs, torch.float32)
-            if frame.kind == "emulated":
-                args, kwargs = self._enter_emulated(frame, module, args, kwargs)
-            self._stack.append(frame)
-            if frame.kind == "emulated" and self._op_level[name]:
-                frame.op_mode = _OpRounding(self, frame)
-                frame.op_mode.__enter__()
-            return args, kwargs
-        return hook
+    def enter_layer(self, name: str, module: nn.Module, args: tuple, kwargs: dict):
+        """Open layer ``name``'s region (forward pre-hook): round its inputs and parameters."""
+        fmt = self._formats[name]
+        frame = _Frame(name, fmt, "fp32" if fmt == FP32 else "emulated", module=module)
+        if frame.kind == "emulated":
+            args, kwargs = self._enter_emulated(frame, module, args, kwargs)
+        self._stack.append(frame)
+        if frame.kind == "emulated" and self._op_level[name]:
+            frame.op_mode = _OpRounding(self, frame)
+            frame.op_mode.__enter__()
+        return args, kwargs
 
     def _enter_emulated(self, frame: _Frame, module: nn.Module, args, kwargs):
         rounder = self._rounder(frame)
@@ -253,23 +232,16 @@ class EmulatedExecutor:
                 frame.shadowed.append(pname)
         return args, kwargs
 
-    def _post_hook(self, name: str):
-        def hook(module, args, output):
-            if self._global:
-                return None
-            frame = self._stack.pop()
-            if frame.op_mode is not None:
-                frame.op_mode.__exit__(None, None, None)
-            for pname in frame.shadowed:
-                module.__dict__.pop(pname, None)
-            if frame.ctx is not None:
-                frame.ctx.__exit__(None, None, None)
-            if frame.kind == "emulated":
-                return round_tree(output, self._rounder(frame, output=True), "output")
-            if frame.kind == "native" and self._parent().kind != "native":
-                return cast_floating(output, torch.float32)
-            return None
-        return hook
+    def exit_layer(self, name: str, module: nn.Module, output: Any):
+        """Close layer ``name``'s region (forward hook): the rounded output, or None."""
+        frame = self._stack.pop()
+        if frame.op_mode is not None:
+            frame.op_mode.__exit__(None, None, None)
+        for pname in frame.shadowed:
+            module.__dict__.pop(pname, None)
+        if frame.kind == "emulated":
+            return round_tree(output, self._rounder(frame, output=True), "output")
+        return None
 
     # -- rounding -----------------------------------------------------------------------------
     def _rounder(self, frame: _Frame, output: bool = False):
@@ -303,9 +275,9 @@ class EmulatedExecutor:
 
     def _state(self, layer: str, role: str, fmt: Format, device: torch.device) -> AmaxState:
         key = (layer, role)
-        state = self.fp8_states.get(key)
+        state = self._fp8_states.get(key)
         if state is None or state.fmt_max != fmt.max:  # a plan switch between fp8 formats
-            state = self.fp8_states[key] = AmaxState(self.fp8, fmt, device)
+            state = self._fp8_states[key] = AmaxState(self.fp8, fmt, device)
         return state
 
     def remove(self) -> None:
@@ -313,79 +285,3 @@ class EmulatedExecutor:
         for h in self._handles:
             h.remove()
         self._handles.clear()
-
-
-# -- auto -----------------------------------------------------------------------------------------
-def layer_family(module: nn.Module | None) -> str:
-    """``conv``, ``norm`` or ``matmul`` (everything else: linear layers, attention, embeddings)."""
-    if isinstance(module, nn.modules.conv._ConvNd):
-        return "conv"
-    if isinstance(module, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)):
-        return "norm"
-    return "matmul"
-
-
-def _cpu_has_fast(fmt: Format) -> bool:
-    # oneDNN's own capability checks: AVX512-BF16/AMX-BF16 for bf16, AVX512-FP16/AMX-FP16 for
-    # fp16. Without them torch's CPU kernels for that dtype are reference loops (fp16
-    # convolution training runs minutes per ResNet-18 step).
-    check = {"bf16": "_is_mkldnn_bf16_supported", "fp16": "_is_mkldnn_fp16_supported"}[fmt.name]
-    try:
-        return bool(getattr(torch.ops.mkldnn, check)())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def native_is_fast(fmt: Format, family: str, device_type: str) -> bool:
-    """Whether ``device_type`` computes ``family`` ops in ``fmt`` natively at full speed.
-
-    A capability probe, not a timing: timings of tiny ops on a shared CPU flip from run to run
-    (measured here: a probe called fp16 convolutions fast under load), and a run's execution
-    must not depend on the neighbours' load. fp32 always; fp8 never (no fp8 kernels here);
-    CUDA: fp16 always, bf16 where the GPU supports it; CPU: where oneDNN reports the ISA.
-    The rule is the same for every family today; ``family`` is there for per-family rules
-    (e.g. from a calibrated cost profile).
-    """
-    if fmt == FP32:
-        return True
-    if not fmt.native:
-        return False
-    if device_type == "cuda":
-        return fmt.name == "fp16" or torch.cuda.is_bf16_supported()
-    if device_type == "cpu":
-        return _cpu_has_fast(fmt)
-    return False
-
-
-class AutoExecutor(EmulatedExecutor):
-    """Per layer: native autocast where the device runs the format fast, emulation elsewhere.
-
-    Decisions come from :func:`native_is_fast` by (format, layer family); ``choices`` holds
-    the current one per layer and every change is logged.
-    """
-
-    name = "auto"
-
-    def __init__(self, model: nn.Module, layers: Sequence[str], device_type: str = "cpu", **kw):
-        super().__init__(model, layers, device_type, **kw)
-        self._logged: dict[str, str] = {}
-
-    def _kind(self, fmt: Format, module: nn.Module | None) -> str:
-        if fmt == FP32:
-            return "fp32"
-        return "native" if native_is_fast(fmt, layer_family(module), self.device_type) else "emulated"
-
-    def _root_frame(self, fmt: Format, global_region: bool) -> _Frame:
-        kind = self._kind(fmt, None)
-        # the autocast baseline stays one global native region where that format is fast
-        self._global = global_region and kind == "native"
-        return _FP32_FRAME if kind == "fp32" else _Frame(None, fmt, kind)
-
-    def set_plan(self, plan: Plan, global_region: bool = False) -> None:
-        super().set_plan(plan, global_region)
-        for name, (fmt, choice) in ((n, (self._formats[n], c)) for n, c in self.choices.items()):
-            text = f"{fmt.name} {choice}"
-            if self._logged.get(name) != text:
-                log.info("auto executor: %s (%s) runs %s %s", name, layer_family(self._modules[name]),
-                         fmt.name, choice)
-                self._logged[name] = text

@@ -1,0 +1,178 @@
+"""The auto executor: per layer, native autocast where the device runs the format fast,
+emulation elsewhere.
+
+It is a policy over two executors, not a third implementation: a
+:class:`~adaprec.runtime.executors.native.NativeExecutor` gets the plan with every emulated
+layer in fp32 (so it opens autocast regions for the native layers, switches autocast off and
+casts inputs to fp32 around the others), an
+:class:`~adaprec.runtime.executors.emulated.EmulatedExecutor` gets the plan with every native
+layer in fp32 (so it rounds only the emulated ones). One pair of hooks per layer enters the
+native half, then the emulated half, and leaves them in reverse order.
+
+Decisions come from :func:`native_is_fast` by (format, layer family): native for fp32 and for
+bf16/fp16 where a capability probe says the device computes it fast (bf16 on an
+AMX/AVX512-BF16 CPU, fp16/bf16 on CUDA); emulated where it does not (fp16 on a CPU without
+AVX512-FP16/AMX-FP16, where convolution training takes minutes per step) and always for fp8.
+``executor.choices`` and a log line per layer show it.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+import torch
+from torch import nn
+
+from adaprec.numerics.formats import FP32, Format, get_format
+from adaprec.runtime.executors.base import hook_layers
+from adaprec.runtime.executors.emulated import EmulatedExecutor
+from adaprec.runtime.executors.native import NativeExecutor
+from adaprec.runtime.plan import Plan
+
+__all__ = ["AutoExecutor", "native_is_fast", "layer_family"]
+
+log = logging.getLogger(__name__)
+
+
+def layer_family(module: nn.Module | None) -> str:
+    """``conv``, ``norm`` or ``matmul`` (everything else: linear layers, attention, embeddings)."""
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return "conv"
+    if isinstance(module, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)):
+        return "norm"
+    return "matmul"
+
+
+def _cpu_has_fast(fmt: Format) -> bool:
+    # oneDNN's own capability checks: AVX512-BF16/AMX-BF16 for bf16, AVX512-FP16/AMX-FP16 for
+    # fp16. Without them torch's CPU kernels for that dtype are reference loops (fp16
+    # convolution training runs minutes per ResNet-18 step).
+    check = {"bf16": "_is_mkldnn_bf16_supported", "fp16": "_is_mkldnn_fp16_supported"}[fmt.name]
+    try:
+        return bool(getattr(torch.ops.mkldnn, check)())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def native_is_fast(fmt: Format, family: str, device_type: str) -> bool:
+    """Whether ``device_type`` computes ``family`` ops in ``fmt`` natively at full speed.
+
+    A capability probe, not a timing: timings of tiny ops on a shared CPU flip from run to run
+    (measured here: a probe called fp16 convolutions fast under load), and a run's execution
+    must not depend on the neighbours' load. fp32 always; fp8 never (no fp8 kernels here);
+    CUDA: fp16 always, bf16 where the GPU supports it; CPU: where oneDNN reports the ISA.
+    The rule is the same for every family today; ``family`` is there for per-family rules
+    (e.g. from a calibrated cost profile).
+    """
+    if fmt == FP32:
+        return True
+    if not fmt.native:
+        return False
+    if device_type == "cuda":
+        return fmt.name == "fp16" or torch.cuda.is_bf16_supported()
+    if device_type == "cpu":
+        return _cpu_has_fast(fmt)
+    return False
+
+
+class AutoExecutor:
+    """Native where fast, emulated elsewhere, layer by layer (see the module docstring).
+
+    Args:
+        model, layers, device_type: as for :class:`~adaprec.runtime.executors.native.NativeExecutor`.
+        **emulation: options of the emulated half (``fp8``, ``skip_rounded``).
+    """
+
+    name = "auto"
+
+    def __init__(self, model: nn.Module, layers: Sequence[str], device_type: str = "cpu",
+                 **emulation: Any):
+        self.device_type = device_type
+        self.layers = list(layers)
+        self.native = NativeExecutor(model, self.layers, device_type, hook_layers=False)
+        self.emulated = EmulatedExecutor(model, self.layers, device_type, hook_layers=False,
+                                         **emulation)
+        modules = dict(model.named_modules())
+        self._families = {name: layer_family(modules[name]) for name in self.layers}
+        self._formats: dict[str, Format] = {name: FP32 for name in self.layers}
+        self._choices: dict[str, str] = {name: "native" for name in self.layers}
+        self._plan: Plan | None = None
+        self._logged: dict[str, str] = {}
+        self._handles = hook_layers(model, self.layers, self._enter, self._exit)
+
+    # -- plan ---------------------------------------------------------------------------------
+    def _runs_native(self, fmt: Format, family: str) -> bool:
+        return native_is_fast(fmt, family, self.device_type)
+
+    def set_plan(self, plan: Plan) -> None:
+        """Split ``plan`` into its native and emulated halves and apply both."""
+        if plan == self._plan:
+            return
+        self._plan = plan
+        default = get_format(plan.default)
+        # a global region (the autocast baseline) stays one native region where that format is
+        # fast; elsewhere it is emulated per layer, like any uniform plan
+        root_native = self._runs_native(default, "matmul")
+        region = plan.region if root_native else "layer"
+        native, emulated = {}, {}
+        for name in self.layers:
+            fmt = self._formats[name] = get_format(plan.format_of(name))
+            fast = region == "global" or self._runs_native(fmt, self._families[name])
+            self._choices[name] = "native" if fast else "emulated"
+            native[name], emulated[name] = (fmt.name, FP32.name) if fast else (FP32.name, fmt.name)
+        self.native.set_plan(Plan(native, default=default.name if root_native else FP32.name,
+                                  region=region))
+        self.emulated.set_plan(Plan(emulated))
+        self._log_choices()
+
+    def _log_choices(self) -> None:
+        for name, choice in self._choices.items():
+            fmt = self._formats[name].name
+            text = f"{fmt} {choice}"
+            if self._logged.get(name) != text:
+                log.info("auto executor: %s (%s) runs %s %s", name, self._families[name], fmt, choice)
+                self._logged[name] = text
+
+    def format_of(self, layer: str) -> Format:
+        return self._formats[layer]
+
+    @property
+    def choices(self) -> dict[str, str]:
+        """How each layer runs now: ``"native"`` (fp32 or autocast) or ``"emulated"``."""
+        return dict(self._choices)
+
+    # -- regions ------------------------------------------------------------------------------
+    def region(self) -> AbstractContextManager[None]:
+        """The outermost region is the native half's: autocast in the plan's default format
+        where that is fast, autocast off elsewhere (the emulated half needs none)."""
+        return self.native.region()
+
+    def _enter(self, name: str, module: nn.Module, args: tuple, kwargs: dict):
+        changed = self.native.enter_layer(name, module, args, kwargs)
+        if changed is not None:
+            args, kwargs = changed
+        changed = self.emulated.enter_layer(name, module, args, kwargs)
+        return changed if changed is not None else (args, kwargs)
+
+    def _exit(self, name: str, module: nn.Module, output: Any):
+        changed = self.emulated.exit_layer(name, module, output)
+        output = changed if changed is not None else output
+        changed = self.native.exit_layer(name, module, output)
+        return changed if changed is not None else output
+
+    # -- run state ----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return self.emulated.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.emulated.load_state_dict(state)
+
+    def remove(self) -> None:
+        """Detach every hook; the model runs as if adaprec were never there."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self.native.remove()
+        self.emulated.remove()
