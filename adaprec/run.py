@@ -22,10 +22,12 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, MissingConfigException
 from hydra.types import RunMode
+from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from adaprec.runtime.distributed import is_main_process, maybe_init_from_env
+from adaprec.runtime.ranges import ranges_of
 from adaprec.app import preemption
 from adaprec.app.objective import objective_value
 from adaprec.app.precheck import RunDirRefused, check_before_write
@@ -142,9 +144,18 @@ def _field_hint(schema: Any, name: str) -> str | None:
     field = next((f for f in dataclasses.fields(schema) if f.name == name), None)
     if field is None:
         return None
-    rule = field.metadata.get("rule")
+    rule = field.metadata.get("rule") or _class_rule(schema, name)
     kind = typing.get_type_hints(schema)[name]
     return f"expected {type_text(kind)}" + (f" {rule.allowed}" if rule else "")
+
+
+def _class_rule(schema: Any, name: str) -> Any:
+    """The range rule the schema's ``_target_`` class declares for ``name`` (or None)."""
+    target = next((f.default for f in dataclasses.fields(schema) if f.name == "_target_"), None)
+    try:
+        return ranges_of(get_object(str(target))).get(name) if target else None
+    except Exception:  # noqa: BLE001 - no class to ask
+        return None
 
 
 def cli() -> None:

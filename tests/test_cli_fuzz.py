@@ -12,7 +12,11 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from adaprec.app.schema import AdaprecConfig, register_schemas, schema_of
+from hydra.utils import get_object
+
+from adaprec.app.controller_schemas import CONTROLLER_SCHEMAS
+from adaprec.app.schema import AdaprecConfig, register_schemas
+from adaprec.runtime.ranges import ranges_of
 
 from .cli_inprocess import CONF, TINY, cli_run  # noqa: F401 (fixture)
 
@@ -24,13 +28,13 @@ INTS = (-1, 0, -100, 10**9)
 FLOATS = (-0.5, 0.0, 1.5, -1e9, 1e9)
 
 
-def _bad_values(f: dataclasses.Field, kind) -> list[tuple[str, str]]:
+def _bad_values(f: dataclasses.Field, kind, rule=None) -> list[tuple[str, str]]:
     """(value text, what is wrong) for one schema field."""
     origin = typing.get_origin(kind)
     if origin is typing.Union:  # Optional[X]
         kind = next(a for a in typing.get_args(kind) if a is not type(None))
         origin = typing.get_origin(kind)
-    rule = f.metadata.get("rule")
+    rule = f.metadata.get("rule") or rule
     out: list[tuple[str, str]] = []
     if kind is bool:
         out.append(("maybe", "wrong type"))
@@ -55,6 +59,8 @@ def _bad_values(f: dataclasses.Field, kind) -> list[tuple[str, str]]:
 
 def _schema_cases(schema: type, prefix: str, select: tuple[str, ...]) -> list:
     hints = typing.get_type_hints(schema)
+    target = next((f.default for f in dataclasses.fields(schema) if f.name == "_target_"), None)
+    rules = ranges_of(get_object(target)) if isinstance(target, str) else {}  # the class's own
     cases = [((*select, f"{prefix}zzz_unknown=1"), f"{prefix}zzz_unknown", "unknown key"),
              ((*select, f"+{prefix}zzz_added=1"), f"{prefix}zzz_added", "unknown key")]
     for f in dataclasses.fields(schema):
@@ -64,7 +70,7 @@ def _schema_cases(schema: type, prefix: str, select: tuple[str, ...]) -> list:
         if dataclasses.is_dataclass(kind):
             cases += _schema_cases(kind, f"{prefix}{f.name}.", select)
             continue
-        for value, what in _bad_values(f, kind):
+        for value, what in _bad_values(f, kind, rules.get(f.name)):
             cases.append(((*select, f"{prefix}{f.name}={value}"), f"{prefix}{f.name}", what))
     return cases
 
@@ -76,7 +82,9 @@ def _controller_schemas() -> dict[str, type]:
     out: dict[str, type] = {}
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         for p in sorted((CONF / "controller").glob("*.yaml")):
-            schema = schema_of("controller", compose("config", [f"controller={p.stem}"]).controller)
+            target = compose("config", [f"controller={p.stem}"]).controller.get("_target_")
+            schema = next((sc for sc in CONTROLLER_SCHEMAS.values() if any(
+                f.name == "_target_" and f.default == target for f in dataclasses.fields(sc))), None)
             if schema is not None and schema not in out.values():
                 out[p.stem] = schema
     return out

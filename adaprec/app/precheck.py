@@ -23,7 +23,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from adaprec.app.checkpoint import CHECKPOINT_NAME
-from adaprec.app.schema import _GROUP_SCHEMAS, AdaprecConfig, ConfigError, _default, schema_of, validate
+from adaprec.app.controller_schemas import CONTROLLER_SCHEMAS
+from adaprec.app.schema import AdaprecConfig, ConfigError, validate
 
 __all__ = ["RunDirRefused", "check_before_write", "refuse_finished", "read_status",
            "CheckBeforeWrite"]
@@ -80,13 +81,12 @@ def _check_unknown_keys(cfg: DictConfig) -> None:
     """Keys a schema does not know. Composition refuses them, but ``+trainer.key=1`` adds one
     anyway (Hydra lifts the struct flag for ``+``), and it would be silently ignored."""
     nodes: list[tuple[Any, type, str]] = [(cfg, AdaprecConfig, "")]
-    for group, schemas in _GROUP_SCHEMAS.items():
-        node = cfg.get(group)
-        if not isinstance(node, DictConfig) or schema_of(group, node) is not None:
-            continue
-        typed = [s for s in schemas.values() if _default(s, "_target_") == node.get("_target_")]
-        if typed:  # a typed option with a key none of its schemas has (untyped: a plugin)
-            nodes.append((node, typed[0], f"{group}."))
+    node = cfg.get("controller")
+    if isinstance(node, DictConfig):
+        typed = [sc for sc in CONTROLLER_SCHEMAS.values()
+                 if _target_default(sc) == node.get("_target_")]
+        if typed and not any(set(node.keys()) <= {f.name for f in dataclasses.fields(sc)} for sc in typed):
+            nodes.append((node, typed[0], "controller."))  # untyped (a plugin): not checked
     while nodes:
         node, schema, prefix = nodes.pop()
         hints = typing.get_type_hints(schema)
@@ -99,6 +99,10 @@ def _check_unknown_keys(cfg: DictConfig) -> None:
             child = node.get(key)
             if dataclasses.is_dataclass(hints.get(key)) and isinstance(child, DictConfig):
                 nodes.append((child, hints[key], f"{prefix}{key}."))
+
+
+def _target_default(schema: type) -> Any:
+    return next((f.default for f in dataclasses.fields(schema) if f.name == "_target_"), None)
 
 
 def _check_paths(cfg: DictConfig) -> None:

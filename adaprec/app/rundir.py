@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from adaprec.app.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from adaprec.app.loggers import make_trackers
 from adaprec.app.precheck import read_status, refuse_finished
 from adaprec.app.runlog import RUN_FILES, RunLog, save_atomic, truncate_tables
 from adaprec.app.training_state import check_resumable
@@ -26,10 +27,10 @@ log_ = logging.getLogger("adaprec")
 class RunDir:
     """One run's directory as this rank sees it: rank 0 writes, the other ranks write nothing."""
 
-    def __init__(self, path: Path, writes: bool):
+    def __init__(self, path: Path, writes: bool, trackers: Any = None):
         self.path = path
         self.writes = writes
-        self._log = RunLog(path) if writes else None
+        self._log = RunLog(path, trackers=trackers) if writes else None
 
     @classmethod
     def open(cls, cfg: DictConfig, path: str | Path) -> tuple[RunDir, dict[str, Any] | None]:
@@ -44,7 +45,7 @@ class RunDir:
             check_resumable(cfg, state)
             log_.info("resuming from %s at step %d (%s)", source, state["step"],
                       "trainer.resume" if cfg.trainer.get("resume") else "run dir holds a checkpoint")
-        run = cls(path, writes=main)
+        run = cls(path, writes=main, trackers=make_trackers(cfg, path) if main else None)
         if main:
             OmegaConf.save(cfg, path / "config_resolved.yaml", resolve=True)
         return run, state
