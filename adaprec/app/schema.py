@@ -171,7 +171,8 @@ def _plain(value: Any) -> Any:
 def _check_target(node: Any, prefix: str) -> None:
     """Run the range rules of the class a group node instantiates (none for an unknown class:
     instantiating it then says what is wrong)."""
-    if not isinstance(node, DictConfig) or "_target_" not in node or OmegaConf.is_missing(node, "_target_"):
+    if not isinstance(node, DictConfig) or "_target_" not in node or OmegaConf.is_missing(node, "_target_") \
+            or node._target_ is None:  # logger=csv: no class (get_object would log an error)
         return
     try:
         cls = get_object(str(node._target_))
