@@ -20,10 +20,10 @@ never identified by parsing folder names. Every fact comes from the files themse
   ``"incomplete"`` for a run with a config but no (readable) ``metrics.json``, or whose
   ``metrics.json`` still says ``"running"`` (the job was killed).
 - ``error``: the run's error message (``None`` for ok runs).
-- ``quality_metric`` / ``quality`` / ``higher_is_better``: the workload's quality measure — the
-  first of ``val_accuracy`` (higher is better), ``val_perplexity``, ``val_rmse``, ``val_loss``
-  (lower is better)
-  that any run of the workload reports — and this run's value of it.
+- ``quality_metric`` / ``quality`` / ``higher_is_better``: the workload's quality measure — its
+  task's quality metric (``cfg.dataset.task``; see :mod:`adaprec.tasks`: ``val_accuracy``,
+  higher is better; ``val_perplexity``, ``val_rmse``, lower is better), else the first task
+  quality, else ``val_loss``, that any run of the workload reports — and this run's value of it.
 - every scalar of ``metrics.json`` under its own name: ``steps``, ``skipped_steps``, ``wall_s``,
   ``val_loss``, ``val_accuracy`` | ``val_perplexity``, ``plan_changes``, ``cost_<profile>_s``,
   ``rel_cost_<profile>``, ``flop_share_<fmt>``, ...; ``format_shares`` flattened to
@@ -49,14 +49,13 @@ from typing import Any
 import pandas as pd
 import yaml
 
-__all__ = ["RUN_FILES", "KEY_COLUMNS", "QUALITY_METRICS", "find_run_dirs", "load_runs",
+from adaprec.tasks import get_task, quality_metrics, task_names
+
+__all__ = ["RUN_FILES", "KEY_COLUMNS", "find_run_dirs", "load_runs",
            "load_steps", "load_evals", "load_layers", "load_decisions", "ok_runs"]
 
 RUN_FILES = ("metrics.json", "config_resolved.yaml")
 KEY_COLUMNS = ["run_id", "workload", "controller", "seed"]
-# (metric, higher_is_better), in order of preference.
-QUALITY_METRICS = (("val_accuracy", True), ("val_perplexity", False), ("val_rmse", False),
-                   ("val_loss", False))
 _FINAL_STATUSES = ("ok", "failed", "diverged")
 _ALWAYS_CHOICES = ("controller", "model", "dataset", "experiment")
 _FIRST_COLUMNS = ["run_id", "workload", "controller", "model", "dataset", "experiment", "seed",
@@ -214,13 +213,20 @@ def _add_quality(runs: pd.DataFrame) -> pd.DataFrame:
     runs = runs.copy()
     runs["quality_metric"], runs["quality"], runs["higher_is_better"] = None, float("nan"), None
     for _, idx in runs.groupby("workload", dropna=False).groups.items():
-        for metric, higher in QUALITY_METRICS:
+        for metric, higher in _quality_order(runs.loc[idx]):
             if metric in runs and runs.loc[idx, metric].notna().any():
                 runs.loc[idx, "quality_metric"] = metric
                 runs.loc[idx, "quality"] = pd.to_numeric(runs.loc[idx, metric], errors="coerce")
                 runs.loc[idx, "higher_is_better"] = higher
                 break
     return runs
+
+
+def _quality_order(workload: pd.DataFrame) -> list[tuple[str, bool]]:
+    """(metric, higher_is_better) to look for: the workload's own task's quality first."""
+    tasks = workload["cfg.dataset.task"].dropna().unique() if "cfg.dataset.task" in workload else []
+    own = [(get_task(t).quality, get_task(t).higher_is_better) for t in tasks if t in task_names()]
+    return [*own, *quality_metrics()]
 
 
 # --- per-run tables ----------------------------------------------------------------------------

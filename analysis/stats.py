@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from adaprec.tasks import quality_metrics
+
 from .load import ok_runs
 from .robust import bootstrap_ci, interval_pareto_mask, iqm, probability_of_improvement
 
@@ -24,8 +26,7 @@ __all__ = ["CONFIDENCE", "t_interval", "default_metrics", "aggregate", "welch_te
 
 CONFIDENCE = 0.95
 _AGG_PATTERN = re.compile(r"^(rel_cost_.+|cost_.+_s|flop_share_.+|format_share_.+)$")
-_BASE_METRICS = ("quality", "val_loss", "val_accuracy", "val_perplexity", "val_rmse", "wall_s",
-                 "skipped_steps", "plan_changes")
+_RUN_METRICS = ("wall_s", "skipped_steps", "plan_changes")
 
 
 def t_interval(values: Iterable[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
@@ -45,7 +46,9 @@ def t_interval(values: Iterable[float], confidence: float = CONFIDENCE) -> tuple
 def default_metrics(runs: pd.DataFrame) -> list[str]:
     """Numeric metrics worth aggregating that ``runs`` has: quality, losses, wall time, skips,
     plan changes, modeled costs and format/FLOP shares."""
-    return [c for c in _BASE_METRICS if c in runs] + sorted(c for c in runs if _AGG_PATTERN.match(c))
+    qualities = [m for m, _ in quality_metrics() if m != "val_loss"]  # every task's (adaprec.tasks)
+    base = ("quality", "val_loss", *qualities, *_RUN_METRICS)
+    return [c for c in base if c in runs] + sorted(c for c in runs if _AGG_PATTERN.match(c))
 
 
 def aggregate(runs: pd.DataFrame, metrics: Sequence[str] | None = None,

@@ -9,7 +9,8 @@ from torch import nn
 from adaprec import AdaptivePrecision, Plan
 from adaprec.data.bundle import DataBundle
 from adaprec.tools.deploy import deploy_search, load_trained_run, quality_drop, write_result
-from adaprec.app.train import evaluate, train
+from adaprec.app.train import train
+from adaprec.tasks import evaluate
 
 
 def fragile_head_task():
