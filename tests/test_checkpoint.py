@@ -11,25 +11,22 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from adaprec.app.checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, rng_state,
                                 save_checkpoint, set_rng_state)
 from adaprec.app.runlog import truncate_tables
-from adaprec.app.schema import register_schemas
 from adaprec.app.train import train
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
+from tests.conftest import compose_config
+
 TABLES = ("steps.csv", "evals.csv", "decisions.csv")
 
 
 def tiny_cfg(*overrides):
-    register_schemas()
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose("config", overrides=[
-            "model=mlp", "model.hidden=[32]", "dataset.image_size=8", "trainer.batch_size=16",
-            "trainer.max_steps=6", "trainer.eval_every=2", "trainer.eval_batches=1",
-            "trainer.progress=false", "monitor.every=2", *overrides])
+    return compose_config(
+        "model=mlp", "model.hidden=[32]", "dataset.image_size=8", "trainer.batch_size=16",
+        "trainer.max_steps=6", "trainer.eval_every=2", "trainer.eval_batches=1",
+        "trainer.progress=false", "monitor.every=2", *overrides)
 
 
 def comparable(run_dir: Path) -> dict:

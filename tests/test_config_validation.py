@@ -7,15 +7,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from adaprec.run import one_line
 from adaprec.app.controller_schemas import register_option
-from adaprec.app.schema import ConfigError, register_schemas, validate
+from adaprec.app.schema import ConfigError, validate
 from adaprec.runtime.ranges import ranges, rule
 
+from tests.conftest import CONF, compose_config
+
 ROOT = Path(__file__).resolve().parents[1]
-CONF = str(ROOT / "conf")
 FORMATS = "fp32, bf16, fp16, fp8_e4m3, fp8_e5m2"
 
 BAD = [  # (overrides, the one-line message)
@@ -42,7 +42,7 @@ BAD = [  # (overrides, the one-line message)
     (["trainer.max_stepz=3"], "trainer.max_stepz: Key 'max_stepz' not in 'TrainerConfig' (known "
                               "keys: max_steps, batch_size, grad_accum, grad_clip, warmup_steps, "
                               "min_lr_ratio, eval_every, eval_batch_size, eval_batches, progress, overwrite, "
-                              "checkpoint_every, resume, max_consecutive_skips, num_threads)"),
+                              "checkpoint_every, resume, max_consecutive_skips, num_threads, save_model)"),
     (["monitor.every=-1"], "monitor.every=-1 is out of range; allowed: >= 0"),
     (["seed=1.5"], "seed: Value '1.5' of type 'float' could not be converted to Integer "
                    "(expected int >= 0)"),
@@ -68,10 +68,8 @@ BAD = [  # (overrides, the one-line message)
 
 def compose_message(overrides: list[str]) -> str | None:
     """The one-line error for ``overrides`` (None when they compose and validate)."""
-    register_schemas()
     try:
-        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-            cfg = compose("config", overrides=["model=mlp", *overrides])
+        cfg = compose_config("model=mlp", *overrides)
     except Exception as exc:  # Hydra/OmegaConf composition errors
         return one_line(exc)
     try:
@@ -88,12 +86,12 @@ def test_bad_value_fails_at_compose_time_with_one_line(overrides, message):
     assert got.startswith(message), got
 
 
-@pytest.mark.parametrize("controller", sorted(p.stem for p in (ROOT / "conf" / "controller").glob("*.yaml")))
+@pytest.mark.parametrize("controller", sorted(p.stem for p in (CONF / "controller").glob("*.yaml")))
 def test_every_controller_config_composes_and_validates(controller):
     assert compose_message([f"controller={controller}"]) is None
 
 
-@pytest.mark.parametrize("controller", sorted(p.stem for p in (ROOT / "conf" / "controller").glob("*.yaml")
+@pytest.mark.parametrize("controller", sorted(p.stem for p in (CONF / "controller").glob("*.yaml")
                                                if p.stem != "plugin"))  # plugin: the user's own keys
 def test_every_controller_config_is_typed(controller):
     """Each controller YAML lists a schema in its defaults, so a mistyped key fails."""

@@ -48,6 +48,7 @@ def test_tolerance_zero_keeps_the_fragile_layer_fp32():
     assert sens.loc[("head", "bf16"), "drop"] == 0.5 and not sens.loc[("head", "fp16"), "accepted"]
 
 
+@pytest.mark.slow  # several seconds of training on 2 cores
 def test_deploy_on_a_trained_run_meets_tolerance_and_round_trips(make_cfg, tmp_path):
     run = tmp_path / "run"
     train(make_cfg("model=mlp", "trainer.max_steps=30", "trainer.batch_size=32", "controller=fp32",

@@ -5,7 +5,6 @@ What each file holds is ``runlog``'s docstring; the checkpoint's content is ``tr
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from adaprec.app.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from adaprec.app.loggers import make_trackers
+from adaprec.app.precheck import read_status, refuse_finished
 from adaprec.app.runlog import RUN_FILES, RunLog, save_atomic, truncate_tables
 from adaprec.app.training_state import check_resumable
 from adaprec.runtime.distributed import broadcast_object, is_main_process
@@ -98,13 +98,11 @@ def prepare(cfg: DictConfig, out: Path) -> Path | None:
       the log says so; it holds no result to lose, and a requeued job must not get stuck.
     """
     out.mkdir(parents=True, exist_ok=True)
-    status = _read_status(out / "metrics.json")
+    status = read_status(out)
     if cfg.trainer.get("overwrite", False):
         _remove_run_files(out)
         return _resume_path(cfg, out)
-    if status in ("ok", "diverged"):
-        raise FileExistsError(f"{out} already holds a finished run (status {status}); choose "
-                              "another output dir or pass trainer.overwrite=true")
+    refuse_finished(cfg, out)
     source = _resume_path(cfg, out)
     if source is None and (status is not None or (out / "steps.csv").exists()):
         log_.warning("%s holds an unfinished run (status %s) without a checkpoint: starting over",
@@ -125,12 +123,3 @@ def _resume_path(cfg: DictConfig, out: Path) -> Path | None:
 def _remove_run_files(out: Path) -> None:
     for name in RUN_FILES:
         (out / name).unlink(missing_ok=True)
-
-
-def _read_status(path: Path) -> str | None:
-    if not path.exists():
-        return None
-    try:
-        return str(json.loads(path.read_text()).get("status"))
-    except (ValueError, AttributeError):
-        return "unreadable"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +17,19 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from adaprec.app import preemption
 from adaprec.app.batching import train_batch_indices
 from adaprec.app.environment import run_environment
 from adaprec.app.build import build, config_value, seed_everything
+from adaprec.app.footprint import describe, run_footprint
+from adaprec.app.model_saving import ModelSaver
 from adaprec.app.rundir import RunDir
+from adaprec.app.rundir_lock import RunDirLock
 from adaprec.app.schema import validate
 from adaprec.app.summary import Summary, diverged, result
 from adaprec.app.training_state import Progress, checkpoint_state, restore
 from adaprec.numerics.formats import FORMATS
-from adaprec.runtime.distributed import rank, world_size, wrap_ddp
+from adaprec.runtime.distributed import is_main_process, rank, world_size, wrap_ddp
 from adaprec.tasks import evaluate
 
 __all__ = ["train"]
@@ -42,11 +47,12 @@ def train(cfg: DictConfig, out_dir: str | Path, choices: dict[str, str] | None =
     A run whose steps stay non-finite ends with status ``diverged``; any exception is recorded
     as ``status: failed`` (with the error) and re-raised."""
     validate(cfg)
-    run, state = RunDir.open(cfg, out_dir)
-    summary = Summary(run, int(cfg.seed), choices, state,
-                      run_environment(config_value(cfg.device), config_value(cfg.executor)))
-    with summary.recording():
-        summary.finish(_loop(cfg, run, state, summary.wall_s))
+    with RunDirLock(out_dir) if is_main_process() else nullcontext():  # one process per run dir
+        run, state = RunDir.open(cfg, out_dir)
+        summary = Summary(run, int(cfg.seed), choices, state,
+                          run_environment(config_value(cfg.device), config_value(cfg.executor)))
+        with summary.recording():
+            summary.finish(_loop(cfg, run, state, summary.wall_s))
     return summary.metrics
 
 
@@ -66,12 +72,15 @@ def _loop(cfg: DictConfig, run: RunDir, state: dict | None,
         raise ValueError(f"trainer.batch_size / grad_accum ({micro}) must be divisible by the "
                          f"number of ranks ({ranks})")
     progress = Progress()
+    saver = ModelSaver(config_value(tc.save_model), run, task.quality, task.higher_is_better)
+    log_.info("this run writes %s", describe(run_footprint(cfg, model, len(ap.plan))))
     start = 0
     initial = ap.pop_decisions()
     if state is None:
         run.append("decisions", initial)
     else:  # the initial plan was logged by the interrupted run
         start = restore(state, t, progress)
+        saver.load_state_dict(state.get("model_saver"))
         run.rewind(start)
         run.append("events", [{"step": start, "event": "resumed", "from_step": start}])
     max_steps, max_skips = int(tc.max_steps), int(tc.max_consecutive_skips)
@@ -128,15 +137,20 @@ def _loop(cfg: DictConfig, run: RunDir, state: dict | None,
         if is_last or (eval_every > 0 and (step + 1) % eval_every == 0):
             progress.last_eval = evaluate(model, ap, data, int(tc.eval_batch_size), device, int(tc.eval_batches))
             run.append("evals", [{"step": step + 1, **progress.last_eval}])
-        if ckpt_every > 0 and (step + 1) % ckpt_every == 0 and not is_last and run.writes:
-            run.save_checkpoint(checkpoint_state(cfg, step + 1, t, progress, elapsed_s()))
+            saver.evaluated(model, step + 1, progress.last_eval)
+        preempted = preemption.requested() if not is_last else None  # SIGTERM/SIGUSR1 seen
+        if (preempted or ckpt_every > 0 and (step + 1) % ckpt_every == 0 and not is_last) and run.writes:
+            run.save_checkpoint({**checkpoint_state(cfg, step + 1, t, progress, elapsed_s()),
+                                 "model_saver": saver.state_dict()})
+        if preempted:
+            return preemption.outcome(preempted, step + 1, result(step + 1, progress, ap.plan, record.loss))
         bar.set_postfix(loss=f"{record.loss:.3f}", **_quality_text(task.quality, progress.last_eval),
                         **{f: f"{v:.0%}" for f, v in shares.items()})
     bar.close()
-    run.save_model(model)
+    saved = saver.finished(model)
     train_loss = record.loss if record is not None else float("nan")
-    return {**result(max_steps, progress, ap.plan, train_loss), **(meter.metrics() if meter else {}),
-            **_measured_memory(device)}
+    return {**result(max_steps, progress, ap.plan, train_loss), **saved,
+            **(meter.metrics() if meter else {}), **_measured_memory(device)}
 
 
 def _measured_memory(device: torch.device) -> dict[str, int]:

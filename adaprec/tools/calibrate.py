@@ -311,7 +311,7 @@ def _profile_dict(name: str, device: torch.device, fmts, measured: dict, clock: 
     # (block/tile formats follow the registry's fallback chain down to these, see cost.profiles)
     fallback = {f: (FP8_FALLBACK if f.startswith("fp8") and FP8_FALLBACK in names else "fp32")
                 for f in FORMATS if f not in names and f not in emulated
-                and get_format(f).scaling in ("none", "per_tensor")}
+                and get_format(f).scaling in ("none", "per_tensor") and not get_format(f).has_roles}
     return {
         "name": name,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
