@@ -30,7 +30,12 @@ def test_one_row_per_run_with_every_contract_column(runs, tiny_sweep):
     assert not missing
     assert runs["run_id"].is_unique
     assert any(c.startswith("format_share_") for c in runs.columns)
-    assert (runs["cfg.trainer.max_steps"] == 6).all()
+    ok = runs["status"] == "ok"
+    assert (runs.loc[ok, "cfg.trainer.max_steps"] == 6).all()
+    # the failed job was refused before it wrote any config (issue 21): no cfg.*, but its row,
+    # choices and error are there
+    failed = runs[~ok].iloc[0]
+    assert failed["controller"] == "fp32" and "dataset.path" in failed["error"]
 
 
 def test_values_come_from_the_run_files(runs, tiny_sweep):
