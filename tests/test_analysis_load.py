@@ -45,8 +45,9 @@ def test_values_come_from_the_run_files(runs, tiny_sweep):
         assert row["dataset"] == m["choices"]["dataset"]
         assert row["seed"] == m["seed"]
         assert row["status"] == m["status"]
-        flat = {k for k in m if k not in ("choices", "format_shares")}
+        flat = {k for k in m if k not in ("choices", "format_shares", "environment")}
         assert flat <= set(runs.columns)  # every value of metrics.json is a column
+        assert {f"environment.{k}" for k in m.get("environment", {})} <= set(runs.columns)  # nested: flattened
         if m["status"] == "ok":
             assert row["val_accuracy"] == m["val_accuracy"] == row["quality"]
             assert row["final_plan"] == m["final_plan"]

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from adaprec.run import one_line
+from hydra.core.config_store import ConfigStore
+
 from adaprec.app.controller_schemas import register_option
 from adaprec.app.schema import ConfigError, validate
 from adaprec.runtime.ranges import ranges, rule
@@ -108,15 +110,23 @@ class _ThresholdLike:
         self.overflow_threshold, self.explore_prob, self.algorithm = overflow_threshold, explore_prob, algorithm
 
 
+@pytest.fixture
+def test_threshold_option():
+    """Register the plugin option for one test, then take it out of Hydra's ConfigStore again
+    (a leftover option would show up in every later test that lists the group's options)."""
+    register_option("controller", "test_threshold", _ThresholdLike, target=f"{__name__}._ThresholdLike")
+    yield
+    ConfigStore.instance().repo.get("controller", {}).pop("test_threshold.yaml", None)
+
+
 @pytest.mark.parametrize("override,message", [
     ("controller.overflow_threshold=-0.5", "controller.overflow_threshold=-0.5 is out of range; allowed: >= 0"),
     ("controller.explore_prob=1.5", "controller.explore_prob=1.5 is out of range; allowed: [0, 1]"),
     ("controller.algorithm=exp3", "controller.algorithm='exp3' is out of range; allowed: one of ucb, thompson"),
     ("controller.explore_prob=often", "controller.explore_prob: Value 'often' of type 'str' could not be converted to Float"),
 ])
-def test_a_registered_controller_is_checked_the_same_way(override, message):
+def test_a_registered_controller_is_checked_the_same_way(override, message, test_threshold_option):
     """The same rules at compose time (validate) and when Python code constructs the class."""
-    register_option("controller", "test_threshold", _ThresholdLike, target=f"{__name__}._ThresholdLike")
     assert compose_message(["controller=test_threshold"]) is None
     got = compose_message(["controller=test_threshold", override])
     assert got is not None and got.startswith(message), got
