@@ -36,7 +36,28 @@ from adaprec.runtime.monitor import Monitor
 from adaprec.runtime.plan import Plan
 from adaprec.numerics.scaler import LossScaler
 
-__all__ = ["AdaptivePrecision", "EXECUTORS", "needs_loss_scaling"]
+__all__ = ["AdaptivePrecision", "EXECUTORS", "needs_loss_scaling", "candidate_formats"]
+
+
+def candidate_formats(controller) -> list[str]:
+    """The formats ``controller`` may choose, which the monitor judges every tensor in: its
+    ``candidates()`` if it has one, else what its usual attributes name (``formats``,
+    ``ladder``, ``low``/``high``, ``format``, ``dtype``); fp32, bf16 and fp16 always."""
+    names: list[str] = ["fp32", "bf16", "fp16"]
+    found = getattr(controller, "candidates", None)
+    if callable(found):
+        names += list(found())
+    else:
+        for attr in ("formats", "ladder", "low", "high", "format", "dtype"):
+            v = getattr(controller, attr, None)
+            names += [v] if isinstance(v, str) else list(v) if isinstance(v, (list, tuple)) else []
+    out = []
+    for n in names:
+        try:
+            out.append(get_format(n).name)
+        except ValueError:  # an attribute that happens to share a name: not a format
+            continue
+    return list(dict.fromkeys(out))
 
 
 def needs_loss_scaling(plan: Plan) -> bool:
@@ -65,6 +86,8 @@ class AdaptivePrecision:
         monitor_every: sample statistics every N optimizer steps (0 = off).
         monitor_exact: absmax of activations/gradients over every element (default); False
             estimates it from the fixed-size sample too, for cheap every-step statistics.
+        monitor_shadow: on sampled steps, recompute single-op layers in fp32 on a slice of
+            their input and report the output error (``LayerStats.shadow``).
         layers: extra glob patterns of module names to treat as layers.
         scaler: keyword arguments for :class:`~adaprec.numerics.scaler.LossScaler`.
         layer_costs / plan_cost / cheapness: cost information handed to the controller's
@@ -76,7 +99,7 @@ class AdaptivePrecision:
                  layers: Sequence[str] = (), scaler: dict | None = None,
                  layer_costs: dict | None = None, cheapness: Sequence[str] | None = None,
                  executor_options: dict | None = None, monitor_exact: bool = True,
-                 plan_cost: Callable[[Plan], float] | None = None):
+                 plan_cost: Callable[[Plan], float] | None = None, monitor_shadow: bool = True):
         if executor not in EXECUTORS:
             raise ValueError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
         model = unwrap(model)
@@ -90,7 +113,8 @@ class AdaptivePrecision:
         self._controller: Controller = with_defaults(self.controller)
         self.executor: Executor = EXECUTORS[executor](model, self.layers, device_type,
                                                       **(executor_options or {}))
-        self.monitor = Monitor(model, self.layers, monitor_every, exact=monitor_exact)
+        self.monitor = Monitor(model, self.layers, monitor_every, exact=monitor_exact,
+                               formats=candidate_formats(self.controller), shadow=monitor_shadow)
         # a model may own no parameters (only parameterless adaprec_layer blocks)
         device = next(model.parameters(), torch.empty(0)).device
         self.scaler = LossScaler(device=device, **(scaler or {}))
@@ -131,7 +155,9 @@ class AdaptivePrecision:
         if not self._in_step and self.model.training:
             self._in_step = True
             self._rng_at_start = _torch_rng_state(self.device_type)  # for a culprit replay
-            self.monitor.begin_step(self.step_count, self.scaler.scale, self.scaler.applied_scale)
+            # gradients are judged at the scale fp16 would really see: none when scaling is off
+            fp16_scale = self.scaler.scale if self.scaler.enabled else 1.0
+            self.monitor.begin_step(self.step_count, fp16_scale, self.scaler.applied_scale)
         with self.executor.region():
             yield
 

@@ -152,3 +152,15 @@ def test_unknown_format_gets_a_one_line_message():
     # the one message of the formats rule, at compose time and here (tests/test_config_validation.py)
     with pytest.raises(ValueError, match=r"controller.formats=\['fp17'\] is out of range; allowed: each value a format name"):
         Threshold(formats=["fp17"])
+
+
+def test_fp8_is_judged_not_taken_for_exact():
+    """A terrible window: bf16 unsafe by rounding error, fp8 never judged -> unknown, unsafe."""
+    from adaprec.controllers._window import Window
+    c = Threshold(formats=("bf16", "fp8_e4m3", "fp32"))
+    bad = Window(samples=1, bf16_err=0.5, fp16_err=0.5)
+    assert not c._safe("bf16", bad) and not c._safe("fp8_e4m3", bad)
+    judged = Window(samples=1, errors={"fp8_e4m3": [0.0, 0.0, 0.03, 1e-3]})
+    assert not c._safe("fp8_e4m3", judged)  # 3% rounding error > rounding_err_max
+    fine = Window(samples=1, errors={"fp8_e4m3": [0.0, 0.0, 1e-3, 1e-9]})
+    assert c._safe("fp8_e4m3", fine)

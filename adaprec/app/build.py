@@ -85,7 +85,8 @@ def build(cfg: DictConfig, device: torch.device) -> Training:
                            cheapness=meter.cheapness() if meter else None,
                            scaler=dict(cfg.get("scaler") or {}),
                            executor_options=_executor_options(cfg),
-                           monitor_exact=bool(cfg.monitor.get("exact", True)))
+                           monitor_exact=bool(cfg.monitor.get("exact", True)),
+                           monitor_shadow=bool(cfg.monitor.get("shadow", True)))
     return Training(micro, accum, data, task, model, optimizer, scheduler, ap, meter)
 
 

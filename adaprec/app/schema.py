@@ -87,6 +87,7 @@ class MonitorConfig:
     every: int = _ruled(10, ge=0)   # sample statistics every N steps (a few elementwise passes per layer); 0 = off
     layers: list[str] = field(default_factory=list)  # extra module-name globs treated as layers
     exact: bool = True              # absmax over every element (never misses an inf); false: from the sample (for every=1)
+    shadow: bool = True             # recompute single-op layers in fp32 on a slice of each sampled step: output error
 
 
 @dataclass

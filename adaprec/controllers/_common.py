@@ -1,17 +1,20 @@
 """Shared plumbing of the adaptive controllers: config checks, allowed formats, costs, and the
 per-layer numerics signals read from :class:`~adaprec.numerics.stats.LayerStats`.
 
-Signals (what every adaptive controller means by "overflow", "flush", "rounding error"):
+Signals (what every adaptive controller means by "overflow", "flush", "rounding error"), for
+any format the monitor judged (:class:`~adaprec.numerics.stats.FormatError`):
 
-- range rates (``fp16_overflow``, ``fp16_flush``) take the worst over the layer's output
-  activation, its output gradient, its weights and its weight gradients. The monitor evaluates
-  every tensor in fp32 (gradients at the loss scale fp16 would see), so the rates describe fp16
-  whatever format the layer runs in now.
-- rounding error (``bf16_rel_err`` / ``fp16_rel_err``) is the worst over the same tensors. A
-  tensor already computed in that format (a bf16 layer's output) reports 0, so the maximum is
-  taken over the informative tensors only: the fp32 master weights always, and activations or
-  gradients that were produced in another format. This is the *representation* error of the
-  layer's tensors in the format, not the accumulated error of its GEMM.
+- range rates (``overflow_rate(s, fmt)``, ``flush_rate(s, fmt)``) take the worst over the
+  layer's input activation, output, output gradient, weights and weight gradients, each at the
+  scale ``fmt`` really uses (the loss scale for fp16, per-tensor or block scales for fp8/MX).
+  The monitor measures the GEMM operands in fp32 before any cast (the output gradient before
+  the layer's own rounding), so the rates describe ``fmt`` whatever the layer runs in now.
+- rounding error (``rel_err``) and Transformer Engine's quantization MSE (``quant_mse``) are
+  the worst over the same tensors. A tensor a previous layer already produced in ``fmt``
+  reports 0 for it (it *is* on the grid); the output error of the layer's own GEMM is the
+  shadow measurement (``LayerStats.shadow``), not a representation error.
+- A format the monitor did not judge is unknown, and unknown is not safe: its rates and errors
+  are inf (fp8 is never taken for exact).
 """
 from __future__ import annotations
 
@@ -23,11 +26,13 @@ from adaprec.runtime.plan import Plan
 from adaprec.runtime.ranges import FORMAT, rule
 
 __all__ = ["canonical_formats", "allowed_formats", "relative_costs",
-           "DEFAULT_REL_COST", "RANGE_KINDS", "overflow_rate", "flush_rate", "rel_err",
+           "DEFAULT_REL_COST", "RANGE_KINDS", "OPERANDS", "overflow_rate", "flush_rate", "rel_err",
            "trace_nonfinite", "SLOW_FP16_TYPES", "quant_mse", "cheapest_first",
-           "FORMATS_RULE", "FORMAT_RULE", "COST_BUDGET_RULE", "UNIT_RULE", "emitted_plan", "root_format"]
+           "FORMATS_RULE", "FORMAT_RULE", "COST_BUDGET_RULE", "UNIT_RULE", "emitted_plan", "root_format",
+           "PlanPricer"]
 
-RANGE_KINDS = ("act", "grad", "weight", "wgrad")
+RANGE_KINDS = ("input", "act", "grad", "weight", "wgrad")
+OPERANDS = ("input", "weight", "grad")  # what the layer's fprop / dgrad / wgrad GEMMs consume
 
 # Default cost of a layer in each format relative to fp32, used when no cost model is wired:
 # 16-bit halves memory traffic and (on tensor cores / AMX) at least halves GEMM time.
@@ -121,22 +126,19 @@ def cheapest_first(formats: Sequence[str], costs: Mapping[str, float], cheapness
     return sorted(formats, key=lambda f: (costs.get(f, 1.0), rank.get(f, len(rank)), f == "fp32"))
 
 
-def overflow_rate(s: LayerStats) -> float:
-    """Worst fraction of the layer's values that would be inf in fp16 (at the loss scale)."""
-    return s.worst("fp16_overflow", RANGE_KINDS)
+def overflow_rate(s: LayerStats, fmt: str = "fp16", kinds: Sequence[str] = RANGE_KINDS) -> float:
+    """Worst fraction of the layer's values beyond ``fmt``'s range at its real scale."""
+    return s.worst_error(fmt, "overflow", kinds)
 
 
-def flush_rate(s: LayerStats) -> float:
-    """Worst fraction of nonzero values that fp16 flushes to zero (at the loss scale)."""
-    return s.worst("fp16_flush", RANGE_KINDS)
+def flush_rate(s: LayerStats, fmt: str = "fp16", kinds: Sequence[str] = RANGE_KINDS) -> float:
+    """Worst fraction of nonzero values ``fmt`` flushes to zero at its real scale."""
+    return s.worst_error(fmt, "underflow", kinds)
 
 
-def rel_err(s: LayerStats, fmt: str) -> float:
-    """Relative rounding error of the layer's informative tensors in ``fmt`` (0 for fp32)."""
-    if fmt == "fp32":
-        return 0.0
-    stat = {"bf16": "bf16_rel_err", "fp16": "fp16_rel_err"}.get(fmt)
-    return s.worst(stat, RANGE_KINDS) if stat else 0.0
+def rel_err(s: LayerStats, fmt: str, kinds: Sequence[str] = RANGE_KINDS) -> float:
+    """Relative rounding error of the layer's tensors in ``fmt`` (0 for fp32, inf if unjudged)."""
+    return 0.0 if fmt == "fp32" else s.worst_error(fmt, "rel_err", kinds)
 
 
 def trace_nonfinite(stats: Mapping[str, LayerStats], layers: Sequence[str]) -> str | None:
@@ -164,15 +166,46 @@ def trace_nonfinite(stats: Mapping[str, LayerStats], layers: Sequence[str]) -> s
     return None
 
 
-def quant_mse(s: LayerStats, fmt: str) -> float:
+def quant_mse(s: LayerStats, fmt: str, kinds: Sequence[str] = RANGE_KINDS) -> float:
     """Worst mean squared rounding error of the layer's tensors in ``fmt`` at their true
-    magnitude: ``(rel_err * norm)^2 / numel`` per tensor (0 for fp32)."""
-    stat = {"bf16": "bf16_rel_err", "fp16": "fp16_rel_err"}.get(fmt)
-    if stat is None:
-        return 0.0
-    out = 0.0
-    for kind in RANGE_KINDS:
-        t = getattr(s, kind)
-        if t is not None and t.numel:
-            out = max(out, (getattr(t, stat) * t.norm) ** 2 / t.numel)
-    return out
+    magnitude (0 for fp32, inf if unjudged): Transformer Engine's quantization MSE."""
+    return 0.0 if fmt == "fp32" else s.worst_error(fmt, "mse", kinds)
+
+
+class PlanPricer:
+    """Prices a per-layer format assignment the way the cost model charges it: the whole plan
+    the controller would emit (casts between neighbours, launches, the optimizer step
+    included) relative to all-fp32, so a switch costs what it really changes, not a per-layer
+    figure measured against an all-fp32 neighbourhood. Without a cost model: the mean of the
+    layers' relative costs (``relative_costs``)."""
+
+    def __init__(self, context, formats: Sequence[str]):
+        self.layers = list(context.layers)
+        self.plan_cost = getattr(context, "plan_cost", None)
+        self.rel = relative_costs(context, list(dict.fromkeys([*formats, "fp32"])))
+        self._cache: dict[tuple, float] = {}
+        self.fp32_total = (self.plan_cost(emitted_plan({n: "fp32" for n in self.layers}))
+                           if self.plan_cost is not None else float(len(self.layers) or 1))
+
+    def cost(self, formats: Mapping[str, str]) -> float:
+        """Modeled cost of the plan with these per-layer formats, relative to all-fp32."""
+        key = tuple(formats[n] for n in self.layers)
+        if key not in self._cache:
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            raw = (self.plan_cost(emitted_plan(dict(formats))) if self.plan_cost is not None
+                   else sum(self.rel[n].get(formats[n], 1.0) for n in self.layers))
+            self._cache[key] = raw / self.fp32_total
+        return self._cache[key]
+
+    def with_layer(self, formats: Mapping[str, str], layer: str, fmt: str) -> float:
+        """The plan's relative cost with ``layer`` switched to ``fmt`` (the others unchanged)."""
+        return self.cost({**formats, layer: fmt})
+
+    def cheapest(self, formats: Mapping[str, str], layer: str, candidates: Sequence[str],
+                 cheapness: Sequence[str] = ()) -> list[str]:
+        """``candidates`` for ``layer`` sorted by the plan cost each leads to (ties: ``cheapness``
+        order, then fp32 last)."""
+        rank = {f: i for i, f in enumerate(cheapness)}
+        return sorted(candidates, key=lambda f: (round(self.with_layer(formats, layer, f), 12),
+                                                 rank.get(f, len(rank)), f == "fp32"))

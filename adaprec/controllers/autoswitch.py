@@ -7,10 +7,10 @@ values that ``low`` flushes to zero exceeds ``underflow_max`` (5%) or the mean s
 quantization error in ``low`` exceeds ``mse_max`` (1e-4); otherwise in ``low``. Re-decided on
 every sampled step (``monitor.every=1`` gives TE's every-step behaviour), no hysteresis.
 
-Adaptation notes: the underflow fraction is fp16's flush-to-zero rate at the loss scale when
-``low`` is fp16; bf16 shares fp32's exponent range and flushes only values fp32 can barely hold,
-so its underflow fraction is taken as 0. The MSE is ``(rel_err * norm)^2 / numel`` of the
-worst of the layer's activation, output gradient, weights and weight gradients.
+Adaptation notes: the underflow fraction is ``low``'s flush-to-zero rate at the scale it really
+uses (the loss scale for fp16, per-tensor/block scales for fp8 and MX), and the MSE its
+quantization MSE at the true magnitude, both the worst over the layer's tensors measured in fp32
+before any cast (:mod:`adaprec.controllers._common`).
 """
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ class Autoswitch(Controller):
             if layer not in self._fmt:
                 continue
             low = self._low[layer]
-            under = flush_rate(s) if low == "fp16" else 0.0
+            under = flush_rate(s, low)
             mse = quant_mse(s, low)
             if under > self.underflow_max or mse > self.mse_max:
                 new, why = self.high, (f"{low} underflow {under:.3g} > {self.underflow_max:g}"

@@ -129,7 +129,7 @@ class Bandit(Controller):
             self._loss_sum += record.loss
             self._loss_n += 1
         traced = summarize_step(record.stats, self._layers, record.plan,
-                                record.nonfinite_layer)
+                                record.nonfinite_layer, self.formats)
         self._skipped += record.skipped and not any(w.nonfinite for w in traced.values())
         for layer, w in traced.items():
             self._window.setdefault(layer, Window()).add(w)
@@ -203,11 +203,11 @@ class Bandit(Controller):
     def _penalty(self, fmt: str, w: Window, spike: float) -> float:
         k = self.weights
         p = k["nonfinite"] * (w.nonfinite == fmt)
-        if fmt == "fp16":
-            p += k["overflow"] * w.overflow + k["underflow"] * w.flush + k["err"] * w.fp16_err
-        elif fmt == "bf16":
-            p += k["err"] * w.bf16_err
-        if fmt != "fp32":
+        if fmt != "fp32":  # every format's own judged rates (inf, the full penalty, if unjudged)
+            for weight, stat in ((k["overflow"], "overflow"), (k["underflow"], "underflow"),
+                                 (k["err"], "rel_err")):
+                if weight > 0:
+                    p += weight * w.stat(fmt, stat)
             p += k["spike"] * spike
         return min(1.0, p)
 

@@ -1,8 +1,18 @@
-"""Monitor: per-layer hooks that measure activations, gradients and weights on sampled steps.
+"""Monitor: per-layer hooks that measure what each layer's GEMMs consume, on sampled steps.
 
-On a sampled step each layer's forward hook reduces its output to a raw statistics vector and
-hooks the output's gradient; parameters and their gradients are reduced after backward. All
-vectors stay on the device until :meth:`Monitor.collect`, which reads them back in one
+On a sampled step, per layer: a forward pre-hook (ahead of the executor's, so before any cast)
+probes the layer's input activation; the forward hook probes its output as stored and puts a
+gradient tap in front of it, so the gradient arriving at the output is probed in fp32 before
+the executor rounds it; parameters and their gradients are probed after backward. Every probe
+is judged in every candidate format (``formats``: the formats the controller may choose; see
+:mod:`adaprec.numerics.stats`). A **shadow** recomputation (``shadow=True``) runs the layer's
+forward again in fp32 on the first ``shadow_rows`` rows of the same raw input and compares it
+with the layer's output there (:class:`~adaprec.numerics.stats.ShadowStats`); it is taken for
+single-op layers only (Linear, convolutions, LayerNorm/GroupNorm/RMSNorm, Embedding, or a leaf
+module with ``adaprec_shadow = True``): a layer with child layers would round its children
+again, batch norm would update its running statistics, dropout would draw new masks.
+
+Everything stays on the device until :meth:`Monitor.collect`, which reads it back in one
 transfer. On unsampled steps the hooks return after one attribute check.
 """
 from __future__ import annotations
@@ -14,9 +24,33 @@ from dataclasses import asdict
 import torch
 from torch import nn
 
-from adaprec.numerics.stats import KINDS, LayerStats, Probe, TensorStats, combine_rows, derive, probe, reduce_probes
+from adaprec.numerics.stats import (DEFAULT_FORMATS, KINDS, FormatError, LayerStats, Probe, ShadowStats,
+                                    TensorStats, chunk_for, combine_rows, derive, probe, reduce_probes)
+from adaprec.numerics.formats import get_format
 
-__all__ = ["Monitor"]
+__all__ = ["Monitor", "SHADOW_TYPES"]
+
+# single-op layers whose forward can be recomputed on a slice without side effects
+SHADOW_TYPES = (nn.Linear, nn.modules.conv._ConvNd, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm,
+                nn.Embedding)
+_CHANNEL_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm)
+_TAG = "_adaprec_rounded"  # the emulated executor's "already on this grid" tag (passed through)
+
+
+class _GradTap(torch.autograd.Function):
+    """Identity whose backward hands the incoming gradient to ``fn`` first: put after a layer's
+    output (and the executor's rounding of it), it sees the gradient before that rounding.
+    The output is a copy (a view could not be modified in place by a following ReLU)."""
+
+    @staticmethod
+    def forward(ctx, x, fn):
+        ctx.fn = fn
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        ctx.fn(g)
+        return g, None
 
 
 def _first_float_tensor(obj) -> torch.Tensor | None:
@@ -36,26 +70,39 @@ class Monitor:
     """Samples LayerStats every ``every`` steps (``every=0`` switches monitoring off)."""
 
     def __init__(self, model: nn.Module, layers: Sequence[str], every: int = 10,
-                 history: int = 100, exact: bool = True):
+                 history: int = 100, exact: bool = True, formats: Sequence[str] = DEFAULT_FORMATS,
+                 shadow: bool = True, shadow_rows: int = 8):
         if every < 0:
             raise ValueError(f"monitor.every must be >= 0 (0 = off), got {every}")
+        if shadow_rows < 1:
+            raise ValueError(f"monitor shadow_rows must be >= 1, got {shadow_rows}")
         self.every = every
         # exact: absmax (so the presence of inf/overflow) over every element of activations
         # and gradients; False estimates it from the sample too (cheap enough for every step)
         self.exact = bool(exact)
         self.layers = list(layers)
+        self.formats = list(dict.fromkeys(get_format(f).name for f in (*DEFAULT_FORMATS, *formats)))
+        self._chunk = chunk_for(self.formats)
+        self.shadow_rows = int(shadow_rows)
         modules = dict(model.named_modules())
         self._params = {name: [p for p in modules[name].parameters(recurse=False)]
                         for name in self.layers}
+        self._axis = {name: 1 if isinstance(modules[name], _CHANNEL_FIRST) else -1 for name in self.layers}
+        self._shadowable = {name for name in self.layers if shadow and _can_shadow(modules[name])}
         self._pending: list[tuple[str, str, Probe]] = []
+        self._shadow_in: dict[str, torch.Tensor] = {}
+        self._shadows: list[tuple[str, torch.Tensor]] = []
         self._forward_armed = False
         self._sampled = False
         self._grad_scale = 1.0      # loss scale at which gradients are evaluated
         self._applied_scale = 1.0   # scale the backward actually ran at
         self.latest: dict[str, LayerStats] = {}
         self.history: deque[dict[str, LayerStats]] = deque(maxlen=history)
-        self._handles = [modules[name].register_forward_hook(self._forward_hook(name))
+        # the pre-hook goes first (before the executor rounds the input), the forward hook last
+        self._handles = [modules[name].register_forward_pre_hook(self._input_hook(name), prepend=True)
                          for name in self.layers]
+        self._handles += [modules[name].register_forward_hook(self._forward_hook(name))
+                          for name in self.layers]
 
     # -- step protocol --------------------------------------------------------------------------
     def is_sampled(self, step: int) -> bool:
@@ -70,6 +117,11 @@ class Monitor:
     def end_backward(self) -> None:
         """Only the first micro-batch of a sampled step is measured (accumulation repeats it)."""
         self._forward_armed = False
+        self._shadow_in.clear()
+
+    def _probe(self, x: torch.Tensor, name: str, kind: str, **kw) -> Probe:
+        weight = kind in ("weight", "wgrad")
+        return probe(x, chunk=self._chunk, axis=-1 if weight else self._axis[name], weight=weight, **kw)
 
     def measure_parameters(self) -> None:
         """Reduce weights and (still scaled) weight gradients of every layer."""
@@ -80,10 +132,11 @@ class Monitor:
                 continue
             # parameter norms are exact (controllers such as MuPPET use gradient norms)
             for p in params:
-                self._pending.append((name, "weight", probe(p, exact_norm=True)))
+                self._pending.append((name, "weight", self._probe(p, name, "weight", exact_norm=True)))
                 if p.grad is not None:
-                    self._pending.append((name, "wgrad", probe(p.grad, self._grad_scale,
-                                                               self._applied_scale, exact_norm=True)))
+                    self._pending.append((name, "wgrad", self._probe(
+                        p.grad, name, "wgrad", scale=self._grad_scale, prescaled=self._applied_scale,
+                        exact_norm=True)))
 
     def collect(self, step: int, format_of: Callable[[str], str]) -> dict[str, LayerStats] | None:
         """Read back this step's statistics (one device->host transfer); None if unsampled."""
@@ -91,19 +144,41 @@ class Monitor:
             return None
         self._sampled = self._forward_armed = False
         pending, self._pending = self._pending, []
-        rows = reduce_probes([p for _, _, p in pending]).cpu().tolist() if pending else []
+        shadows, self._shadows = self._shadows, []
+        self._shadow_in.clear()
+        rows, shadow_rows = self._read_back(pending, shadows)
         grouped: dict[tuple[str, str], list[list[float]]] = {}
         # a layer's weight and bias, or a module called twice in one forward, combine
         for (name, kind, _), row in zip(pending, rows):
             grouped.setdefault((name, kind), []).append(row)
         per_layer: dict[str, dict] = {name: {} for name in self.layers}
         for (name, kind), group in grouped.items():
-            per_layer[name][kind] = derive(group[0] if len(group) == 1 else combine_rows(group))
+            per_layer[name][kind] = derive(group[0] if len(group) == 1 else combine_rows(group),
+                                           self.formats, kind)
+        summed: dict[str, list[float]] = {}
+        for (name, _), row in zip(shadows, shadow_rows):
+            summed[name] = [a + b for a, b in zip(summed.get(name, [0.0] * 4), row)]
+        for name, sums in summed.items():
+            per_layer[name]["shadow"] = _shadow_stats(sums, per_layer[name].pop("shadow", None))
         stats = {name: LayerStats(layer=name, step=step, format=format_of(name), **kinds)
                  for name, kinds in per_layer.items()}
         self.latest = stats
         self.history.append(stats)
         return stats
+
+    def _read_back(self, pending, shadows) -> tuple[list[list[float]], list[list[float]]]:
+        """Reduce every probe and shadow on the device and read them back in one transfer."""
+        parts = []
+        if pending:
+            parts.append(reduce_probes([p for _, _, p in pending], self.formats))
+        if shadows:
+            parts.append(torch.stack([v for _, v in shadows]).to(parts[0].device if parts else None))
+        if not parts:
+            return [], []
+        width = max(p.shape[1] for p in parts)
+        flat = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts]).cpu().tolist()
+        rows = flat[:len(pending)]
+        return rows, [r[:4] for r in flat[len(pending):]]
 
     def latest_rows(self) -> list[dict]:
         """The latest sampled statistics, one flat dict per layer (``pandas.DataFrame(rows)``)."""
@@ -120,6 +195,19 @@ class Monitor:
         return out
 
     # -- hooks --------------------------------------------------------------------------------
+    def _input_hook(self, name: str):
+        def hook(module, args):
+            if not self._forward_armed:
+                return None
+            x = _first_float_tensor(args)
+            if x is not None:
+                self._pending.append((name, "input", self._probe(x, name, "input", exact_absmax=self.exact)))
+            if name in self._shadowable and len(args) == 1 and isinstance(args[0], torch.Tensor) \
+                    and args[0].dim() > 0:
+                self._shadow_in[name] = args[0][: self.shadow_rows].detach().clone()
+            return None
+        return hook
+
     def _forward_hook(self, name: str):
         def hook(module, args, output):
             if not self._forward_armed:
@@ -127,17 +215,31 @@ class Monitor:
             t = _first_float_tensor(output)
             if t is None:
                 return None
-            self._pending.append((name, "act", probe(t, exact_absmax=self.exact)))
-            if t.requires_grad:
-                t.register_hook(self._grad_hook(name))
+            self._pending.append((name, "act", self._probe(t, name, "act", exact_absmax=self.exact)))
+            x = self._shadow_in.pop(name, None)
+            if x is not None and isinstance(output, torch.Tensor):
+                sums, y32 = _shadow_sums(module, x, output)
+                self._shadows.append((name, sums))
+                # the fp32 output judged in every candidate: what holding it in each would cost
+                self._pending.append((name, "shadow", self._probe(y32.float(), name, "act")))
+            if not t.requires_grad:
+                return None
+            if output is t:  # a tap in front: the gradient as it arrives, before any rounding
+                tapped = _GradTap.apply(t, self._grad_hook(name))
+                tag = getattr(t, _TAG, None)
+                if tag is not None and tag[1] == t._version:
+                    setattr(tapped, _TAG, (tag[0], tapped._version))
+                return tapped
+            t.register_hook(self._grad_hook(name))  # nested outputs: as the layer hands it on
             return None
         return hook
 
     def _grad_hook(self, name: str):
         def hook(grad):
             if self._sampled:
-                self._pending.append((name, "grad", probe(grad, self._grad_scale, self._applied_scale,
-                                                          exact_absmax=self.exact)))
+                self._pending.append((name, "grad", self._probe(
+                    grad, name, "grad", scale=self._grad_scale, prescaled=self._applied_scale,
+                    exact_absmax=self.exact)))
             return None
         return hook
 
@@ -158,13 +260,55 @@ class Monitor:
         self._handles.clear()
 
 
+def _can_shadow(module: nn.Module) -> bool:
+    leaf = next(module.children(), None) is None
+    return leaf and (isinstance(module, SHADOW_TYPES) or bool(getattr(module, "adaprec_shadow", False)))
+
+
+def _shadow_sums(module: nn.Module, x: torch.Tensor, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[sum (y - y32)^2, sum y32^2, sum y32, n]`` (float64, on the device) over the first rows:
+    ``y`` the layer's output there, ``y32`` its forward recomputed in fp32 on the raw input
+    (``module.forward`` directly: no hooks, so no executor rounding, fp32 master parameters)."""
+    rows = x.shape[0]
+    with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+        y32 = module.forward(x.float() if x.is_floating_point() else x).double()
+    y = output[:rows].detach().double()
+    d = y - y32
+    return torch.stack([(d * d).sum(), (y32 * y32).sum(), y32.sum(),
+                        torch.tensor(float(y32.numel()), dtype=torch.float64, device=y32.device)]), y32
+
+
+def _shadow_stats(sums: list[float], reference: TensorStats | None = None) -> ShadowStats:
+    err2, sq, total, n = sums
+    n = max(n, 1.0)
+    mean = total / n
+    spread = max(sq / n - mean * mean, 0.0) ** 0.5
+    rmse = (err2 / n) ** 0.5
+    return ShadowStats(rel_err=(err2 / sq) ** 0.5 if sq > 0 else (0.0 if err2 == 0 else float("inf")),
+                       rmse=rmse, spread=spread,
+                       rel_spread=rmse / spread if spread > 0 else (0.0 if rmse == 0 else float("inf")),
+                       numel=int(n), reference=reference)
+
+
 def _stats_to_plain(stats: dict[str, LayerStats]) -> dict[str, dict]:
     return {name: asdict(ls) for name, ls in stats.items()}
+
+
+def _tensor_from_plain(d: dict) -> TensorStats:
+    d = dict(d)
+    d["formats"] = {f: FormatError(**e) for f, e in (d.get("formats") or {}).items()}
+    return TensorStats(**d)
 
 
 def _stats_from_plain(plain: dict[str, dict]) -> dict[str, LayerStats]:
     out = {}
     for name, d in plain.items():
-        kinds = {k: TensorStats(**d[k]) if d.get(k) is not None else None for k in KINDS}
-        out[name] = LayerStats(layer=d["layer"], step=d["step"], format=d["format"], **kinds)
+        kinds = {k: _tensor_from_plain(d[k]) if d.get(k) is not None else None for k in KINDS}
+        shadow = None
+        if d.get("shadow"):
+            sh = dict(d["shadow"])
+            sh["reference"] = _tensor_from_plain(sh["reference"]) if sh.get("reference") else None
+            shadow = ShadowStats(**sh)
+        out[name] = LayerStats(layer=d["layer"], step=d["step"], format=d["format"], shadow=shadow,
+                               **kinds)
     return out
