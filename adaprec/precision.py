@@ -30,7 +30,7 @@ from adaprec.runtime.diagnose import find_nonfinite_layer
 from adaprec.runtime.distributed import (broadcast_object, gather_objects, is_distributed,
                           reduce_loss_and_found_inf, unwrap)
 from adaprec.runtime.executors import EXECUTORS, Executor
-from adaprec.numerics.formats import BF16, get_format
+from adaprec.numerics.formats import get_format
 from adaprec.runtime.layers import discover_layers
 from adaprec.runtime.monitor import Monitor
 from adaprec.runtime.plan import Plan
@@ -40,10 +40,11 @@ __all__ = ["AdaptivePrecision", "EXECUTORS", "needs_loss_scaling"]
 
 
 def needs_loss_scaling(plan: Plan) -> bool:
-    """Dynamic loss scaling is on whenever some layer runs in a format with fp16's (or
-    narrower) range; bf16 shares fp32's exponent range and needs none."""
+    """Dynamic loss scaling is on whenever some layer runs in a format whose recipe asks for it
+    (fp16's range, per-tensor fp8); bf16 shares fp32's exponent range, block formats scale
+    every block (``Format.needs_loss_scaling``)."""
     fmts = {plan.default, *plan.values()}
-    return any(get_format(f).max < BF16.max / 2 for f in fmts)
+    return any(get_format(f).needs_loss_scaling for f in fmts)
 
 
 class AdaptivePrecision:

@@ -4,14 +4,15 @@ subprocess per value, which must exit non-zero before writing any run file)."""
 import os
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 
 from adaprec.run import one_line
-from adaprec.app.schema import ConfigError, register_group_schema, register_schemas, rule, validate
+from adaprec.app.controller_schemas import register_option
+from adaprec.app.schema import ConfigError, register_schemas, validate
+from adaprec.runtime.ranges import ranges, rule
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
@@ -19,9 +20,9 @@ FORMATS = "fp32, bf16, fp16, fp8_e4m3, fp8_e5m2"
 
 BAD = [  # (overrides, the one-line message)
     (["controller=threshold", "controller.overflow_max=-1"],
-     "controller.overflow_max=-1.0 is out of range; allowed: >= 0 and <= 1"),
+     "controller.overflow_max=-1.0 is out of range; allowed: [0, 1]"),
     (["controller=bandit", "controller.exp3_gamma=1.5"],
-     "controller.exp3_gamma=1.5 is out of range; allowed: >= 0 and <= 1"),
+     "controller.exp3_gamma=1.5 is out of range; allowed: [0, 1]"),
     (["controller=bandit", "controller.algorithm=ucb7"], "controller.algorithm: Invalid value 'ucb7'"),
     (["controller=threshold", "controller.formats=[bf16,fp12]"],
      "controller.formats=['bf16', 'fp12'] is out of range; allowed: each value a format name"),
@@ -33,7 +34,7 @@ BAD = [  # (overrides, the one-line message)
                                 "converted to Integer (expected int >= 1)"),
     (["trainer.batch_size=-8"], "trainer.batch_size=-8 is out of range; allowed: >= 1"),
     (["trainer.grad_accum=3"], "trainer.batch_size=64 must be divisible by trainer.grad_accum=3"),
-    (["trainer.min_lr_ratio=1.5"], "trainer.min_lr_ratio=1.5 is out of range; allowed: >= 0 and <= 1"),
+    (["trainer.min_lr_ratio=1.5"], "trainer.min_lr_ratio=1.5 is out of range; allowed: [0, 1]"),
     (["trainer.eval_batch_size=0"], "trainer.eval_batch_size=0 is out of range; allowed: >= 1"),
     (["trainer.checkpoint_every=-1"], "trainer.checkpoint_every=-1 is out of range; allowed: >= 0"),
     (["trainer.max_consecutive_skips=-2"],
@@ -59,6 +60,9 @@ BAD = [  # (overrides, the one-line message)
      "controller.patterns={'net.1': 'fp99'} is out of range; allowed: each value a format "
      f"name: {FORMATS}"),
     (["controller=nope"], "In 'config': Could not find 'controller/nope'"),
+    # a schema is not an option: Hydra does not list it and selecting it is an unknown option
+    (["controller=controller_schema_bandit"], "In 'config': Could not find 'controller/controller_schema_bandit'"),
+    (["controller=bandit_schema"], "In 'config': Could not find 'controller/bandit_schema'"),
 ]
 
 
@@ -97,26 +101,32 @@ def test_every_controller_config_is_typed(controller):
     assert got is not None and got.startswith("controller.zzz: Key 'zzz' not in"), got
 
 
-@dataclass
+@ranges("controller", overflow_threshold=rule(ge=0), explore_prob=rule(ge=0, le=1),
+        algorithm=rule(choices=("ucb", "thompson")))
 class _ThresholdLike:
-    """What an adaptive controller's schema looks like: ruled fields plus ``_target_``."""
-    _target_: str = "adaprec.controllers.Static"
-    overflow_threshold: float = field(default=1e-3, metadata=rule(ge=0))
-    explore_prob: float = field(default=0.1, metadata=rule(ge=0, le=1))
-    algorithm: str = field(default="ucb", metadata=rule(choices=("ucb", "thompson")))
+    """A user's controller: its ranges declared beside it, its defaults in its signature."""
+
+    def __init__(self, overflow_threshold: float = 1e-3, explore_prob: float = 0.1, algorithm: str = "ucb"):
+        self.overflow_threshold, self.explore_prob, self.algorithm = overflow_threshold, explore_prob, algorithm
 
 
 @pytest.mark.parametrize("override,message", [
     ("controller.overflow_threshold=-0.5", "controller.overflow_threshold=-0.5 is out of range; allowed: >= 0"),
-    ("controller.explore_prob=1.5", "controller.explore_prob=1.5 is out of range; allowed: >= 0 and <= 1"),
+    ("controller.explore_prob=1.5", "controller.explore_prob=1.5 is out of range; allowed: [0, 1]"),
     ("controller.algorithm=exp3", "controller.algorithm='exp3' is out of range; allowed: one of ucb, thompson"),
     ("controller.explore_prob=often", "controller.explore_prob: Value 'often' of type 'str' could not be converted to Float"),
 ])
-def test_a_registered_controller_schema_is_checked_the_same_way(override, message):
-    register_group_schema("controller", "schema_test_threshold", _ThresholdLike)
-    assert compose_message(["controller=schema_test_threshold"]) is None
-    got = compose_message(["controller=schema_test_threshold", override])
+def test_a_registered_controller_is_checked_the_same_way(override, message):
+    """The same rules at compose time (validate) and when Python code constructs the class."""
+    register_option("controller", "test_threshold", _ThresholdLike, target=f"{__name__}._ThresholdLike")
+    assert compose_message(["controller=test_threshold"]) is None
+    got = compose_message(["controller=test_threshold", override])
     assert got is not None and got.startswith(message), got
+    key, _, value = override.removeprefix("controller.").partition("=")
+    if key != "explore_prob" or value != "often":  # a wrong type is the config's error only
+        with pytest.raises(ConfigError) as python_error:
+            _ThresholdLike(**{key: value if key == "algorithm" else float(value)})
+        assert str(python_error.value).startswith(message)
 
 
 @pytest.mark.slow

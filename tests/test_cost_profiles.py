@@ -34,7 +34,18 @@ def test_fallbacks_name_what_a_format_runs_as():
     v100, a100, h100 = load_profile("v100"), load_profile("a100"), load_profile("h100")
     assert v100.resolve("bf16") == "fp32" and v100.resolve("fp8_e5m2") == "fp16"
     assert a100.resolve("fp8_e4m3") == "bf16" and a100.resolve("bfloat16") == "bf16"
-    assert all(h100.resolve(f) == f for f in FORMATS)
+    assert all(h100.resolve(f) == f for f in ("fp32", "bf16", "fp16", "fp8_e4m3", "fp8_e5m2"))
+    # block formats by the registry's chain: Hopper has fp8 tensor cores, no MX/fp6/fp4 ones
+    assert h100.resolve("mxfp8_e5m2") == "fp8_e5m2" and h100.resolve("nvfp4") == "fp8_e4m3"
+    assert a100.resolve("mxfp4") == "bf16" and v100.resolve("mxfp8") == "fp16"
+
+
+def test_width_peaks_price_every_format_of_that_width():
+    b200 = load_profile("b200")
+    assert b200.resolve("nvfp4") == "nvfp4" and b200.resolve("mxfp6_e3m2") == "mxfp6_e3m2"
+    assert b200.flops_per_s("mxfp4") == b200.flops_per_s("nvfp4") == 9000e12
+    assert b200.flops_per_s("mxfp8_e4m3") == b200.flops_per_s("fp8_e5m2") == 4500e12
+    assert b200.flops_per_s("bf16") == 2250e12
 
 
 def test_tf32_switch_prices_fp32_at_the_tf32_peak():

@@ -1,106 +1,137 @@
-"""Typed config schemas of the adaptive controllers, stored in Hydra's ConfigStore (group
-``controller``, names ``<option>_schema``) and used as the first default of each
-``conf/controller/<option>.yaml``: an unknown key or a wrong type fails when the config is
-composed; the range rules in field metadata are checked by ``adaprec.app.schema.validate`` right
-after composition, before anything is written (each class's ``__init__`` repeats the checks
-for Python users)."""
+"""Typed Hydra schemas generated from the classes themselves: one field per ``__init__``
+argument, its type from the annotation and its default from the signature (the one place a
+default is written), a closed set of names (``rule(names=...)``) as an Enum. The range rules stay
+on the class (``adaprec.runtime.ranges``); ``adaprec.app.schema.validate`` runs them on the
+composed config.
+
+Every controller in ``adaprec.controllers.__all__`` that declares its ranges gets a schema,
+stored in Hydra's ConfigStore under a top-level name (``controller_schema_<class>``), not in the
+``controller`` group: ``--help`` lists only options a user can select, and
+``controller=controller_schema_bandit`` is an unknown option. A preset extends its class's
+schema and sets only what it changes::
+
+    # conf/controller/bandit_ucb.yaml
+    defaults:
+      - /controller_schema_bandit@_here_
+      - _self_
+    algorithm: ucb1
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import collections.abc
+import dataclasses
+import inspect
+import types
+import typing
 from enum import Enum
-from typing import Optional
+from typing import Any, Optional, Union
 
-from adaprec.app.schema import FORMAT_RULE, _is_format, rule
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
 
-__all__ = ["ThresholdSchema", "BanditSchema", "MuPPETSchema", "AutoswitchSchema",
-           "BanditAlgorithm", "register_controller_schemas"]
+from adaprec import controllers
+from adaprec.runtime.ranges import Rule, ranges_of
 
+__all__ = ["schema_for", "register_controller_schemas", "register_option", "CONTROLLER_SCHEMAS",
+           "schema_name"]
 
-class BanditAlgorithm(str, Enum):
-    ucb1 = "ucb1"
-    discounted_ucb = "discounted_ucb"
-    sliding_window_ucb = "sliding_window_ucb"
-    thompson = "thompson"
-    exp3 = "exp3"
-    hedge = "hedge"
+_SEQUENCES = (list, tuple, collections.abc.Sequence, collections.abc.Iterable)
+_MAPPINGS = (dict, collections.abc.Mapping)
 
 
-def _r(default=None, factory=None, **kw):
-    """A field with a range rule, checked by ``adaprec.app.schema.validate`` right after composition."""
-    if factory is not None:
-        return field(default_factory=factory, metadata=rule(**kw))
-    return field(default=default, metadata=rule(**kw))
+def schema_for(cls: type, target: str | None = None) -> type:
+    """A dataclass schema of ``cls(...)``'s arguments with ``_target_`` = ``target``
+    (default ``<module>.<name>``). Named ``<Class>Schema`` and set as an attribute of this
+    module, so configs that hold it (and its Enums) pickle into sweep workers."""
+    target = target or f"{cls.__module__}.{cls.__qualname__}"
+    hints = typing.get_type_hints(inspect.unwrap(cls.__init__))
+    rules = ranges_of(cls)
+    fields: list[tuple] = [("_target_", str, dataclasses.field(default=target))]
+    for name, p in inspect.signature(cls).parameters.items():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        enum_name = cls.__name__ + name.title().replace("_", "")  # Bandit.algorithm -> BanditAlgorithm
+        kind = _config_type(hints.get(name, Any), rules.get(name), enum_name)
+        fields.append((name, kind, _field(p.default, kind)))
+    schema = dataclasses.make_dataclass(f"{cls.__name__}Schema", fields)
+    _publish(schema)
+    return schema
 
 
-_FORMATS3 = lambda: ["bf16", "fp16", "fp32"]  # noqa: E731
+def _field(default: Any, kind: Any) -> dataclasses.Field:
+    if default is inspect.Parameter.empty:
+        return dataclasses.field(default=MISSING)
+    if isinstance(default, (list, tuple)):
+        return dataclasses.field(default_factory=lambda d=default: list(d))
+    if isinstance(default, collections.abc.Mapping):
+        return dataclasses.field(default_factory=lambda d=default: dict(d))
+    if isinstance(kind, type) and issubclass(kind, Enum) and default is not None:
+        default = kind(getattr(default, "value", default))
+    return dataclasses.field(default=default)
 
 
-@dataclass
-class ThresholdSchema:
-    _target_: str = "adaprec.controllers.Threshold"
-    overflow_max: float = _r(default=1e-4, ge=0, le=1)      # tolerated fp16 overflow rate (act, or grads at the loss scale)
-    underflow_max: float = _r(default=0.01, ge=0, le=1)     # tolerated fp16 flush-to-zero rate at the loss scale
-    rounding_err_max: float = _r(default=0.005, ge=0, le=1)  # tolerated relative rounding error of a 16-bit format
-    patience: int = _r(default=3, ge=0)                     # clean windows before moving to a cheaper format
-    cooldown: int = _r(default=20, ge=0)                    # steps after a switch without another
-    interval: int = _r(default=10, ge=1)                    # steps per decision
-    formats: list[str] = _r(factory=_FORMATS3, each=True, **FORMAT_RULE)
-    start: str = _r(default="cheapest", ok=lambda v: v == "cheapest" or _is_format(v),
-                    allowed="'cheapest' or a format name")
-    cpu_fp16: bool = False                                  # fp16 on CPU/native for non-conv layers
-    cost_budget: Optional[float] = _r(default=None, gt=0)   # max modeled cost relative to all-fp32
+def _config_type(t: Any, rule: Rule | None, enum_name: str) -> Any:
+    """The OmegaConf field type of an annotation (Any where OmegaConf has no equivalent)."""
+    if rule is not None and rule.names is not None:
+        optional = type(None) in typing.get_args(t)
+        names = _publish(Enum(enum_name, {n: n for n in rule.names}, type=str, module=__name__))
+        return Optional[names] if optional else names
+    origin, args = typing.get_origin(t), typing.get_args(t)
+    if origin in (Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        inner = _config_type(rest[0], None, enum_name) if len(rest) == 1 else Any
+        return Optional[inner] if type(None) in args and inner is not Any else inner
+    if t in (int, float, bool, str) or (isinstance(t, type) and issubclass(t, Enum)):
+        return t
+    if origin in _SEQUENCES:
+        return list[_config_type(args[0], None, enum_name) if args else Any]
+    if origin in _MAPPINGS and len(args) == 2:
+        return dict[_config_type(args[0], None, enum_name), _config_type(args[1], None, enum_name)]
+    return Any
 
 
-@dataclass
-class BanditSchema:
-    _target_: str = "adaprec.controllers.Bandit"
-    algorithm: BanditAlgorithm = BanditAlgorithm.ucb1
-    formats: list[str] = _r(factory=_FORMATS3, each=True, **FORMAT_RULE)
-    interval: int = _r(default=10, ge=1)
-    cost_weight: float = _r(default=1.0, ge=0)
-    nonfinite_penalty: float = _r(default=1.0, ge=0)
-    overflow_weight: float = _r(default=100.0, ge=0)
-    underflow_weight: float = _r(default=10.0, ge=0)
-    err_weight: float = _r(default=10.0, ge=0)
-    spike_weight: float = _r(default=1.0, ge=0)
-    spike_tol: float = _r(default=0.1, ge=0)
-    baseline_decay: float = _r(default=0.8, ge=0, le=1)
-    block_windows: int = _r(default=5, ge=0)
-    range_max: float = _r(default=0.0, ge=0, le=1)
-    exploration: float = _r(default=0.2, ge=0)
-    discount: float = _r(default=0.95, gt=0, le=1)
-    window: int = _r(default=20, ge=1)
-    sigma: float = _r(default=0.1, ge=0)
-    exp3_gamma: float = _r(default=0.1, ge=0, le=1)
-    eta: float = _r(default=2.0, ge=0)
-    seed: int = 0
-    cpu_fp16: bool = False
-    cost_budget: Optional[float] = _r(default=None, gt=0)
+def _publish(obj: Any) -> Any:
+    """Make ``obj`` importable as ``adaprec.app.controller_schemas.<name>`` (pickle finds it by
+    that path); a second class of the same name (a plugin's ``Threshold``) gets a suffix."""
+    name, n = obj.__name__, 1
+    while name in globals() and globals()[name] is not obj:
+        n += 1
+        name = f"{obj.__name__}{n}"
+    obj.__name__ = obj.__qualname__ = name
+    obj.__module__ = __name__
+    globals()[name] = obj
+    return obj
 
 
-@dataclass
-class MuPPETSchema:
-    _target_: str = "adaprec.controllers.MuPPET"
-    ladder: list[str] = _r(factory=_FORMATS3, each=True, **FORMAT_RULE)
-    interval: int = _r(default=20, ge=1)
-    batches: int = _r(default=4, ge=2)
-    patience: int = _r(default=2, ge=1)
-    cpu_fp16: bool = False
+def schema_name(cls: type) -> str:
+    """The ConfigStore name of a controller class's schema (top level: not a group option)."""
+    return f"controller_schema_{cls.__name__.lower()}"
 
 
-@dataclass
-class AutoswitchSchema:
-    _target_: str = "adaprec.controllers.Autoswitch"
-    low: str = _r(default="bf16", **FORMAT_RULE)
-    high: str = _r(default="fp32", **FORMAT_RULE)
-    underflow_max: float = _r(default=0.05, ge=0, le=1)
-    mse_max: float = _r(default=1e-4, ge=0)
-    cpu_fp16: bool = False
+def _controller_schemas() -> dict[str, type]:
+    out = {}
+    for name in controllers.__all__:
+        cls = getattr(controllers, name)
+        if isinstance(cls, type) and ranges_of(cls):  # the Protocol and the records have none
+            out[schema_name(cls)] = schema_for(cls, f"adaprec.controllers.{name}")
+    return out
+
+
+# one schema per controller class that declares its ranges, keyed by its ConfigStore name
+CONTROLLER_SCHEMAS: dict[str, type] = _controller_schemas()
 
 
 def register_controller_schemas() -> None:
-    """Store each schema as ``controller/<name>_schema`` and register it for range checks."""
-    from adaprec.app.schema import register_group_schema
-    for name, node in [("threshold_schema", ThresholdSchema), ("bandit_schema", BanditSchema),
-                       ("muppet_schema", MuPPETSchema), ("autoswitch_schema", AutoswitchSchema)]:
-        register_group_schema("controller", name, node)
+    """Store every controller schema in ConfigStore (top level, see the module docstring)."""
+    cs = ConfigStore.instance()
+    for name, node in CONTROLLER_SCHEMAS.items():
+        cs.store(name=name, node=node)
+
+
+def register_option(group: str, name: str, cls: type, target: str | None = None) -> type:
+    """Make ``cls`` a selectable option ``<group>=<name>`` from Python (a plugin without a YAML):
+    its generated schema with every default from the signature; its range rules are checked by
+    ``validate`` like those of the built-in controllers. Returns the schema."""
+    schema = schema_for(cls, target)
+    ConfigStore.instance().store(group=group, name=name, node=schema)
+    return schema

@@ -173,11 +173,27 @@ def _csv_row_ok(line: str, ncol: int, op: str, resume_step: int) -> bool:
     return len(fields) == ncol and _keep(fields[0], op, resume_step)
 
 
-class RunLog:
-    """The tables of one run directory."""
+class _Tee:
+    """A table that also hands every appended row to the run's trackers."""
 
-    def __init__(self, out_dir: Path):
+    def __init__(self, table: _Table | _Jsonl, name: str, trackers: Any):
+        self.table, self.name, self.trackers = table, name, trackers
+
+    def __getattr__(self, attr: str) -> Any:  # path, columns, ... of the table itself
+        return getattr(self.table, attr)
+
+    def append(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        self.table.append(rows)
+        self.trackers.log_rows(self.name, rows)
+
+
+class RunLog:
+    """The tables of one run directory. ``trackers`` (``adaprec.integrations.trackers.Trackers``,
+    from the ``logger`` config group) get every row appended, and the final metrics."""
+
+    def __init__(self, out_dir: Path, trackers: Any = None):
         self.dir = Path(out_dir)
+        self.trackers = trackers
         self.steps = _Table(self.dir / "steps.csv")
         self.evals = _Table(self.dir / "evals.csv")
         self.layers = _Table(self.dir / "layers.csv.gz", compress=True)
@@ -186,6 +202,13 @@ class RunLog:
         self.decisions.columns = ["step", "layer", "old", "new", "reason"]
         if not self.decisions.path.exists():  # present even when no plan ever changes
             self.decisions.path.write_text(",".join(self.decisions.columns) + "\n")
+        if trackers is not None:
+            for name in ("steps", "evals", "layers", "decisions", "events"):
+                setattr(self, name, _Tee(getattr(self, name), name, trackers))
 
     def write_metrics(self, metrics: Mapping[str, Any]) -> None:
         write_json_atomic(self.dir / "metrics.json", metrics)
+        if self.trackers is not None and metrics.get("status") != "running":
+            self.trackers.log_metrics(metrics)  # the run is over: final metrics, then close
+            self.trackers.close()
+            self.trackers = None

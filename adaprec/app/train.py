@@ -28,6 +28,7 @@ from adaprec.numerics.formats import FORMATS
 from adaprec.app.instantiate import instantiate
 from adaprec.runtime.layers import discover_layers
 from adaprec.precision import AdaptivePrecision
+from adaprec.app.loggers import make_trackers
 from adaprec.app.runlog import RUN_FILES, RunLog, save_atomic, truncate_tables
 from adaprec.app.schema import validate
 
@@ -122,7 +123,7 @@ def train(cfg: DictConfig, out_dir: str | Path, choices: dict[str, str] | None =
         check_resumable(cfg, state)
         log_.info("resuming from %s at step %d (%s)", source, state["step"],
                   "trainer.resume" if cfg.trainer.get("resume") else "run dir holds a checkpoint")
-    log = RunLog(out) if main else None
+    log = RunLog(out, trackers=make_trackers(cfg, out)) if main else None
     if main:
         OmegaConf.save(cfg, out / "config_resolved.yaml", resolve=True)
     metrics: dict[str, Any] = {"status": "running", "error": None, "choices": dict(choices or {}),

@@ -19,10 +19,12 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from adaprec.numerics.formats import get_format
 from adaprec.numerics.stats import LayerStats
+from adaprec.runtime.ranges import FORMAT, rule
 
-__all__ = ["check_range", "check_formats", "allowed_formats", "relative_costs",
+__all__ = ["canonical_formats", "allowed_formats", "relative_costs",
            "DEFAULT_REL_COST", "RANGE_KINDS", "overflow_rate", "flush_rate", "rel_err",
-           "trace_nonfinite", "SLOW_FP16_TYPES", "quant_mse", "cheapest_first"]
+           "trace_nonfinite", "SLOW_FP16_TYPES", "quant_mse", "cheapest_first",
+           "FORMATS_RULE", "FORMAT_RULE", "COST_BUDGET_RULE", "UNIT_RULE"]
 
 RANGE_KINDS = ("act", "grad", "weight", "wgrad")
 
@@ -37,28 +39,17 @@ SLOW_FP16_TYPES = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspo
                    "ConvTranspose3d")
 
 
-def check_range(name: str, value: float, lo: float | None = None, hi: float | None = None,
-                allowed: str | None = None) -> None:
-    """Raise ``ValueError("controller.<name>=<v> is out of range; allowed: ...")``."""
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        if allowed is None:
-            allowed = (f"[{lo}, {hi}]" if lo is not None and hi is not None
-                       else f">= {lo}" if lo is not None else f"<= {hi}")
-        raise ValueError(f"controller.{name}={value} is out of range; allowed: {allowed}")
+# The range rules every controller declares the same way (``@ranges`` beside each class).
+FORMATS_RULE = rule(each=True, nonempty=True, **FORMAT)      # a non-empty list of format names
+FORMAT_RULE = rule(**FORMAT)                                   # one format name
+COST_BUDGET_RULE = rule(gt=0, why="relative to all-fp32")      # None = no budget
+UNIT_RULE = rule(ge=0, le=1)                                   # a rate or a fraction
 
 
-def check_formats(name: str, formats: Iterable[str]) -> list[str]:
-    """Canonical names of ``formats``; one-line error naming the key on an unknown name."""
-    out = []
-    for f in formats:
-        try:
-            out.append(get_format(f).name)
-        except ValueError:
-            raise ValueError(f"controller.{name} has unknown format {f!r}; "
-                             "allowed: fp32, bf16, fp16 (fp8_e4m3, fp8_e5m2 with executor=emulated)") from None
-    if not out:
-        raise ValueError(f"controller.{name} is empty; list at least one format, e.g. [bf16, fp32]")
-    return list(dict.fromkeys(out))
+def canonical_formats(formats: Iterable[str]) -> list[str]:
+    """Canonical names of ``formats`` (aliases resolved, duplicates dropped, order kept); the
+    names were checked by the class's ``FORMATS_RULE``."""
+    return list(dict.fromkeys(get_format(f).name for f in formats))
 
 
 def allowed_formats(formats: Sequence[str], layer: str, context, cpu_fp16: bool = False) -> list[str]:

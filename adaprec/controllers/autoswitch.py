@@ -15,21 +15,21 @@ worst of the layer's activation, output gradient, weights and weight gradients.
 from __future__ import annotations
 
 from adaprec.runtime.plan import Plan
-from adaprec.controllers._common import allowed_formats, check_formats, check_range, flush_rate, quant_mse, root_format
+from adaprec.controllers._common import (FORMAT_RULE, UNIT_RULE, allowed_formats, canonical_formats,
+                                        flush_rate, quant_mse, root_format)
 from adaprec.controllers.base import Controller, ControllerContext, StepRecord
+from adaprec.runtime.ranges import ranges, rule
 
 __all__ = ["Autoswitch"]
 
 
+@ranges("controller", low=FORMAT_RULE, high=FORMAT_RULE, underflow_max=UNIT_RULE, mse_max=rule(ge=0))
 class Autoswitch(Controller):
     """Stateless per-layer switch between ``low`` and ``high`` (see module docstring)."""
 
     def __init__(self, low: str = "bf16", high: str = "fp32", underflow_max: float = 0.05,
                  mse_max: float = 1e-4, cpu_fp16: bool = False):
-        self.low = check_formats("low", [low])[0]
-        self.high = check_formats("high", [high])[0]
-        check_range("underflow_max", underflow_max, 0, 1)
-        check_range("mse_max", mse_max, 0)
+        self.low, self.high = canonical_formats([low])[0], canonical_formats([high])[0]
         self.underflow_max, self.mse_max = float(underflow_max), float(mse_max)
         self.cpu_fp16 = bool(cpu_fp16)
         self.reasons: dict[str, str] = {}

@@ -37,15 +37,26 @@ from collections.abc import Sequence
 import torch
 
 from adaprec.runtime.plan import Plan
-from adaprec.controllers._common import allowed_formats, cheapest_first, check_formats, check_range, relative_costs, root_format
+from adaprec.controllers._common import (COST_BUDGET_RULE, FORMATS_RULE, UNIT_RULE, allowed_formats,
+                                        canonical_formats, cheapest_first, relative_costs, root_format)
 from adaprec.controllers.budget import Budget
 from adaprec.controllers._window import Window, summarize_step
 from adaprec.controllers.base import Controller, ControllerContext, StepRecord
 from adaprec.controllers.policies import POLICIES, Policy, make_policy
+from adaprec.runtime.ranges import ranges, rule
 
 __all__ = ["Bandit"]
 
 
+_NONNEG = rule(ge=0)
+
+
+@ranges("controller", algorithm=rule(names=POLICIES), formats=FORMATS_RULE, interval=rule(ge=1),
+        cost_weight=_NONNEG, nonfinite_penalty=_NONNEG, overflow_weight=_NONNEG,
+        underflow_weight=_NONNEG, err_weight=_NONNEG, spike_weight=_NONNEG, spike_tol=_NONNEG,
+        baseline_decay=UNIT_RULE, block_windows=_NONNEG, range_max=UNIT_RULE,
+        exploration=_NONNEG, discount=rule(gt=0, le=1), window=rule(ge=1), sigma=_NONNEG,
+        exp3_gamma=UNIT_RULE, eta=_NONNEG, cost_budget=COST_BUDGET_RULE)
 class Bandit(Controller):
     """Per-layer bandits choosing each layer's format (see module docstring for the reward).
 
@@ -67,24 +78,8 @@ class Bandit(Controller):
                  exploration: float = 0.2, discount: float = 0.95, window: int = 20,
                  sigma: float = 0.1, exp3_gamma: float = 0.1, eta: float = 2.0, seed: int = 0,
                  cpu_fp16: bool = False, cost_budget: float | None = None):
-        self.algorithm = str(getattr(algorithm, "value", algorithm))
-        if self.algorithm not in POLICIES:
-            raise ValueError(f"controller.algorithm={self.algorithm!r} is unknown; allowed: {', '.join(POLICIES)}")
-        for name, value in [("cost_weight", cost_weight), ("nonfinite_penalty", nonfinite_penalty),
-                            ("overflow_weight", overflow_weight), ("underflow_weight", underflow_weight),
-                            ("err_weight", err_weight), ("spike_weight", spike_weight),
-                            ("spike_tol", spike_tol), ("exploration", exploration), ("sigma", sigma),
-                            ("eta", eta)]:
-            check_range(name, value, 0)
-        check_range("interval", interval, 1)
-        check_range("block_windows", block_windows, 0)
-        check_range("window", window, 1)
-        check_range("range_max", range_max, 0, 1)
-        check_range("baseline_decay", baseline_decay, 0, 1)
-        if not 0 < discount <= 1:
-            raise ValueError(f"controller.discount={discount} is out of range; allowed: (0, 1]")
-        check_range("exp3_gamma", exp3_gamma, 0, 1)
-        self.formats = check_formats("formats", formats)
+        self.algorithm = str(getattr(algorithm, "value", algorithm))  # an Enum from the typed config
+        self.formats = canonical_formats(formats)
         self.interval, self.cost_weight = int(interval), float(cost_weight)
         self.weights = {"nonfinite": nonfinite_penalty, "overflow": overflow_weight,
                         "underflow": underflow_weight, "err": err_weight, "spike": spike_weight}
@@ -95,7 +90,7 @@ class Bandit(Controller):
                        "thompson": {"sigma": sigma}, "exp3": {"gamma": exp3_gamma},
                        "hedge": {"eta": eta}}[self.algorithm]
         self.seed, self.cpu_fp16 = int(seed), bool(cpu_fp16)
-        self.cost_budget = Budget.check(cost_budget)
+        self.cost_budget = cost_budget
         self._budget: Budget | None = None
         self.reasons: dict[str, str] = {}
         self._layers: list[str] = []

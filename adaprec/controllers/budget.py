@@ -23,14 +23,6 @@ __all__ = ["Budget"]
 class Budget:
     """A hard cap on a plan's modeled relative cost (see module docstring)."""
 
-    @staticmethod
-    def check(cost_budget: float | None) -> float | None:
-        """Validate a controller's ``cost_budget`` argument (None = no budget)."""
-        if cost_budget is not None and not cost_budget > 0:
-            raise ValueError(f"controller.cost_budget={cost_budget} is out of range; "
-                             "allowed: > 0 (relative to all-fp32)")
-        return cost_budget
-
     def __init__(self, budget: float, orders: Mapping[str, Sequence[str]], context):
         """``orders[layer]``: that layer's allowed formats, cheapest first."""
         self.budget = float(budget)

@@ -31,8 +31,9 @@ from collections.abc import Sequence
 import torch
 
 from adaprec.runtime.plan import Plan
-from adaprec.controllers._common import allowed_formats, check_formats, check_range
+from adaprec.controllers._common import FORMATS_RULE, allowed_formats, canonical_formats
 from adaprec.controllers.base import Controller, ControllerContext, StepRecord
+from adaprec.runtime.ranges import ranges, rule
 
 __all__ = ["MuPPET", "muppet_threshold"]
 
@@ -42,6 +43,8 @@ def muppet_threshold(e: int) -> float:
     return 1.0 + 1.5 * math.exp(-0.1 * e)
 
 
+@ranges("controller", ladder=FORMATS_RULE, interval=rule(ge=1), patience=rule(ge=1),
+        batches=rule(ge=2, why="diversity needs several minibatches"))
 class MuPPET(Controller):
     """Global bf16 -> fp16 -> fp32 switching on falling gradient diversity (see module docstring).
 
@@ -55,12 +58,9 @@ class MuPPET(Controller):
 
     def __init__(self, ladder: Sequence[str] = ("bf16", "fp16", "fp32"), interval: int = 20,
                  batches: int = 4, patience: int = 2, cpu_fp16: bool = False):
-        self.ladder = check_formats("ladder", ladder)
-        check_range("interval", interval, 1)
-        check_range("batches", batches, 2, allowed=">= 2 (diversity needs several minibatches)")
+        self.ladder = canonical_formats(ladder)
         if batches > interval:
             raise ValueError(f"controller.batches={batches} must be <= controller.interval={interval}")
-        check_range("patience", patience, 1)
         self.interval, self.batches, self.patience = int(interval), int(batches), int(patience)
         self.cpu_fp16 = bool(cpu_fp16)
         self.reasons: dict[str, str] = {}

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 
-from adaprec.numerics.formats import FP32, get_format
+from adaprec.numerics.formats import get_format
 from adaprec.runtime.plan import Plan
+from adaprec.controllers._common import FORMAT_RULE
 from adaprec.controllers.base import Controller, ControllerContext, StepRecord
+from adaprec.runtime.ranges import FORMAT, ranges, rule
 
 __all__ = ["Static", "FixedPlan", "Autocast"]
 
@@ -42,6 +45,7 @@ class _StaticBase(Controller):
         pass
 
 
+@ranges("controller", format=FORMAT_RULE)
 class Static(_StaticBase):
     """Every layer in one format: ``Static("bf16")``."""
 
@@ -56,13 +60,14 @@ class Static(_StaticBase):
         return self.format
 
 
+@ranges("controller", default=FORMAT_RULE, patterns=rule(each=True, **FORMAT))
 class FixedPlan(_StaticBase):
     """A fixed per-layer map from glob patterns: ``FixedPlan({"layer4.*": "fp32"}, default="bf16")``.
 
     Patterns apply in order (later ones win); a pattern that matches no layer is an error.
     """
 
-    def __init__(self, patterns: Mapping[str, str] | None = None, default: str = "fp32"):
+    def __init__(self, patterns: Mapping[str, str] = MappingProxyType({}), default: str = "fp32"):
         super().__init__()
         self.patterns = dict(patterns or {})
         self.default = get_format(default).name
@@ -74,6 +79,8 @@ class FixedPlan(_StaticBase):
         return "plan"
 
 
+@ranges("controller", dtype=rule(ok=lambda v: get_format(v).name in ("bf16", "fp16"),
+                                  allowed="one of bf16, fp16"))
 class Autocast(_StaticBase):
     """The industry baseline: one global ``torch.autocast`` region with PyTorch's own op
     lists (``dtype`` bf16 or fp16), dynamic loss scaling when fp16."""
@@ -81,8 +88,6 @@ class Autocast(_StaticBase):
     def __init__(self, dtype: str = "bf16"):
         super().__init__()
         self.dtype = get_format(dtype).name
-        if self.dtype == FP32.name or not get_format(self.dtype).native:
-            raise ValueError(f"autocast dtype must be bf16 or fp16, got {dtype!r}")
 
     def _build(self, layers: list[str]) -> Plan:
         return Plan.uniform(self.dtype, layers, region="global")

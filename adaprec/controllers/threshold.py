@@ -21,15 +21,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from adaprec.runtime.plan import Plan
-from adaprec.controllers._common import (allowed_formats, check_formats, check_range, cheapest_first, root_format,
-                      relative_costs)
+from adaprec.controllers._common import (COST_BUDGET_RULE, FORMATS_RULE, UNIT_RULE, allowed_formats,
+                                        canonical_formats, cheapest_first, relative_costs,
+                                        root_format)
 from adaprec.controllers._window import Window, summarize_step
 from adaprec.controllers.budget import Budget
 from adaprec.controllers.base import Controller, ControllerContext, StepRecord
+from adaprec.runtime.ranges import is_format, ranges, rule
 
 __all__ = ["Threshold"]
 
 
+@ranges("controller", overflow_max=UNIT_RULE, underflow_max=UNIT_RULE, rounding_err_max=UNIT_RULE,
+        patience=rule(ge=0), cooldown=rule(ge=0), interval=rule(ge=1), formats=FORMATS_RULE,
+        start=rule(ok=lambda v: v == "cheapest" or is_format(v), allowed="'cheapest' or a format name"),
+        cost_budget=COST_BUDGET_RULE)
 class Threshold(Controller):
     """Rule-based per-layer switching between fp32, bf16 and fp16 (see module docstring).
 
@@ -52,21 +58,15 @@ class Threshold(Controller):
                  rounding_err_max: float = 0.005, patience: int = 3, cooldown: int = 20,
                  interval: int = 10, formats: Sequence[str] = ("bf16", "fp16", "fp32"),
                  start: str = "cheapest", cpu_fp16: bool = False, cost_budget: float | None = None):
-        check_range("overflow_max", overflow_max, 0, 1)
-        check_range("underflow_max", underflow_max, 0, 1)
-        check_range("rounding_err_max", rounding_err_max, 0, 1)
-        check_range("patience", patience, 0)
-        check_range("cooldown", cooldown, 0)
-        check_range("interval", interval, 1)
         self.overflow_max, self.underflow_max = float(overflow_max), float(underflow_max)
         self.rounding_err_max = float(rounding_err_max)
         self.patience, self.cooldown, self.interval = int(patience), int(cooldown), int(interval)
-        self.formats = check_formats("formats", formats)
+        self.formats = canonical_formats(formats)
         if "fp32" not in self.formats:
             self.formats.append("fp32")  # the escalation target must always be reachable
-        self.start = start if start == "cheapest" else check_formats("start", [start])[0]
+        self.start = start if start == "cheapest" else canonical_formats([start])[0]
         self.cpu_fp16 = bool(cpu_fp16)
-        self.cost_budget = Budget.check(cost_budget)
+        self.cost_budget = cost_budget
         self._budget: Budget | None = None
         self.reasons: dict[str, str] = {}
         self._layers: list[str] = []

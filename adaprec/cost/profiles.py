@@ -11,7 +11,15 @@ A profile is a YAML file in ``conf/cost/`` (or anywhere, loaded by path)::
     metric: seconds               # or "bitops" (MACs x bits_w x bits_a, no time)
 
 A format a chip lacks is priced as the format it falls back to, compute *and* bytes: on a V100
-an emulated-bf16 layer costs what an fp32 layer costs.
+an emulated-bf16 layer costs what an fp32 layer costs. Which format a format runs as
+(:meth:`DeviceProfile.resolve`), first rule that applies, repeated until one stops:
+
+1. the profile's own ``fallback`` entry for it;
+2. it runs as itself if ``peak_tflops`` names it, or names its element width (``fp8``,
+   ``fp6``, ``fp4``: one peak for every format of that width, e.g. mxfp8/fp8 tiles at ``fp8``);
+3. the registry's ``Format.fallback`` (:mod:`adaprec.numerics.formats`): mxfp8 -> fp8,
+   mxfp6 -> mxfp8_e4m3, mxfp4 -> mxfp6_e2m3, nvfp4 -> mxfp4, fp8 -> bf16. So on an H100, which
+   has no fp4/fp6 tensor cores, nvfp4 and mxfp4 layers are priced as fp8 e4m3.
 """
 from __future__ import annotations
 
@@ -60,7 +68,7 @@ class DeviceProfile:
         if self.metric == "seconds":
             for fmt in FORMATS:
                 eff = self.resolve(fmt)
-                if self.peak_tflops.get(eff, 0) <= 0:
+                if self.peak_tflops.get(self._peak_key(eff) or eff, 0) <= 0:
                     raise ValueError(f"profile {self.name!r} has no positive peak_tflops for {eff!r} "
                                      f"(format {fmt}); add it or a fallback: {{{fmt}: <format>}}")
                 if self.bandwidth(eff) <= 0:
@@ -72,15 +80,27 @@ class DeviceProfile:
         return "s" if self.metric == "seconds" else "bops"
 
     def resolve(self, fmt: str) -> str:
-        """The format ``fmt`` actually runs as on this device (following fallbacks)."""
+        """The format ``fmt`` actually runs as on this device (the module docstring's rule)."""
         name = get_format(fmt).name
         seen = [name]
-        while name in self.fallback:
-            name = get_format(self.fallback[name]).name
+        while True:
+            if name in self.fallback:
+                nxt = self.fallback[name]
+            elif self._peak_key(name) is not None or get_format(name).fallback is None:
+                return name
+            else:
+                nxt = get_format(name).fallback
+            name = get_format(nxt).name
             if name in seen:
                 raise ValueError(f"profile {self.name!r}: fallback cycle {' -> '.join(seen + [name])}")
             seen.append(name)
-        return name
+
+    def _peak_key(self, fmt: str) -> str | None:
+        """The ``peak_tflops`` key that prices ``fmt``: its name, else its element width."""
+        if fmt in self.peak_tflops:
+            return fmt
+        width = f"fp{get_format(fmt).bits}"
+        return width if width in self.peak_tflops and get_format(fmt).bits < 16 else None
 
     def flops_per_s(self, fmt: str, kind: str | None = None) -> float:
         """FLOP/s for ``fmt`` (already resolved) on op ``kind`` ("matmul", "conv")."""
@@ -88,7 +108,7 @@ class DeviceProfile:
             return float(self.op_tflops[kind][fmt]) * 1e12
         if fmt == "fp32" and self.fp32_uses_tf32:
             return float(self.peak_tflops["tf32"]) * 1e12
-        return float(self.peak_tflops[fmt]) * 1e12
+        return float(self.peak_tflops[self._peak_key(fmt) or fmt]) * 1e12
 
     def bandwidth(self, fmt: str) -> float:
         """Bytes per second for tensors in ``fmt`` (already resolved)."""

@@ -6,7 +6,8 @@ bf16 study). Rounding is round-to-nearest-even through torch's own dtype casts
 (``x.to(fp16).to(fp32)``), so overflow to inf, subnormals (fp16 down to 2^-24) and flush to
 zero follow the real format bit for bit.
 
-16-bit formats round plainly. fp8 formats round with a per-tensor scale in the style of
+16-bit formats round plainly. Block and tile formats (MX, NVFP4, DeepSeek fp8) round through
+``Format.fake_quantize`` (:class:`FakeQuantFn`). Per-tensor fp8 formats round with a per-tensor scale in the style of
 Transformer Engine: ``scale = (fp8_max / amax) / 2^margin``, rounded down to a power of two
 so that scaling is exact, from this tensor's amax
 (``current``) or from the maximum of an amax history (``delayed``), and values beyond the
@@ -29,7 +30,7 @@ import torch
 from adaprec.numerics.formats import Format
 
 __all__ = ["FP8Config", "AmaxState", "round_to", "round_scaled", "RoundFn", "ScaledRoundFn",
-           "RoundedSoftmaxFn",
+           "FakeQuantFn", "RoundedSoftmaxFn",
            "SCALINGS", "round_tree"]
 
 SCALINGS = ("current", "delayed")
@@ -147,6 +148,25 @@ class ScaledRoundFn(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         out = grad if ctx.bwd is None else round_scaled(grad, ctx.fmt, ctx.bwd)
         return out, None, None, None
+
+
+class FakeQuantFn(torch.autograd.Function):
+    """Block or tile scaled rounding (``Format.fake_quantize``) in forward, and of the gradient
+    unless ``grad_role`` is None (then the caller rounds it); ``stochastic``: the gradient is
+    rounded stochastically."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, fmt: Format, role: str, axis: int, grad_role: str | None,
+                stochastic: bool = False) -> torch.Tensor:
+        ctx.fmt, ctx.axis, ctx.grad_role, ctx.stochastic = fmt, axis, grad_role, stochastic
+        return fmt.fake_quantize(x, role=role, axis=axis)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        if ctx.grad_role is not None:
+            grad = ctx.fmt.fake_quantize(grad, role=ctx.grad_role, axis=ctx.axis,
+                                         stochastic=ctx.stochastic)
+        return grad, None, None, None, None, None
 
 
 class RoundedSoftmaxFn(torch.autograd.Function):

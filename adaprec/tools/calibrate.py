@@ -163,8 +163,9 @@ def _profile_dict(name: str, device: torch.device, fmts, measured: dict, clock: 
     names = [f.name for f in fmts]
     # untimed formats: fp8 runs as bf16 (exact for fp8 values) when bf16 was timed; anything
     # else untimed is priced as fp32, the conservative choice
+    # (block/tile formats follow the registry's fallback chain down to these, see cost.profiles)
     fallback = {f: (FP8_FALLBACK if f.startswith("fp8") and FP8_FALLBACK in names else "fp32")
-                for f in FORMATS if f not in names}
+                for f in FORMATS if f not in names and get_format(f).scaling in ("none", "per_tensor")}
     return {
         "name": name,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

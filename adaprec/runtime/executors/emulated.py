@@ -40,8 +40,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from adaprec.numerics.emulation import (AmaxState, FP8Config, RoundedSoftmaxFn, RoundFn, ScaledRoundFn,
-                        round_scaled, round_to, round_tree)
+from adaprec.numerics.emulation import (AmaxState, FakeQuantFn, FP8Config, RoundedSoftmaxFn, RoundFn,
+                                       ScaledRoundFn, round_scaled, round_to, round_tree)
 from adaprec.numerics.formats import FP32, Format, get_format
 from adaprec.runtime.executors.base import hook_layers as _hook_layers
 from adaprec.runtime.plan import Plan
@@ -89,7 +89,11 @@ _FP32_FRAME = _Frame(None, FP32, "fp32")
 # modules whose output is on the grid of any format their input is on (they select, mask or
 # reshape values): a rounded input's tag passes through them, so e.g. conv -> bn -> relu -> conv
 # rounds the second conv's input no second time
-_GRID_PRESERVING = (nn.ReLU, nn.Identity, nn.Flatten, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
+# layers whose (N, C, ...) activations block formats block over channels (their reduction
+# dimension for convolutions; batch norm keeps the convolutions' blocks), not the last dimension
+_CHANNEL_BLOCKED = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm)
+_REBLOCKING = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
+_GRID_PRESERVING = (nn.ReLU, nn.Identity, nn.Flatten) + _REBLOCKING
 
 
 def _needs_op_rounding(module: nn.Module) -> bool:
@@ -107,6 +111,8 @@ def _pass_tag(module, args, output):
     if tag is None or not isinstance(output, torch.Tensor):
         return None
     bumped = 1 if output is x else 0
+    if isinstance(module, _REBLOCKING) and "/" in tag[0]:
+        return None  # pooling mixes values of different blocks (scales): no longer on one grid
     if tag[1] + bumped == x._version:
         setattr(output, _TAG, (tag[0], output._version))
     return None
@@ -123,7 +129,7 @@ class _OpRounding(TorchFunctionMode):
         kwargs = kwargs or {}
         stack = self.executor._stack
         mine = func in _ROUNDED_OPS and stack and stack[-1] is self.frame
-        if mine and func in _SOFTMAX and self.frame.fmt.bits > 8:
+        if mine and func in _SOFTMAX and self.frame.fmt.scaling == "none":
             dim = args[1] if len(args) > 1 else kwargs.get("dim")
             if dim is not None and kwargs.get("dtype") is None and args[0].dtype == torch.float32:
                 return RoundedSoftmaxFn.apply(args[0], dim, self.frame.fmt, func in _LOG_SOFTMAX)
@@ -142,7 +148,9 @@ class EmulatedExecutor:
         fp8: per-tensor scaling of fp8 layers (:class:`~adaprec.numerics.emulation.FP8Config` or its
             fields as a dict).
         skip_rounded: don't re-round an input the previous layer already rounded to the
-            same 16-bit format (saves one elementwise pass per tensor, numerics unchanged).
+            same format (saves one elementwise pass per tensor, numerics unchanged).
+        stochastic_grads: round gradients of block/tile formats stochastically (unbiased)
+            instead of to nearest even.
         hook_layers: register the per-layer hooks (False: a composing executor calls
             :meth:`enter_layer`/:meth:`exit_layer` itself).
 
@@ -154,8 +162,9 @@ class EmulatedExecutor:
 
     def __init__(self, model: nn.Module, layers: Sequence[str], device_type: str = "cpu",
                  fp8: FP8Config | dict | None = None, skip_rounded: bool = True,
-                 hook_layers: bool = True):
+                 hook_layers: bool = True, stochastic_grads: bool = False):
         self.device_type = device_type
+        self.stochastic_grads = bool(stochastic_grads)
         self.layers = list(layers)
         self.fp8 = fp8 if isinstance(fp8, FP8Config) else FP8Config(**(fp8 or {}))
         self.skip_rounded = skip_rounded
@@ -250,8 +259,10 @@ class EmulatedExecutor:
         gradient *arriving at it* is rounded (a tensor hook, which runs before any hook the
         monitor registers later) rather than the gradient leaving it; the output is tagged."""
         fmt = frame.fmt
-        scaled = fmt.bits <= 8
+        scaled = fmt.scaling == "per_tensor"
         name = frame.layer or ""
+        if fmt.scaling in ("block", "tiles"):
+            return self._block_rounder(frame, output)
 
         def fn(t: torch.Tensor, role: str, skip_tagged: bool = True) -> torch.Tensor:
             if t.dtype in _LOW_DTYPES:  # from a native region: emulation works on fp32
@@ -270,6 +281,30 @@ class EmulatedExecutor:
                 if out.requires_grad:
                     out.register_hook(lambda g: round_to(g, fmt))
                 setattr(out, _TAG, (fmt.name, out._version))
+            return out
+        return fn
+
+    def _block_rounder(self, frame: _Frame, output: bool):
+        """Block/tile formats: ``Format.fake_quantize`` over the reduction dimension (the last
+        one; channels for a convolution's activations, ``(out, in*kh*kw)`` rows for weights),
+        the gradient over the same dimension (stochastically with ``stochastic_grads``)."""
+        fmt, sr = frame.fmt, self.stochastic_grads
+        axis = 1 if isinstance(frame.module, _CHANNEL_BLOCKED) else -1
+
+        def fn(t: torch.Tensor, role: str, skip_tagged: bool = True) -> torch.Tensor:
+            if t.dtype in _LOW_DTYPES:
+                t = t.float()
+            ax = axis if t.dim() > 2 else -1
+            key = f"{fmt.name}/{ax}"  # the same blocks: an input tagged with this key is on them
+            if skip_tagged and self.skip_rounded and getattr(t, _TAG, None) == (key, t._version):
+                return t
+            grad_role = None if output else "grad_" + role
+            out = FakeQuantFn.apply(t, fmt, role, ax, grad_role, sr)
+            if output:
+                if out.requires_grad:
+                    out.register_hook(lambda g: fmt.fake_quantize(g, role="grad_output", axis=ax,
+                                                                  stochastic=sr))
+                setattr(out, _TAG, (key, out._version))
             return out
         return fn
 
