@@ -67,14 +67,16 @@ class AdaptivePrecision:
             estimates it from the fixed-size sample too, for cheap every-step statistics.
         layers: extra glob patterns of module names to treat as layers.
         scaler: keyword arguments for :class:`~adaprec.numerics.scaler.LossScaler`.
-        layer_costs / cheapness: cost information handed to the controller's ``setup``.
+        layer_costs / plan_cost / cheapness: cost information handed to the controller's
+            ``setup`` (see :class:`~adaprec.controllers.base.ControllerContext`).
     """
 
     def __init__(self, model: nn.Module, controller: Controller | None = None,
                  device_type: str = "cpu", executor: str = "native", monitor_every: int = 10,
                  layers: Sequence[str] = (), scaler: dict | None = None,
                  layer_costs: dict | None = None, cheapness: Sequence[str] | None = None,
-                 executor_options: dict | None = None, monitor_exact: bool = True):
+                 executor_options: dict | None = None, monitor_exact: bool = True,
+                 plan_cost: Callable[[Plan], float] | None = None):
         if executor not in EXECUTORS:
             raise ValueError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
         model = unwrap(model)
@@ -106,7 +108,7 @@ class AdaptivePrecision:
         self._orphans: set[int] = set()  # parameters with gradients that belong to no optimizer
         modules = dict(model.named_modules())
         context = ControllerContext(layers=self.layers, device_type=device_type,
-                                    layer_costs=layer_costs,
+                                    layer_costs=layer_costs, plan_cost=plan_cost,
                                     cheapness=tuple(cheapness or ControllerContext.cheapness),
                                     layer_types={n: type(modules[n]).__name__ for n in self.layers},
                                     executor=executor)

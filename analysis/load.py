@@ -20,16 +20,20 @@ never identified by parsing folder names. Every fact comes from the files themse
   ``"incomplete"`` for a run with a config but no (readable) ``metrics.json``, or whose
   ``metrics.json`` still says ``"running"`` (the job was killed).
 - ``error``: the run's error message (``None`` for ok runs).
-- ``quality_metric`` / ``quality`` / ``higher_is_better``: the workload's quality measure — the
-  first of ``val_accuracy`` (higher is better), ``val_perplexity``, ``val_rmse``, ``val_loss``
-  (lower is better)
-  that any run of the workload reports — and this run's value of it.
+- ``quality_metric`` / ``quality`` / ``higher_is_better``: the workload's quality measure — its
+  task's quality metric (``cfg.dataset.task``; see :mod:`adaprec.tasks`: ``val_accuracy``,
+  higher is better; ``val_perplexity``, ``val_rmse``, lower is better), else the first task
+  quality, else ``val_loss``, that any run of the workload reports — and this run's value of it.
 - every scalar of ``metrics.json`` under its own name: ``steps``, ``skipped_steps``, ``wall_s``,
   ``val_loss``, ``val_accuracy`` | ``val_perplexity``, ``plan_changes``, ``cost_<profile>_s``,
   ``rel_cost_<profile>``, ``flop_share_<fmt>``, ...; ``format_shares`` flattened to
   ``format_share_<fmt>`` (a format another run used but this one did not has share 0); ``final_plan`` kept as a ``{layer: fmt}`` dict; any other nested dict
   flattened as ``<key>.<subkey>``.
 - ``cfg.<dotted.key>``: every leaf of ``config_resolved.yaml`` (lists as their string form).
+- ``environment.<key>``: where the run ran (``metrics.json["environment"]``: torch, device,
+  ``cpu_flags.<flag>``, ``executors.<fmt>``, ``adaprec_commit``, ``adaprec_dirty``, ...);
+  ``load_runs`` warns (:class:`MixedEnvironmentWarning`) when the runs disagree on any of them
+  but the dirty flag, so a sweep merged from two machines is never compared silently.
 - ``overrides``: the Hydra overrides from ``.hydra/overrides.yaml`` joined by spaces (or None).
 - ``run_dir``: absolute path of the run directory.
 
@@ -43,20 +47,21 @@ missing the file, or whose file is empty or unreadable, contribute no rows; they
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import yaml
 
-__all__ = ["RUN_FILES", "KEY_COLUMNS", "QUALITY_METRICS", "find_run_dirs", "load_runs",
-           "load_steps", "load_evals", "load_layers", "load_decisions", "ok_runs"]
+from adaprec.tasks import get_task, quality_metrics, task_names
+
+__all__ = ["RUN_FILES", "KEY_COLUMNS", "find_run_dirs", "load_runs",
+           "load_steps", "load_evals", "load_layers", "load_decisions", "ok_runs",
+           "MixedEnvironmentWarning", "environment_differences"]
 
 RUN_FILES = ("metrics.json", "config_resolved.yaml")
 KEY_COLUMNS = ["run_id", "workload", "controller", "seed"]
-# (metric, higher_is_better), in order of preference.
-QUALITY_METRICS = (("val_accuracy", True), ("val_perplexity", False), ("val_rmse", False),
-                   ("val_loss", False))
 _FINAL_STATUSES = ("ok", "failed", "diverged")
 _ALWAYS_CHOICES = ("controller", "model", "dataset", "experiment")
 _FIRST_COLUMNS = ["run_id", "workload", "controller", "model", "dataset", "experiment", "seed",
@@ -81,10 +86,32 @@ def load_runs(path: str | Path) -> pd.DataFrame:
                          f"{' or '.join(RUN_FILES)}; pass the sweep directory the trainer wrote")
     runs = pd.DataFrame([_run_row(root, d) for d in dirs])
     runs = _add_quality(_fill_shares(runs))
+    differing = environment_differences(runs)
+    if differing:
+        warnings.warn(f"runs under {root} ran in different environments ({'; '.join(differing)}): "
+                      "compare measured times only within one environment (group by those "
+                      "environment.* columns)", MixedEnvironmentWarning, stacklevel=2)
     cfg_cols = sorted(c for c in runs.columns if c.startswith("cfg."))
     rest = [c for c in runs.columns if c not in _FIRST_COLUMNS and c not in cfg_cols
             and c not in ("overrides", "run_dir")]
     return runs[_FIRST_COLUMNS + rest + cfg_cols + ["overrides", "run_dir"]]
+
+
+class MixedEnvironmentWarning(UserWarning):
+    """The loaded runs ran on different machines, torch versions or executors."""
+
+
+def environment_differences(runs: pd.DataFrame) -> list[str]:
+    """``"<key>: <values>"`` for each ``environment.*`` column whose runs disagree (the dirty
+    flag aside: it says whether a commit describes the code, not where it ran)."""
+    out = []
+    for col in sorted(c for c in runs.columns if c.startswith("environment.")):
+        if col == "environment.adaprec_dirty":
+            continue
+        values = sorted({str(v) for v in runs[col] if v is not None and v == v})
+        if len(values) > 1:
+            out.append(f"{col.removeprefix('environment.')}: {', '.join(values)}")
+    return out
 
 
 def ok_runs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -214,13 +241,20 @@ def _add_quality(runs: pd.DataFrame) -> pd.DataFrame:
     runs = runs.copy()
     runs["quality_metric"], runs["quality"], runs["higher_is_better"] = None, float("nan"), None
     for _, idx in runs.groupby("workload", dropna=False).groups.items():
-        for metric, higher in QUALITY_METRICS:
+        for metric, higher in _quality_order(runs.loc[idx]):
             if metric in runs and runs.loc[idx, metric].notna().any():
                 runs.loc[idx, "quality_metric"] = metric
                 runs.loc[idx, "quality"] = pd.to_numeric(runs.loc[idx, metric], errors="coerce")
                 runs.loc[idx, "higher_is_better"] = higher
                 break
     return runs
+
+
+def _quality_order(workload: pd.DataFrame) -> list[tuple[str, bool]]:
+    """(metric, higher_is_better) to look for: the workload's own task's quality first."""
+    tasks = workload["cfg.dataset.task"].dropna().unique() if "cfg.dataset.task" in workload else []
+    own = [(get_task(t).quality, get_task(t).higher_is_better) for t in tasks if t in task_names()]
+    return [*own, *quality_metrics()]
 
 
 # --- per-run tables ----------------------------------------------------------------------------

@@ -34,9 +34,11 @@ def slug(text: str) -> str:
 
 
 def sweep_report(sweep: str | Path, out: str | Path, per_run: bool = True,
-                 baseline: str = "fp32") -> str:
+                 baseline: str = "fp32", measured: str = "wall_s", memory: bool = False) -> str:
     """Write all figures and tables for ``sweep`` under ``out``; return the Markdown summary.
-    ``baseline``: the controller every other one is tested against (Welch's t-test)."""
+    ``baseline``: the controller every other one is tested against (Welch's t-test);
+    ``measured``: the measured cost axis where no modeled cost exists (``wall_s`` or ``cpu_s``);
+    ``memory``: modeled (and CUDA-measured) peak bytes as cost axes beside time."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs = load_runs(sweep)
@@ -45,10 +47,10 @@ def sweep_report(sweep: str | Path, out: str | Path, per_run: bool = True,
     if ok_runs(runs).empty:
         raise ValueError(f"no run in {sweep} finished with status ok; nothing to aggregate "
                          f"({len(runs)} run(s) listed in {out / 'runs.csv'})")
-    costs, fallback = cost_columns(runs)
+    costs, fallback = cost_columns(runs, measured=measured, memory=memory)
     if fallback:
         notes.insert(0, "Note: no modeled cost (rel_cost_<profile>) in these runs; "
-                        "cost = measured wall_s.")
+                        f"cost = measured {measured}.")
     agg, welch = aggregate(runs), welch_tests(runs, baseline=baseline)
     poi = improvement_probabilities(runs, baseline=baseline)
     front = pareto_front(agg, costs)
@@ -208,6 +210,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="controller the others are tested against (default: fp32)")
     p.add_argument("--no-per-run", action="store_true",
                    help="sweep mode: skip the per-run figures of every ok run")
+    p.add_argument("--measured", choices=["wall_s", "cpu_s"], default="wall_s",
+                   help="measured cost axis where runs have no modeled cost (cpu_s: process CPU time)")
+    p.add_argument("--memory", action="store_true",
+                   help="also plot quality against modeled (and CUDA-measured) peak memory")
     return p
 
 
@@ -221,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             text = run_report(args.run, args.out)
         else:
             text = sweep_report(args.sweep, args.out, per_run=not args.no_per_run,
-                                baseline=args.baseline)
+                                baseline=args.baseline, measured=args.measured, memory=args.memory)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

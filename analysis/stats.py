@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from adaprec.tasks import quality_metrics
+
 from .load import ok_runs
 from .robust import bootstrap_ci, interval_pareto_mask, iqm, probability_of_improvement
 
@@ -23,9 +25,9 @@ __all__ = ["CONFIDENCE", "t_interval", "default_metrics", "aggregate", "welch_te
            "is_static_policy"]
 
 CONFIDENCE = 0.95
-_AGG_PATTERN = re.compile(r"^(rel_cost_.+|cost_.+_s|flop_share_.+|format_share_.+)$")
-_BASE_METRICS = ("quality", "val_loss", "val_accuracy", "val_perplexity", "val_rmse", "wall_s",
-                 "skipped_steps", "plan_changes")
+_AGG_PATTERN = re.compile(r"^(rel_cost_.+|cost_.+_s|flop_share_.+|format_share_.+|mem_.+_bytes"
+                          r"|cuda_max_mem_bytes)$")
+_RUN_METRICS = ("wall_s", "cpu_s", "skipped_steps", "plan_changes")
 
 
 def t_interval(values: Iterable[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
@@ -45,7 +47,9 @@ def t_interval(values: Iterable[float], confidence: float = CONFIDENCE) -> tuple
 def default_metrics(runs: pd.DataFrame) -> list[str]:
     """Numeric metrics worth aggregating that ``runs`` has: quality, losses, wall time, skips,
     plan changes, modeled costs and format/FLOP shares."""
-    return [c for c in _BASE_METRICS if c in runs] + sorted(c for c in runs if _AGG_PATTERN.match(c))
+    qualities = [m for m, _ in quality_metrics() if m != "val_loss"]  # every task's (adaprec.tasks)
+    base = ("quality", "val_loss", *qualities, *_RUN_METRICS)
+    return [c for c in base if c in runs] + sorted(c for c in runs if _AGG_PATTERN.match(c))
 
 
 def aggregate(runs: pd.DataFrame, metrics: Sequence[str] | None = None,
@@ -125,17 +129,29 @@ def pareto_mask(quality: Sequence[float], cost: Sequence[float],
     return mask
 
 
-def cost_columns(runs: pd.DataFrame) -> tuple[list[str], bool]:
-    """The modeled cost columns (``rel_cost_<profile>``) that ok runs report, and whether they
-    are missing so that measured ``wall_s`` stands in (then ``(["wall_s"], True)``)."""
+MEASURED_COSTS = ("wall_s", "cpu_s")
+
+
+def cost_columns(runs: pd.DataFrame, measured: str = "wall_s", memory: bool = False
+                 ) -> tuple[list[str], bool]:
+    """The modeled cost columns (``rel_cost_<profile>``; with ``memory`` also the modeled
+    ``mem_<profile>_bytes`` and, on CUDA, the measured ``cuda_max_mem_bytes``) that ok runs
+    report, and whether they are missing so that the ``measured`` time stands in (then
+    ``([measured], True)``): ``wall_s``, or ``cpu_s`` (process CPU time, robust on a shared
+    machine)."""
+    if measured not in MEASURED_COSTS:
+        raise ValueError(f"measured={measured!r}; choose one of {MEASURED_COSTS}")
     ok = ok_runs(runs)
     cols = sorted(c for c in runs if c.startswith("rel_cost_") and ok[c].notna().any())
+    if memory:
+        cols += sorted(c for c in runs if (c.startswith("mem_") and c.endswith("_bytes")
+                                           or c == "cuda_max_mem_bytes") and ok[c].notna().any())
     if cols:
         return cols, False
-    if "wall_s" not in runs:
-        raise ValueError("runs have neither rel_cost_<profile> nor wall_s; the trainer's "
-                         "metrics.json must report at least wall_s")
-    return ["wall_s"], True
+    if measured not in runs:
+        raise ValueError(f"runs have neither rel_cost_<profile> nor {measured}; the trainer's "
+                         "metrics.json reports wall_s and cpu_s")
+    return [measured], True
 
 
 def pareto_front(agg: pd.DataFrame, costs: Sequence[str], quality: str = "quality",

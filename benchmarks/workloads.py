@@ -1,4 +1,4 @@
-"""What the benchmarks time: ResNet-18 (CIFAR-style, 32x32) and the language workload's GPT,
+"""What the benchmarks time: ResNet-18 (CIFAR-style, 32x32), the SmallCNN, the language workload's GPT,
 and training-step closures built around them."""
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from adaprec import AdaptivePrecision
 from adaprec.controllers import Static
 from adaprec.models.gpt import GPT
+from adaprec.models.cnn import SmallCNN
 from adaprec.models.resnet import resnet18
 
 from .harness import base_parser, machine_line
@@ -21,8 +22,8 @@ def workload(name: str, batch: int, device: torch.device, image_size: int = 32):
     """(model, x, y) with fixed random inputs of the workload's shape."""
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    if name == "resnet18":
-        model = resnet18(in_channels=3, num_classes=10)
+    if name in ("resnet18", "cnn"):
+        model = resnet18(in_channels=3, num_classes=10) if name == "resnet18" else SmallCNN(3, 10, width=32)
         x = torch.randn(batch, 3, image_size, image_size, generator=g)
         y = torch.randint(0, 10, (batch,), generator=g)
     elif name == "gpt":
@@ -30,7 +31,7 @@ def workload(name: str, batch: int, device: torch.device, image_size: int = 32):
         x = torch.randint(0, 256, (batch, 64), generator=g)
         y = torch.randint(0, 256, (batch, 64), generator=g)
     else:
-        raise ValueError(f"unknown workload {name!r}; choose resnet18 or gpt")
+        raise ValueError(f"unknown workload {name!r}; choose resnet18, cnn or gpt")
     return model.to(device), x.to(device), y.to(device)
 
 

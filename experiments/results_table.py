@@ -3,8 +3,8 @@
     python experiments/results_table.py runs/headline                 # markdown to stdout
     python experiments/results_table.py runs/headline --csv results.csv
 
-Columns: quality (val_accuracy ↑ for image, val_perplexity ↓ for language, val_rmse ↓ for
-mixed_needs and underflow), modeled H100 cost relative to all-fp32 (``rel_cost_h100``, once the
+Columns: quality (the run's task's quality metric, see ``adaprec.tasks``: val_accuracy ↑ for
+image, val_perplexity ↓ for language, val_rmse ↓ for mixed_needs and underflow), modeled H100 cost relative to all-fp32 (``rel_cost_h100``, once the
 cost model writes it), measured wall time of the run on this CPU, the mean share of layers per
 format at the end, skipped steps, and how many seeds finished ``ok`` out of how many ran.
 Needs only pandas; ``analysis.report`` draws the figures.
@@ -17,28 +17,28 @@ from pathlib import Path
 
 import pandas as pd
 
+from adaprec.tasks import get_task, task_names
+
 __all__ = ["load_metrics", "summarize", "to_markdown"]
 
-QUALITY = {"image": "val_accuracy", "language": "val_perplexity",
-           "mixed_needs": "val_rmse", "underflow": "val_rmse"}
 NUMERIC = ["rel_cost_h100", "wall_s", "share_fp32", "share_bf16", "share_fp16", "skipped_steps"]
 
 
 def load_metrics(sweep_dir: str | Path) -> pd.DataFrame:
     """One row per job: ``experiment``, ``controller``, ``variant`` (see :func:`_variant`),
-    ``seed``, ``status``, ``error``, ``quality`` (the workload's metric, see QUALITY) and the
-    NUMERIC columns (NaN if absent)."""
+    ``seed``, ``status``, ``error``, ``metric`` (the run's task's quality metric, ``val_loss``
+    when the task is unknown), ``quality`` (its value) and the NUMERIC columns (NaN if absent)."""
     rows = []
     for path in sorted(Path(sweep_dir).glob("**/metrics.json")):
         m = json.loads(path.read_text())
         choices = m.get("choices", {})
         exp = choices.get("experiment") or "?"
         shares = m.get("format_shares") or {}
+        variant, metric = _variant_and_metric(path.parent / "config_resolved.yaml")
         rows.append({"experiment": exp, "controller": choices.get("controller", "?"),
-                     "variant": _variant(path.parent / "config_resolved.yaml"),
+                     "variant": variant,
                      "seed": m.get("seed"), "status": m.get("status"), "error": m.get("error"),
-                     "metric": QUALITY.get(exp, "val_loss"),
-                     "quality": m.get(QUALITY.get(exp, "val_loss"), float("nan")),
+                     "metric": metric, "quality": m.get(metric, float("nan")),
                      "rel_cost_h100": m.get("rel_cost_h100", float("nan")),
                      "wall_s": m.get("wall_s", float("nan")),
                      "skipped_steps": m.get("skipped_steps", float("nan")),
@@ -50,17 +50,19 @@ def load_metrics(sweep_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _variant(config_path: Path) -> str:
-    """What sets a job apart beyond its group choices: a fixed plan's patterns, loss scaling off."""
+def _variant_and_metric(config_path: Path) -> tuple[str, str]:
+    """What sets a job apart beyond its group choices (a fixed plan's patterns, loss scaling
+    off), and its task's quality metric."""
     if not config_path.exists():
-        return ""
+        return "", "val_loss"
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.load(config_path)
     parts = [f"{k}:{v}" for k, v in (OmegaConf.select(cfg, "controller.patterns") or {}).items()]
     if OmegaConf.select(cfg, "scaler.enabled") is False:
         parts.append("no loss scaling")
-    return " ".join(parts)
+    task = OmegaConf.select(cfg, "dataset.task")
+    return " ".join(parts), get_task(task).quality if task in task_names() else "val_loss"
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:

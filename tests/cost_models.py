@@ -1,6 +1,16 @@
 """Tiny models shared by the cost-model tests (no dependency on adaprec.models)."""
+import dataclasses
+
 import torch
 from torch import nn
+
+from adaprec.cost import load_profile
+
+
+def ideal(name):
+    """A datasheet profile as a pure roofline: peaks reached, no per-kernel cost, IEEE fp32, so
+    byte and cast formulas can be checked exactly (and tiny models behave like large ones)."""
+    return dataclasses.replace(load_profile(name), kernel_us=0.0, efficiency={}, tf32={})
 
 
 class AttentionCore(nn.Module):

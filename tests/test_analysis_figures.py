@@ -1,5 +1,4 @@
 """Every figure renders headless, saves PDF+PNG+CSV, and draws exactly its DataFrame's data."""
-from pathlib import Path
 
 import matplotlib
 
@@ -16,8 +15,6 @@ from analysis import (FORMAT_COLORS, curve_table, flop_share_bars, fp16_rates, l
                       training_curves)
 from analysis.figures import rates_matrix, timeline_codes  # noqa: E402
 from analysis.style import COLUMN_WIDTH_IN, FORMAT_ORDER  # noqa: E402
-
-SWEEP = Path(__file__).parent / "data" / "sweep_tiny"
 
 
 @pytest.fixture(autouse=True)
@@ -158,8 +155,8 @@ def test_loss_scale_trace_marks_skips():
     assert ax.get_yscale() == "log"
 
 
-def test_figures_from_the_committed_sweep():
-    runs = load_runs(SWEEP)
+def test_figures_from_the_tiny_sweep(tiny_sweep):
+    runs = load_runs(tiny_sweep)
     ok = runs[runs["status"] == "ok"]
     run_id = ok.loc[ok["controller"] == "fp16", "run_id"].iloc[0]
     layers = load_layers(ok)

@@ -1,4 +1,4 @@
-"""Loader column contract, against the committed tiny sweep (real trainer) and synthetic trees."""
+"""Loader column contract, against a real tiny sweep and copies of real runs with chosen metrics."""
 import json
 import math
 from pathlib import Path
@@ -7,9 +7,7 @@ import pandas as pd
 import pytest
 
 from analysis import load_decisions, load_evals, load_layers, load_runs, load_steps
-from tests.analysis_runtree import LAYERS, write_run
-
-SWEEP = Path(__file__).parent / "data" / "sweep_tiny"
+from tests.runtrees import LAYERS
 
 CONTRACT = ["run_id", "workload", "controller", "model", "dataset", "experiment", "seed", "status",
             "error", "quality_metric", "quality", "higher_is_better", "steps", "skipped_steps",
@@ -18,32 +16,39 @@ CONTRACT = ["run_id", "workload", "controller", "model", "dataset", "experiment"
 
 
 @pytest.fixture(scope="module")
-def runs():
-    return load_runs(SWEEP)
+def runs(tiny_sweep):
+    return load_runs(tiny_sweep)
 
 
-def _metrics():
-    return {p.parent.name: json.loads(p.read_text()) for p in SWEEP.glob("*/metrics.json")}
+def _metrics(sweep):
+    return {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/metrics.json")}
 
 
-def test_one_row_per_run_with_every_contract_column(runs):
-    assert len(runs) == len(list(SWEEP.glob("*/metrics.json"))) == 5
+def test_one_row_per_run_with_every_contract_column(runs, tiny_sweep):
+    assert len(runs) == len(list(tiny_sweep.glob("*/metrics.json"))) == 5
     missing = [c for c in CONTRACT if c not in runs.columns]
     assert not missing
     assert runs["run_id"].is_unique
     assert any(c.startswith("format_share_") for c in runs.columns)
-    assert (runs["cfg.trainer.max_steps"] == 6).all()
+    ok = runs["status"] == "ok"
+    assert (runs.loc[ok, "cfg.trainer.max_steps"] == 6).all()
+    # the failed job was refused before it wrote any config (issue 21): no cfg.*, but its row,
+    # choices and error are there
+    failed = runs[~ok].iloc[0]
+    assert failed["controller"] == "fp32" and "dataset.path" in failed["error"]
 
 
-def test_values_come_from_the_run_files(runs):
-    for run_id, m in _metrics().items():
+def test_values_come_from_the_run_files(runs, tiny_sweep):
+    for run_id, m in _metrics(tiny_sweep).items():
         row = runs.set_index("run_id").loc[run_id]
         assert row["controller"] == m["choices"]["controller"]
         assert row["dataset"] == m["choices"]["dataset"]
         assert row["seed"] == m["seed"]
         assert row["status"] == m["status"]
-        flat = {k for k in m if k not in ("choices", "format_shares")}
+        flat = {k for k in m if k not in ("choices", "format_shares", "environment")}
         assert flat <= set(runs.columns)  # every value of metrics.json is a column
+        env = {f"environment.{k}" for k, v in m.get("environment", {}).items() if not isinstance(v, (dict, list))}
+        assert env <= set(runs.columns)  # its scalar entries are flattened into columns
         if m["status"] == "ok":
             assert row["val_accuracy"] == m["val_accuracy"] == row["quality"]
             assert row["final_plan"] == m["final_plan"]
@@ -53,7 +58,8 @@ def test_values_come_from_the_run_files(runs):
     assert set(ok["workload"]) == {"mlp/digits"}
     assert (ok["quality_metric"] == "val_accuracy").all() and ok["higher_is_better"].all()
     assert set(ok["controller"]) == {"fp32", "fp16"} and set(ok["seed"]) == {0, 1}
-    assert runs["overrides"].str.contains("controller=").all()
+    # a job refused before writing anything has no .hydra/overrides.yaml (issue 21); the others do
+    assert ok["overrides"].str.contains("controller=").all()
 
 
 def test_failed_run_is_listed_with_its_error(runs):
@@ -81,20 +87,20 @@ def test_long_tables_are_keyed_by_run(runs):
     assert {"step", "layer", "old", "new", "reason"} <= set(decisions.columns)
 
 
-def test_folder_names_are_never_parsed(tmp_path):
-    write_run(tmp_path / "controller=bf16,seed=7", controller="fp32", seed=1)
+def test_folder_names_are_never_parsed(tmp_path, make_run):
+    make_run(tmp_path / "controller=bf16,seed=7", controller="fp32", seed=1)
     runs = load_runs(tmp_path)
     assert runs.loc[0, "controller"] == "fp32" and runs.loc[0, "seed"] == 1
 
 
-def test_incomplete_and_broken_runs_are_listed_not_fatal(tmp_path):
-    write_run(tmp_path / "a", controller="fp32", seed=0, quality=0.9)
-    killed = write_run(tmp_path / "b", controller="bf16", seed=0)
+def test_incomplete_and_broken_runs_are_listed_not_fatal(tmp_path, make_run):
+    make_run(tmp_path / "a", controller="fp32", seed=0, quality=0.9)
+    killed = make_run(tmp_path / "b", controller="bf16", seed=0)
     (killed / "metrics.json").unlink()  # config only: never finished
-    running = write_run(tmp_path / "c", controller="bf16", seed=1, status="running")
-    broken = write_run(tmp_path / "d", controller="bf16", seed=2)
+    running = make_run(tmp_path / "c", controller="bf16", seed=1, status="running")
+    broken = make_run(tmp_path / "d", controller="bf16", seed=2)
     (broken / "metrics.json").write_text("{not json")
-    write_run(tmp_path / "e", controller="bf16", seed=3, status="diverged", error="loss is nan")
+    make_run(tmp_path / "e", controller="bf16", seed=3, status="diverged", error="loss is nan")
     runs = load_runs(tmp_path).set_index("run_id")
     assert runs.loc["a", "status"] == "ok"
     assert runs.loc["b", "status"] == "incomplete" and "no metrics.json" in runs.loc["b", "error"]
@@ -107,10 +113,10 @@ def test_incomplete_and_broken_runs_are_listed_not_fatal(tmp_path):
     assert pd.isna(runs.loc["d", "workload"])  # nothing readable names its workload
 
 
-def test_quality_direction_and_experiment_workload(tmp_path):
-    write_run(tmp_path / "lm", controller="bf16", seed=0, metric="val_perplexity", quality=31.0,
+def test_quality_direction_and_experiment_workload(tmp_path, make_run):
+    make_run(tmp_path / "lm", controller="bf16", seed=0, metric="val_perplexity", quality=31.0,
               model="gpt", dataset="text", experiment="lm_small")
-    write_run(tmp_path / "cls", controller="bf16", seed=0, quality=0.8)
+    make_run(tmp_path / "cls", controller="bf16", seed=0, quality=0.8)
     runs = load_runs(tmp_path).set_index("run_id")
     assert runs.loc["lm", "workload"] == "lm_small" and runs.loc["cls", "workload"] == "mlp/digits"
     assert runs.loc["lm", "quality_metric"] == "val_perplexity" and not runs.loc["lm", "higher_is_better"]
@@ -118,8 +124,8 @@ def test_quality_direction_and_experiment_workload(tmp_path):
     assert runs.loc["cls", "quality_metric"] == "val_accuracy" and runs.loc["cls", "higher_is_better"]
 
 
-def test_layers_table_reads_gzip(tmp_path):
-    write_run(tmp_path / "r", controller="fp16", seed=0, steps=4)
+def test_layers_table_reads_gzip(tmp_path, make_run):
+    make_run(tmp_path / "r", controller="fp16", seed=0)
     layers = load_layers(tmp_path)
     assert len(layers) == 2 * len(LAYERS)  # steps 0 and 2 sampled, every layer
     assert list(layers["layer"][:3]) == list(LAYERS)
@@ -132,9 +138,9 @@ def test_bad_paths_fail_clearly(tmp_path):
         load_runs(tmp_path)
 
 
-def test_killed_run_takes_its_choices_from_hydra_files(tmp_path):
+def test_killed_run_takes_its_choices_from_hydra_files(tmp_path, tiny_sweep):
     import shutil
-    run = shutil.copytree(SWEEP / "2", tmp_path / "2")
+    run = shutil.copytree(tiny_sweep / "2", tmp_path / "2")
     (run / "metrics.json").unlink()  # as if the job was killed before it wrote its metrics
     row = load_runs(run).iloc[0]  # a run directory itself is a one-run tree
     assert row["run_id"] == "2" and row["status"] == "incomplete"

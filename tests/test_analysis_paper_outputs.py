@@ -10,14 +10,11 @@ from analysis.html_index import write_index
 from analysis.report import sweep_report
 from analysis.tables import MAX_COLUMNS, sig, to_latex, to_markdown
 
-from tests.test_analysis_report import SWEEP
-
-
 @pytest.fixture(scope="module")
-def analysis_sweep_report(tmp_path_factory):
+def analysis_sweep_report(tmp_path_factory, tiny_sweep):
     """A full report (per-run figures included) of the sample sweep."""
     out = tmp_path_factory.mktemp("report")
-    sweep_report(SWEEP, out)
+    sweep_report(tiny_sweep, out)
     return out
 
 

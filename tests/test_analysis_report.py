@@ -1,4 +1,4 @@
-"""The report CLI: one command from the committed tiny sweep to every figure and table."""
+"""The report CLI: one command from a real tiny sweep to every figure and table."""
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +9,6 @@ import pytest
 from analysis.report import main
 
 ROOT = Path(__file__).parents[1]
-SWEEP = ROOT / "tests" / "data" / "sweep_tiny"
 FIGURE_FILES = ("csv", "pdf", "png")
 RUN_FIGURES = ("timeline", "fp16_rates_act", "fp16_rates_grad", "loss_scale", "train_loss", "val_accuracy")
 
@@ -25,9 +24,9 @@ def _assert_figure(stem: Path):
         assert path.stat().st_size > 0, path
 
 
-def test_cli_sweep_writes_figures_tables_and_reports_the_failed_run(tmp_path):
+def test_cli_sweep_writes_figures_tables_and_reports_the_failed_run(tmp_path, tiny_sweep):
     out = tmp_path / "report"
-    proc = _cli(SWEEP, "--out", out, "--no-per-run")
+    proc = _cli(tiny_sweep, "--out", out, "--no-per-run")
     assert proc.returncode == 0, proc.stderr
     wl = out / "mlp_digits"
     for name in ("quality_vs_wall_s", "shares", "train_loss", "val_accuracy"):
@@ -49,8 +48,8 @@ def test_cli_sweep_writes_figures_tables_and_reports_the_failed_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_sweep_with_per_run_figures(tmp_path):
-    proc = _cli(SWEEP, "--out", tmp_path)
+def test_cli_sweep_with_per_run_figures(tmp_path, tiny_sweep):
+    proc = _cli(tiny_sweep, "--out", tmp_path)
     assert proc.returncode == 0, proc.stderr
     ok_ids = sorted(p.name for p in (tmp_path / "runs").iterdir())
     assert ok_ids == ["0", "1", "2", "3"]  # not the failed run 4
@@ -65,36 +64,35 @@ def test_cli_sweep_with_per_run_figures(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_single_run(tmp_path):
-    proc = _cli("--run", SWEEP / "2", "--out", tmp_path)
+def test_cli_single_run(tmp_path, tiny_sweep):
+    proc = _cli("--run", tiny_sweep / "2", "--out", tmp_path)
     assert proc.returncode == 0, proc.stderr
     for name in RUN_FIGURES:
         _assert_figure(tmp_path / name)
     assert "controller: fp16" in proc.stdout and "status: ok" in proc.stdout
 
 
-def test_bad_invocations_fail_with_one_line(tmp_path, capsys):
-    assert main(["--run", str(SWEEP), "--out", str(tmp_path)]) == 2
+def test_bad_invocations_fail_with_one_line(tmp_path, tiny_sweep, capsys):
+    assert main(["--run", str(tiny_sweep), "--out", str(tmp_path)]) == 2
     assert "--run expects one run directory" in capsys.readouterr().err
     assert main([str(tmp_path / "missing"), "--out", str(tmp_path)]) == 2
     assert "not a directory" in capsys.readouterr().err
-    assert main([str(SWEEP / "4"), "--out", str(tmp_path / "o")]) == 2  # only a failed run
+    assert main([str(tiny_sweep / "4"), "--out", str(tmp_path / "o")]) == 2  # only a failed run
     assert "no run in" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path)])  # neither a sweep nor --run
 
 
 @pytest.mark.slow
-def test_sweep_report_with_cost_profiles_and_two_workloads(tmp_path):
+def test_sweep_report_with_cost_profiles_and_two_workloads(tmp_path, make_run):
     from analysis.report import sweep_report
-    from tests.analysis_runtree import write_run
 
     costs = {"fp32": {"a100": 1.0, "h100": 1.0}, "bf16": {"a100": 0.5, "h100": 0.6}}
     for ctrl in costs:
         for seed in (0, 1):
-            write_run(tmp_path / "sweep" / f"cls_{ctrl}{seed}", controller=ctrl, seed=seed,
+            make_run(tmp_path / "sweep" / f"cls_{ctrl}{seed}", controller=ctrl, seed=seed,
                       quality=0.9 - 0.01 * seed, costs=costs[ctrl])
-            write_run(tmp_path / "sweep" / f"lm_{ctrl}{seed}", controller=ctrl, seed=seed,
+            make_run(tmp_path / "sweep" / f"lm_{ctrl}{seed}", controller=ctrl, seed=seed,
                       metric="val_perplexity", quality=30.0 + seed, costs=costs[ctrl],
                       experiment="lm_small", skipped_steps=1)
     text = sweep_report(tmp_path / "sweep", tmp_path / "out", per_run=False)

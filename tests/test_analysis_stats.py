@@ -1,7 +1,6 @@
 """Seed aggregates, confidence intervals, Welch's test and Pareto fronts against hand computation."""
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -9,9 +8,6 @@ import pytest
 from scipy import stats as sps
 
 from analysis import aggregate, cost_columns, load_runs, pareto_front, pareto_mask, t_interval, welch_tests
-from tests.analysis_runtree import write_run
-
-SWEEP = Path(__file__).parent / "data" / "sweep_tiny"
 T975 = {1: 12.706204736174707, 2: 4.302652729749464, 3: 3.182446305284263}  # t_{0.975, df}
 
 
@@ -24,10 +20,10 @@ def test_t_interval_by_hand():
     assert all(math.isnan(v) for v in t_interval([]))
 
 
-def test_aggregate_of_committed_sweep_by_hand():
-    runs = load_runs(SWEEP)
+def test_aggregate_of_the_tiny_sweep_by_hand(tiny_sweep):
+    runs = load_runs(tiny_sweep)
     acc = {}
-    for p in SWEEP.glob("*/metrics.json"):
+    for p in tiny_sweep.glob("*/metrics.json"):
         m = json.loads(p.read_text())
         if m["status"] == "ok":
             acc.setdefault(m["choices"]["controller"], []).append(m["val_accuracy"])
@@ -44,10 +40,10 @@ def test_aggregate_of_committed_sweep_by_hand():
     assert failed["n"] == 0 and failed["n_runs"] == 1 and math.isnan(failed["quality_mean"])
 
 
-def test_failed_runs_stay_out_of_aggregates(tmp_path):
+def test_failed_runs_stay_out_of_aggregates(tmp_path, make_run):
     for seed, q in enumerate([0.8, 0.9, 0.7]):
-        write_run(tmp_path / f"a{seed}", controller="fp32", seed=seed, quality=q)
-    write_run(tmp_path / "bad", controller="fp32", seed=3, status="diverged", error="nan loss",
+        make_run(tmp_path / f"a{seed}", controller="fp32", seed=seed, quality=q)
+    make_run(tmp_path / "bad", controller="fp32", seed=3, status="diverged", error="nan loss",
               extra={"val_accuracy": 0.0})
     row = aggregate(load_runs(tmp_path)).iloc[0]
     assert row["n"] == 3 and row["n_runs"] == 4
@@ -55,12 +51,12 @@ def test_failed_runs_stay_out_of_aggregates(tmp_path):
     assert row["quality_ci95"] == pytest.approx(T975[2] * 0.1 / math.sqrt(3), rel=1e-9)
 
 
-def test_welch_against_the_formula(tmp_path):
+def test_welch_against_the_formula(tmp_path, make_run):
     base, other = [1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 6.0, 9.0]
     for i, (qb, qo) in enumerate(zip(base, other)):
-        write_run(tmp_path / f"b{i}", controller="fp32", seed=i, quality=qb)
-        write_run(tmp_path / f"o{i}", controller="bf16", seed=i, quality=qo)
-    write_run(tmp_path / "single", controller="fp16", seed=0, quality=5.0)
+        make_run(tmp_path / f"b{i}", controller="fp32", seed=i, quality=qb)
+        make_run(tmp_path / f"o{i}", controller="bf16", seed=i, quality=qo)
+    make_run(tmp_path / "single", controller="fp16", seed=0, quality=5.0)
     tests = welch_tests(load_runs(tmp_path)).set_index("controller")
     vb, vo = np.var(base, ddof=1) / 4, np.var(other, ddof=1) / 4
     t = (np.mean(other) - np.mean(base)) / math.sqrt(vb + vo)
@@ -87,11 +83,11 @@ def test_pareto_mask_on_a_hand_made_table():
         pareto_mask([1.0], [1.0, 2.0])
 
 
-def test_pareto_front_per_workload_and_profile(tmp_path):
+def test_pareto_front_per_workload_and_profile(tmp_path, make_run):
     specs = [("fp32", 0.90, {"a100": 1.0, "cpu": 1.0}), ("bf16", 0.89, {"a100": 0.5, "cpu": 1.1}),
              ("fp16", 0.80, {"a100": 0.6, "cpu": 0.9})]
     for ctrl, q, costs in specs:
-        write_run(tmp_path / ctrl, controller=ctrl, seed=0, quality=q, costs=costs)
+        make_run(tmp_path / ctrl, controller=ctrl, seed=0, quality=q, costs=costs)
     runs = load_runs(tmp_path)
     costs, fallback = cost_columns(runs)
     assert costs == ["rel_cost_a100", "rel_cost_cpu"] and not fallback
@@ -100,8 +96,8 @@ def test_pareto_front_per_workload_and_profile(tmp_path):
     assert front["rel_cost_cpu"].to_dict() == {"bf16": False, "fp16": True, "fp32": True}
 
 
-def test_cost_falls_back_to_wall_time():
-    runs = load_runs(SWEEP)
+def test_cost_falls_back_to_wall_time(tiny_sweep):
+    runs = load_runs(tiny_sweep)
     assert cost_columns(runs) == (["wall_s"], True)
     with pytest.raises(ValueError, match="wall_s"):
         cost_columns(pd.DataFrame({"status": ["ok"], "quality": [1.0]}))

@@ -31,6 +31,7 @@ def relative(plan):
     return sum(COSTS[n][plan[n]] for n in COSTS) / sum(c["fp32"] for c in COSTS.values())
 
 
+@pytest.mark.slow  # several seconds of training on 2 cores
 @pytest.mark.parametrize("make", [
     lambda b: Threshold(interval=2, patience=1, cooldown=0, start="bf16", cost_budget=b, cpu_fp16=True),
     lambda b: Bandit(algorithm="ucb1", interval=2, cost_budget=b, seed=0, cpu_fp16=True),
@@ -43,6 +44,7 @@ def test_budget_never_exceeded_while_overflow_pushes_a_layer_up(make):
     assert torch.isfinite(torch.tensor(records[-1].loss))
 
 
+@pytest.mark.slow  # several seconds of training on 2 cores
 def test_threshold_pays_for_the_escalation_with_another_layer():
     plans, _, ap = run(Threshold(interval=2, patience=1, cooldown=0, start="bf16", cost_budget=0.48,
                                   cpu_fp16=True))

@@ -11,34 +11,31 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from adaprec.app.checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, rng_state,
                                 save_checkpoint, set_rng_state)
 from adaprec.app.runlog import truncate_tables
-from adaprec.app.schema import register_schemas
 from adaprec.app.train import train
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
+from tests.conftest import compose_config
+
 TABLES = ("steps.csv", "evals.csv", "decisions.csv")
 
 
 def tiny_cfg(*overrides):
-    register_schemas()
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose("config", overrides=[
-            "model=mlp", "model.hidden=[32]", "dataset.image_size=8", "trainer.batch_size=16",
-            "trainer.max_steps=6", "trainer.eval_every=2", "trainer.eval_batches=1",
-            "trainer.progress=false", "monitor.every=2", *overrides])
+    return compose_config(
+        "model=mlp", "model.hidden=[32]", "dataset.image_size=8", "trainer.batch_size=16",
+        "trainer.max_steps=6", "trainer.eval_every=2", "trainer.eval_batches=1",
+        "trainer.progress=false", "monitor.every=2", *overrides)
 
 
 def comparable(run_dir: Path) -> dict:
     """Everything a resumed run must reproduce bit for bit (timing columns excluded)."""
-    out = {name: pd.read_csv(run_dir / name, keep_default_na=False).drop(columns="step_ms", errors="ignore")
+    out = {name: pd.read_csv(run_dir / name, keep_default_na=False).drop(columns=["step_ms", "cpu_ms"], errors="ignore")
            for name in TABLES}
     out["layers"] = pd.read_csv(run_dir / "layers.csv.gz")
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    out["metrics"] = {k: v for k, v in metrics.items() if k not in ("wall_s", "resumed_from")}
+    out["metrics"] = {k: v for k, v in metrics.items() if k not in ("wall_s", "cpu_s", "resumed_from")}
     return out
 
 

@@ -13,7 +13,8 @@ from omegaconf.errors import ValidationError
 
 from adaprec.app.instantiate import instantiate
 from adaprec.app.schema import ConfigError, validate
-from adaprec.app.train import lr_lambda, train
+from adaprec.app.build import lr_lambda
+from adaprec.app.train import train
 
 from .conftest import CONF
 

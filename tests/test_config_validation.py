@@ -7,15 +7,17 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from adaprec.run import one_line
+from hydra.core.config_store import ConfigStore
+
 from adaprec.app.controller_schemas import register_option
-from adaprec.app.schema import ConfigError, register_schemas, validate
+from adaprec.app.schema import ConfigError, validate
 from adaprec.runtime.ranges import ranges, rule
 
+from tests.conftest import CONF, compose_config
+
 ROOT = Path(__file__).resolve().parents[1]
-CONF = str(ROOT / "conf")
 FORMATS = "fp32, bf16, fp16, fp8_e4m3, fp8_e5m2"
 
 BAD = [  # (overrides, the one-line message)
@@ -42,7 +44,7 @@ BAD = [  # (overrides, the one-line message)
     (["trainer.max_stepz=3"], "trainer.max_stepz: Key 'max_stepz' not in 'TrainerConfig' (known "
                               "keys: max_steps, batch_size, grad_accum, grad_clip, warmup_steps, "
                               "min_lr_ratio, eval_every, eval_batch_size, eval_batches, progress, overwrite, "
-                              "checkpoint_every, resume, max_consecutive_skips, num_threads)"),
+                              "checkpoint_every, resume, max_consecutive_skips, num_threads, save_model)"),
     (["monitor.every=-1"], "monitor.every=-1 is out of range; allowed: >= 0"),
     (["seed=1.5"], "seed: Value '1.5' of type 'float' could not be converted to Integer "
                    "(expected int >= 0)"),
@@ -68,10 +70,8 @@ BAD = [  # (overrides, the one-line message)
 
 def compose_message(overrides: list[str]) -> str | None:
     """The one-line error for ``overrides`` (None when they compose and validate)."""
-    register_schemas()
     try:
-        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-            cfg = compose("config", overrides=["model=mlp", *overrides])
+        cfg = compose_config("model=mlp", *overrides)
     except Exception as exc:  # Hydra/OmegaConf composition errors
         return one_line(exc)
     try:
@@ -88,12 +88,12 @@ def test_bad_value_fails_at_compose_time_with_one_line(overrides, message):
     assert got.startswith(message), got
 
 
-@pytest.mark.parametrize("controller", sorted(p.stem for p in (ROOT / "conf" / "controller").glob("*.yaml")))
+@pytest.mark.parametrize("controller", sorted(p.stem for p in (CONF / "controller").glob("*.yaml")))
 def test_every_controller_config_composes_and_validates(controller):
     assert compose_message([f"controller={controller}"]) is None
 
 
-@pytest.mark.parametrize("controller", sorted(p.stem for p in (ROOT / "conf" / "controller").glob("*.yaml")
+@pytest.mark.parametrize("controller", sorted(p.stem for p in (CONF / "controller").glob("*.yaml")
                                                if p.stem != "plugin"))  # plugin: the user's own keys
 def test_every_controller_config_is_typed(controller):
     """Each controller YAML lists a schema in its defaults, so a mistyped key fails."""
@@ -110,15 +110,23 @@ class _ThresholdLike:
         self.overflow_threshold, self.explore_prob, self.algorithm = overflow_threshold, explore_prob, algorithm
 
 
+@pytest.fixture
+def test_threshold_option():
+    """Register the plugin option for one test, then take it out of Hydra's ConfigStore again
+    (a leftover option would show up in every later test that lists the group's options)."""
+    register_option("controller", "test_threshold", _ThresholdLike, target=f"{__name__}._ThresholdLike")
+    yield
+    ConfigStore.instance().repo.get("controller", {}).pop("test_threshold.yaml", None)
+
+
 @pytest.mark.parametrize("override,message", [
     ("controller.overflow_threshold=-0.5", "controller.overflow_threshold=-0.5 is out of range; allowed: >= 0"),
     ("controller.explore_prob=1.5", "controller.explore_prob=1.5 is out of range; allowed: [0, 1]"),
     ("controller.algorithm=exp3", "controller.algorithm='exp3' is out of range; allowed: one of ucb, thompson"),
     ("controller.explore_prob=often", "controller.explore_prob: Value 'often' of type 'str' could not be converted to Float"),
 ])
-def test_a_registered_controller_is_checked_the_same_way(override, message):
+def test_a_registered_controller_is_checked_the_same_way(override, message, test_threshold_option):
     """The same rules at compose time (validate) and when Python code constructs the class."""
-    register_option("controller", "test_threshold", _ThresholdLike, target=f"{__name__}._ThresholdLike")
     assert compose_message(["controller=test_threshold"]) is None
     got = compose_message(["controller=test_threshold", override])
     assert got is not None and got.startswith(message), got

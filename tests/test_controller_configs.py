@@ -1,27 +1,22 @@
 """Every controller config composes against its schema and builds; train() writes decisions
 with reasons; a user's controller is selected by its dotted path."""
-from pathlib import Path
-
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from adaprec import controllers
 from adaprec.app.instantiate import instantiate
-from adaprec.app.schema import register_schemas
 from adaprec.app.train import train
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+from tests.conftest import CONF, compose_config
+
 ADAPTIVE = ["threshold", "bandit", "muppet", "autoswitch"]
 QUICK = ["model=mlp", "trainer.max_steps=12", "trainer.batch_size=32", "trainer.eval_every=0",
          "trainer.eval_batches=1", "trainer.progress=false", "monitor.every=2"]
 
 
 def cfg(*overrides):
-    register_schemas()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+    return compose_config(*overrides)
 
 
 @pytest.mark.parametrize("name", ADAPTIVE)
@@ -82,9 +77,8 @@ def test_every_adaptive_controller_runs_from_the_cli(name, tmp_path):
     import json
     import subprocess
     import sys
-    root = Path(__file__).resolve().parents[1]
     cmd = [sys.executable, "-m", "adaprec.run", f"controller={name}", *QUICK, f"hydra.run.dir={tmp_path}"]
-    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=CONF.parent, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["status"] == "ok" and metrics["choices"]["controller"] == name

@@ -61,6 +61,7 @@ def test_the_engineered_layer_really_overflows_fp16():
     assert model.big(h).abs().max() > torch.finfo(torch.float16).max
 
 
+@pytest.mark.slow  # several seconds of training on 2 cores
 def test_static_fp16_skips_every_step_while_threshold_moves_only_the_culprit():
     fp16_records, _, _, _ = train(Static("fp16"))
     assert all(r.skipped for r in fp16_records)  # the forward overflows: no scale can fix it
@@ -77,6 +78,7 @@ def test_static_fp16_skips_every_step_while_threshold_moves_only_the_culprit():
     assert abs(records[-1].loss - ref_records[-1].loss) < 0.1
 
 
+@pytest.mark.slow  # several seconds of training on 2 cores
 def test_bandit_leaves_the_arm_that_overflowed_and_never_returns():
     # fp16 listed as the cheapest, so every layer's first pick is fp16
     records, plans, acc, ap = train(Bandit(algorithm="ucb1", cpu_fp16=True, interval=2),

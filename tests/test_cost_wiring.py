@@ -26,6 +26,20 @@ def test_trainer_logs_modeled_cost_without_changing_training(make_cfg, tmp_path)
     assert on["flop_share_bf16"] == 1.0 and on["flop_share_fp32"] == 0.0
     saved = json.loads((tmp_path / "on" / "metrics.json").read_text())
     assert saved["cost_h100_s"] == pytest.approx(on["cost_h100_s"])
+    # memory beside time: modeled bytes per step and the run's peak; no bytes for bitops
+    assert steps_on["mem_h100_bytes"].gt(0).all() and "mem_bitops_bytes" not in steps_on
+    assert saved["mem_h100_bytes"] == steps_on["mem_h100_bytes"].max()
+    assert "cuda_max_mem_bytes" not in saved          # measured on CUDA only
+
+
+def test_metrics_record_the_environment_and_steps_the_cpu_time(make_cfg, tmp_path):
+    from adaprec.app.environment import run_environment
+    metrics, steps = run(make_cfg, tmp_path, "env", "controller=bf16", "executor=auto")
+    saved = json.loads((tmp_path / "env" / "metrics.json").read_text())
+    assert saved["environment"] == run_environment("cpu", "auto")
+    assert saved["environment"]["executors"]["fp32"] == "native"
+    assert steps["cpu_ms"].gt(0).all() and steps["step_ms"].gt(0).all()
+    assert 0 < saved["cpu_s"] and saved["wall_s"] > 0
 
 
 def test_unknown_profile_fails_the_run_with_a_clear_error(make_cfg, tmp_path):

@@ -15,7 +15,7 @@ from adaprec.data import DataBundle, DataError, load_cifar10, load_digits, load_
 from adaprec.data.cifar10 import CIFAR10_MEAN, CIFAR10_STD
 from adaprec.data.mnist import MNIST_MEAN, MNIST_STD
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+from tests.conftest import CONF
 
 
 @pytest.fixture(autouse=True)

@@ -368,14 +368,7 @@ def test_auto_with_global_autocast_controller_is_native_where_fast(monkeypatch):
 
 
 # -- config and the training loop ------------------------------------------------------------------
-def compose(*overrides):
-    from hydra import compose as hydra_compose, initialize_config_dir
-    from pathlib import Path
-    from adaprec.app.schema import register_schemas
-    register_schemas()
-    conf = str(Path(__file__).resolve().parents[1] / "conf")
-    with initialize_config_dir(config_dir=conf, version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=list(overrides))
+from tests.conftest import compose_config as compose  # noqa: E402
 
 
 def test_config_selects_executor_and_validates_fp8_keys():

@@ -13,7 +13,8 @@ from adaprec.app.instantiate import instantiate
 from adaprec.precision import AdaptivePrecision
 from adaprec.numerics.scaler import LossScaler
 from adaprec.controllers import Static
-from adaprec.app.train import _loss, train
+from adaprec.app.train import train
+from adaprec.tasks import get_task
 
 from .conftest import CONF
 
@@ -36,11 +37,9 @@ def test_the_four_workloads_exist():
 def test_every_experiment_composes_and_its_model_takes_its_data(make_cfg, name):
     cfg = make_cfg(f"experiment={name}")
     data, model = instantiate(cfg.dataset), instantiate(cfg.model)
-    if data.task == "lm":
-        x, y = data.get_lm_batch("train", torch.arange(2))
-    else:
-        x, y = data.get_batch("train", torch.arange(2))
-    loss = _loss(data.task, model(x), y)
+    task = get_task(data.task)
+    x, y = task.batch(data, "train", torch.arange(2), torch.device("cpu"))
+    loss = task.loss(model(x), y)
     assert loss.dim() == 0 and torch.isfinite(loss)
 
 
@@ -66,7 +65,7 @@ def test_underflow_gradients_lie_below_fp16_subnormals(make_cfg):
     torch.manual_seed(0)
     model = instantiate(cfg.model)
     x, y = data.get_batch("train", torch.arange(64))
-    _loss("regression", model(x), y).backward()
+    get_task("regression").loss(model(x), y).backward()
     g = model.hidden[0].weight.grad.abs()
     # below half the smallest fp16 subnormal, a value rounds to zero
     assert (g < FP16.smallest_subnormal / 2).float().mean() > 0.9

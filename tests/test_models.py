@@ -1,6 +1,4 @@
 """Model zoo: shapes, sizes, causality, gradient flow, and every conf/model config instantiating."""
-from pathlib import Path
-
 import hydra
 import pytest
 import torch
@@ -8,7 +6,8 @@ from omegaconf import OmegaConf
 
 from adaprec.models import GPT, MLP, CausalAttentionCore, SmallCNN, resnet18
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+from tests.conftest import CONF
+
 MODEL_CONFIGS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 
 

@@ -7,18 +7,14 @@ import json
 import pandas as pd
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from torch import nn
 
 from adaprec import AdaptivePrecision
 from adaprec.controllers.static import Static
 from adaprec.runtime.diagnose import LOSS_CULPRIT
-from adaprec.app.schema import register_schemas
 from adaprec.app.train import train
 
-from pathlib import Path
-
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
+from tests.conftest import compose_config
 
 
 class Recorder(Static):
@@ -140,13 +136,11 @@ def test_replay_leaves_the_rng_stream_as_the_step_left_it():
 
 
 def test_run_that_stays_nonfinite_stops_as_diverged_naming_the_layer(tmp_path):
-    register_schemas()
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("config", overrides=[
-            "model=mlp", "controller=fp32", "dataset.image_size=8", "trainer.max_steps=20",
-            "trainer.progress=false", "trainer.max_consecutive_skips=3", "monitor.every=0",
-            "optimizer.lr=1e30", "optimizer.momentum=0", "optimizer.nesterov=false",
-            "trainer.checkpoint_every=1"])  # one update blows the weights up
+    cfg = compose_config(
+        "model=mlp", "controller=fp32", "dataset.image_size=8", "trainer.max_steps=20",
+        "trainer.progress=false", "trainer.max_consecutive_skips=3", "monitor.every=0",
+        "optimizer.lr=1e30", "optimizer.momentum=0", "optimizer.nesterov=false",
+        "trainer.checkpoint_every=1")  # one update blows the weights up
     metrics = train(cfg, tmp_path)
     culprit = _first_nonfinite_layer_by_hand(cfg, tmp_path, step=1)
     assert metrics["status"] == "diverged"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["train_batch_indices", "eval_batches"]
+__all__ = ["train_batch_indices"]
 
 
 def train_batch_indices(n: int, batch_size: int, seed: int, index: int) -> torch.Tensor:
@@ -21,8 +21,3 @@ def train_batch_indices(n: int, batch_size: int, seed: int, index: int) -> torch
         out.extend(perm[offset:offset + take].tolist())
     return torch.tensor(out, dtype=torch.long)
 
-
-def eval_batches(n: int, batch_size: int, max_batches: int = 0) -> list[torch.Tensor]:
-    """Contiguous, unshuffled evaluation batches (all of them when ``max_batches`` is 0)."""
-    batches = [torch.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
-    return batches[:max_batches] if max_batches > 0 else batches

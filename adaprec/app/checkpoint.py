@@ -8,13 +8,14 @@ the numbers the uninterrupted one would have drawn.
 """
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from adaprec.app.runlog import atomic_write
 
 __all__ = ["CHECKPOINT_NAME", "CheckpointError", "save_checkpoint", "load_checkpoint",
            "rng_state", "set_rng_state"]
@@ -56,15 +57,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` atomically (temp file + fsync + rename + directory fsync)."""
+    """Write ``state`` atomically (temp file + fsync + rename + directory fsync). A failed
+    write (disk full) keeps the previous checkpoint and raises a one-line
+    :class:`~adaprec.app.runlog.RunDirWriteError`."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save({"format": _MAGIC, "version": _VERSION, **state}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)  # make the rename itself durable
+    atomic_write(path, lambda f: torch.save({"format": _MAGIC, "version": _VERSION, **state}, f),
+                 "the previous checkpoint is kept")
     return path
 
 
@@ -89,14 +87,3 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path} has checkpoint version {state.get('version')}, "
                               f"this adaprec reads version {_VERSION}")
     return state
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # e.g. platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -2,8 +2,9 @@
 
     objective = error + penalty * max(0, cost - budget) / budget
 
-``error`` is the run's quality metric turned into lower-is-better (``1 - val_accuracy``;
-``val_rmse``, ``val_perplexity`` and ``val_loss`` as they are), ``cost`` a metrics.json field
+``error`` is the run's quality metric turned into lower-is-better (``1 - metric`` for a task
+quality where higher is better, such as ``val_accuracy``; ``val_rmse``, ``val_perplexity`` and
+``val_loss`` as they are; see :mod:`adaprec.tasks`), ``cost`` a metrics.json field
 such as ``rel_cost_h100`` (modeled cost relative to all-fp32) or ``format_shares.fp32``. Runs
 within the budget compete on quality alone; over it, the penalty dominates.
 """
@@ -13,9 +14,9 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["objective_value", "metric_value"]
+from adaprec.tasks import higher_is_better
 
-HIGHER_IS_BETTER = ("val_accuracy",)
+__all__ = ["objective_value", "metric_value"]
 
 
 def metric_value(metrics: Mapping[str, Any], key: str) -> float:
@@ -39,6 +40,6 @@ def objective_value(metrics: Mapping[str, Any], metric: str, cost: str, budget: 
     if budget <= 0:
         raise ValueError(f"objective.budget must be > 0, got {budget}")
     quality = metric_value(metrics, metric)
-    error = 1.0 - quality if metric in HIGHER_IS_BETTER else quality
+    error = 1.0 - quality if higher_is_better(metric) else quality
     over = max(0.0, metric_value(metrics, cost) - budget) / budget
     return error + penalty * over

@@ -50,6 +50,12 @@ class Executor(str, Enum):
     auto = "auto"          # per layer: native where the device runs the format fast, else emulated
 
 
+class SaveModel(str, Enum):
+    final = "final"        # model.pt = the weights after the last step
+    best = "best"          # model.pt = the weights at the best evaluation so far
+    none = "none"          # no model.pt (sweeps that only need the tables)
+
+
 class FP8Scaling(str, Enum):
     current = "current"    # scale from this tensor's amax
     delayed = "delayed"    # scale from the max of an amax history (Transformer Engine's recipe)
@@ -73,6 +79,7 @@ class TrainerConfig:
                                     # run dir's own checkpoint, if the run there is unfinished)
     max_consecutive_skips: int = _ruled(25, ge=0)  # non-finite steps in a row before the run stops as `diverged`; 0 = never
     num_threads: int = _ruled(0, ge=0)        # torch intra-op threads; 0 = torch's default (parallel sweep jobs: 1 each)
+    save_model: SaveModel = SaveModel.final  # model.pt: final | best (by the task's quality metric) | none
 
 
 @dataclass
@@ -164,7 +171,8 @@ def _plain(value: Any) -> Any:
 def _check_target(node: Any, prefix: str) -> None:
     """Run the range rules of the class a group node instantiates (none for an unknown class:
     instantiating it then says what is wrong)."""
-    if not isinstance(node, DictConfig) or "_target_" not in node or OmegaConf.is_missing(node, "_target_"):
+    if not isinstance(node, DictConfig) or "_target_" not in node or OmegaConf.is_missing(node, "_target_") \
+            or node._target_ is None:  # logger=csv: no class (get_object would log an error)
         return
     try:
         cls = get_object(str(node._target_))

@@ -19,12 +19,13 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from adaprec.numerics.formats import get_format
 from adaprec.numerics.stats import LayerStats
+from adaprec.runtime.plan import Plan
 from adaprec.runtime.ranges import FORMAT, rule
 
 __all__ = ["canonical_formats", "allowed_formats", "relative_costs",
            "DEFAULT_REL_COST", "RANGE_KINDS", "overflow_rate", "flush_rate", "rel_err",
            "trace_nonfinite", "SLOW_FP16_TYPES", "quant_mse", "cheapest_first",
-           "FORMATS_RULE", "FORMAT_RULE", "COST_BUDGET_RULE", "UNIT_RULE"]
+           "FORMATS_RULE", "FORMAT_RULE", "COST_BUDGET_RULE", "UNIT_RULE", "emitted_plan", "root_format"]
 
 RANGE_KINDS = ("act", "grad", "weight", "wgrad")
 
@@ -76,7 +77,9 @@ def allowed_formats(formats: Sequence[str], layer: str, context, cpu_fp16: bool 
 def relative_costs(context, formats: Sequence[str]) -> dict[str, dict[str, float]]:
     """``{layer: {fmt: cost}}`` normalized so each layer's fp32 cost is 1.
 
-    From ``context.layer_costs`` (the cost model) when given, else :data:`DEFAULT_REL_COST`.
+    From ``context.layer_costs`` (the cost model's :meth:`~adaprec.cost.CostModel.layer_format_costs`:
+    the layer's cost in the all-fp32 plan plus the exact marginal cost of switching it, casts
+    included) when given, else :data:`DEFAULT_REL_COST`.
     Per-layer normalization makes ``cost_weight`` mean the same thing for every layer: the
     reward weighs a layer's *relative* saving against that layer's numerics.
     """
@@ -104,6 +107,12 @@ def root_format(formats: Mapping[str, str]) -> str:
     for f in formats.values():
         counts[f] = counts.get(f, 0) + 1
     return max(counts, key=lambda f: (counts[f], get_format(f).bits, f))
+
+
+def emitted_plan(formats: Mapping[str, str]) -> Plan:
+    """The Plan a controller emits for per-layer ``formats``: its default is :func:`root_format`.
+    Budgets price exactly this plan, so what a controller pays is what the cost model charges."""
+    return Plan(formats, default=root_format(formats))
 
 
 def cheapest_first(formats: Sequence[str], costs: Mapping[str, float], cheapness: Sequence[str]) -> list[str]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from adaprec.runtime.plan import Plan
 from adaprec.controllers._common import (FORMAT_RULE, UNIT_RULE, allowed_formats, canonical_formats,
-                                        flush_rate, quant_mse, root_format)
+                                        flush_rate, quant_mse, emitted_plan)
 from adaprec.controllers.base import Controller, ControllerContext, StepRecord
 from adaprec.runtime.ranges import ranges, rule
 
@@ -65,7 +65,7 @@ class Autoswitch(Controller):
     def decide(self, step: int) -> Plan:
         if not self._fmt:
             raise RuntimeError("Autoswitch.setup() must run before decide()")
-        return Plan(self._fmt, default=root_format(self._fmt))
+        return emitted_plan(self._fmt)
 
     def state_dict(self) -> dict:
         return {"formats": dict(self._fmt)}

@@ -38,7 +38,7 @@ import torch
 
 from adaprec.runtime.plan import Plan
 from adaprec.controllers._common import (COST_BUDGET_RULE, FORMATS_RULE, UNIT_RULE, allowed_formats,
-                                        canonical_formats, cheapest_first, relative_costs, root_format)
+                                        canonical_formats, cheapest_first, relative_costs, emitted_plan)
 from adaprec.controllers.budget import Budget
 from adaprec.controllers._window import Window, summarize_step
 from adaprec.controllers.base import Controller, ControllerContext, StepRecord
@@ -150,7 +150,7 @@ class Bandit(Controller):
             # pinned: layers whose numerics ruled out the arm they played (not exploration)
             self._fit_budget({n for n in self._layers if before[n] != self._fmt[n]
                               and not self._safe(n, before[n])})
-        return Plan(self._fmt, default=root_format(self._fmt))
+        return emitted_plan(self._fmt)
 
     def _safe(self, layer: str, fmt: str) -> bool:
         """Not blocked after non-finite values, and fp16 only within its observed range."""
@@ -242,7 +242,7 @@ class Bandit(Controller):
     # -- state ----------------------------------------------------------------------------------
     @property
     def plan(self) -> Plan:
-        return Plan(self._fmt, default=root_format(self._fmt))
+        return emitted_plan(self._fmt)
 
     def state_dict(self) -> dict:
         """Counts, estimates, the open window and the RNG state (torch.save-able, weights_only)."""

@@ -1,7 +1,7 @@
 """The Controller protocol and the record it observes each step."""
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
@@ -41,7 +41,9 @@ class ControllerContext:
     """What a controller is told once before training: the layers and, if known, their costs.
 
     ``layer_costs[layer][fmt]`` is a modeled cost (seconds per step on the configured device
-    profile); ``cheapness`` lists formats cheapest first. Both come from the cost model when
+    profile: the layer's cost in the all-fp32 plan plus the marginal cost of switching it to
+    ``fmt``); ``plan_cost(plan)`` is the cost model's one pricing function (seconds of a whole
+    plan, casts included), which budgets use; ``cheapness`` lists formats cheapest first. Both come from the cost model when
     one is configured, else from a documented default order. ``layer_types`` maps each layer
     to its module's class name (e.g. ``"Conv2d"``), ``executor`` names the executor, so a
     controller can leave out formats the device cannot run fast. Controllers never see the
@@ -51,6 +53,7 @@ class ControllerContext:
     layers: Sequence[str]
     device_type: str = "cpu"
     layer_costs: Mapping[str, Mapping[str, float]] | None = None
+    plan_cost: Callable[[Plan], float] | None = None
     cheapness: Sequence[str] = ("bf16", "fp16", "fp32")
     layer_types: Mapping[str, str] | None = None
     executor: str = "native"

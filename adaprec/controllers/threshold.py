@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from adaprec.runtime.plan import Plan
 from adaprec.controllers._common import (COST_BUDGET_RULE, FORMATS_RULE, UNIT_RULE, allowed_formats,
                                         canonical_formats, cheapest_first, relative_costs,
-                                        root_format)
+                                        emitted_plan)
 from adaprec.controllers._window import Window, summarize_step
 from adaprec.controllers.budget import Budget
 from adaprec.controllers.base import Controller, ControllerContext, StepRecord
@@ -113,7 +113,7 @@ class Threshold(Controller):
                 up = {n for n in self._layers
                       if self._order[n].index(self._fmt[n]) > self._order[n].index(before[n])}
                 self._fit_budget(up, windows, step)
-        return Plan(self._fmt, default=root_format(self._fmt))
+        return emitted_plan(self._fmt)
 
     def _fit_budget(self, pinned: set[str], windows: dict, step: int = 0) -> None:
         """Pay for layers pushed up by numerics with the safest other layers (logged)."""
@@ -200,7 +200,7 @@ class Threshold(Controller):
     # -- state ----------------------------------------------------------------------------------
     @property
     def plan(self) -> Plan:
-        return Plan(self._fmt, default=root_format(self._fmt))
+        return emitted_plan(self._fmt)
 
     def state_dict(self) -> dict:
         return {"formats": dict(self._fmt), "last_switch": dict(self._last_switch),

@@ -14,6 +14,10 @@ runs, and a node pre-hook sets the current layer just before the engine executes
 
 Only matmul/conv/attention kernels have FLOPs; elementwise work (norms, activations, softmax) is
 memory-bound and enters the cost through the bytes moved, recorded from forward hooks.
+
+The same dispatch also counts *kernels* (every ATen op that is not a view or an allocation), per
+layer and phase, for the per-kernel fixed cost, and the bytes those kernels read and write for
+the ops no layer owns (residual adds, pooling, functional activations, the loss).
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from adaprec.runtime.executors.emulated import GRID_PRESERVING
 from adaprec.runtime.layers import discover_layers
 
 __all__ = ["LayerCount", "OP_KINDS", "count_layers"]
@@ -43,6 +48,18 @@ class LayerCount:
     act_out_elems: int = 0  # ... and writes
     param_elems: int = 0    # direct (recurse=False) parameter elements
     calls: int = 0
+    fwd_kernels: int = 0    # ATen kernels (views and allocations excluded) the layer runs in forward
+    bwd_kernels: int = 0    # ... and its autograd nodes run in backward
+    in_tensors: int = 0     # floating tensors read in forward (summed over calls)
+    out_tensors: int = 0    # ... and written
+    param_tensors: int = 0  # direct parameter tensors
+    stock: bool = True      # a torch.nn module (one op); False: custom code, rounded op by op
+    inner_ops: int = 0      # forward ops whose outputs emulation rounds inside a custom layer
+    inner_out_elems: int = 0
+    fwd_bytes: int = 0      # bytes the layer's kernels read + write in forward, as counted (fp32)
+    bwd_bytes: int = 0
+    fed_by: str | None = None  # the layer whose outputs are all of this one's floating inputs
+                               # (directly or through grid-preserving modules such as ReLU)
 
     @property
     def fwd_total(self) -> int:
@@ -60,6 +77,35 @@ class LayerCount:
 
 def _op_kind(op) -> str:
     return "conv" if "conv" in str(op) else "matmul"
+
+
+# ATen ops (packets) whose outputs the emulated executor rounds inside a custom layer: the
+# dispatch-level images of its rounded torch functions (matmul, conv, softmax, add, mul, ...)
+_ROUNDED_ATEN = frozenset({"mm", "bmm", "addmm", "baddbmm", "convolution", "_softmax", "_log_softmax",
+                           "add", "sub", "mul", "div", "native_dropout", "_scaled_dot_product_flash_attention",
+                           "_scaled_dot_product_efficient_attention"})
+_NOT_KERNELS = frozenset({"empty", "empty_like", "new_empty", "empty_strided", "new_empty_strided",
+                          "lift_fresh", "_local_scalar_dense"})
+_is_view_cache: dict = {}
+
+
+def _is_kernel(packet) -> bool:
+    """Whether an ATen op runs a kernel (not a view, alias or bare allocation)."""
+    hit = _is_view_cache.get(packet)
+    if hit is None:
+        name = packet.__name__.split(".")[-1]
+        overloads = packet.overloads()
+        view = bool(overloads) and getattr(packet, overloads[0]).is_view
+        hit = _is_view_cache[packet] = not view and name not in _NOT_KERNELS
+    return hit
+
+
+def _op_name(packet) -> str:
+    return packet.__name__.split(".")[-1]
+
+
+def _nbytes(obj) -> int:
+    return sum(t.numel() * t.element_size() for t in _tensors(obj) if t.is_floating_point())
 
 
 def _elems(obj) -> int:
@@ -88,16 +134,28 @@ class _LayerFlopCounter(FlopCounterMode):
         self.current: str | None = None
         self.phase = "fwd"
         self.own: dict[tuple[str, str | None], dict[str, int]] = {}
+        self.kernels: dict[tuple[str, str | None], int] = {}
+        self.bytes: dict[tuple[str, str | None], int] = {}
+        self.inner: dict[str | None, list[int]] = {}   # layer -> [rounded ops, their output elems]
         self._stack: list[str | None] = [None]
         self._tags: dict = {}       # autograd node -> layer that created it
         self._node_hooks: list = []
+        self.producer: dict[int, tuple[str, torch.Tensor]] = {}   # id(output) -> (layer, tensor)
 
     def _count_flops(self, func_packet, out, args, kwargs):  # overrides the module-tree charging
+        key = (self.phase, self.current)
         formula = self.flop_registry.get(func_packet)
         if formula is not None:
-            bucket = self.own.setdefault((self.phase, self.current), {})
+            bucket = self.own.setdefault(key, {})
             kind = _op_kind(func_packet)
             bucket[kind] = bucket.get(kind, 0) + int(formula(*args, **kwargs, out_val=out))
+        if _is_kernel(func_packet):
+            self.kernels[key] = self.kernels.get(key, 0) + 1
+            self.bytes[key] = self.bytes.get(key, 0) + _nbytes(args) + _nbytes(kwargs) + _nbytes(out)
+            if self.phase == "fwd" and _op_name(func_packet) in _ROUNDED_ATEN:
+                inner = self.inner.setdefault(self.current, [0, 0])
+                inner[0] += 1
+                inner[1] += _elems(out)
         return out
 
     def enter_layer(self, name: str, inputs) -> None:
@@ -135,11 +193,11 @@ class _LayerFlopCounter(FlopCounterMode):
 
 def count_layers(model: nn.Module, example_inputs: Sequence | torch.Tensor,
                  loss_fn: Callable | None = None, layers: Sequence[str] | None = None
-                 ) -> tuple[list[LayerCount], dict[str, int], dict[str, int]]:
+                 ) -> tuple[list[LayerCount], LayerCount]:
     """Run one forward + backward and count per layer; the model's state is left untouched.
 
-    Returns (layer counts in forward execution order, FLOPs by kind that no layer owns in forward,
-    the same in backward). Gradients are taken for parameters only, as in training, so the first
+    Returns (layer counts in forward execution order, a count named ``""`` of what no layer
+    owns: FLOPs, kernels and kernel bytes outside every layer, the loss included). Gradients are taken for parameters only, as in training, so the first
     layer has no input-gradient FLOPs. ``loss_fn(output) -> scalar`` defaults to the sum of the
     floating outputs.
     """
@@ -150,10 +208,15 @@ def count_layers(model: nn.Module, example_inputs: Sequence | torch.Tensor,
     if unknown:
         raise ValueError(f"layers {unknown[:5]} are not modules of the model; pass names from "
                          f"model.named_modules() (e.g. {list(modules)[1:4]})")
-    records = {n: LayerCount(n, param_elems=sum(p.numel() for p in modules[n].parameters(recurse=False)))
+    records = {n: LayerCount(n, param_elems=sum(p.numel() for p in modules[n].parameters(recurse=False)),
+                             param_tensors=len(list(modules[n].parameters(recurse=False))),
+                             stock=type(modules[n]).__module__.startswith("torch.nn")
+                             and not getattr(modules[n], "adaprec_layer", False))
                for n in names}
     counter, order = _LayerFlopCounter(), []
     handles = [h for n in names for h in _layer_hooks(modules[n], records[n], counter, order)]
+    handles += [m.register_forward_hook(_pass_producer(counter)) for n, m in modules.items()
+                if n not in records and isinstance(m, GRID_PRESERVING)]
     buffers = {k: b.detach().clone() for k, b in model.named_buffers()}
     try:
         # fork the RNGs so dropout in the counting pass leaves the training stream untouched
@@ -168,32 +231,61 @@ def count_layers(model: nn.Module, example_inputs: Sequence | torch.Tensor,
                 torch.autograd.grad(loss, params, allow_unused=True)
     finally:
         counter.release()
+        counter.producer.clear()
         for h in handles:
             h.remove()
         with torch.no_grad():
             for k, b in model.named_buffers():
                 b.copy_(buffers[k])
-    for n in names:
-        records[n].fwd_flops = counter.own.get(("fwd", n), {})
-        records[n].bwd_flops = counter.own.get(("bwd", n), {})
+    other = LayerCount("")
+    for n, rec in [*records.items(), (None, other)]:
+        rec.fwd_flops = counter.own.get(("fwd", n), {})
+        rec.bwd_flops = counter.own.get(("bwd", n), {})
+        rec.fwd_kernels, rec.bwd_kernels = counter.kernels.get(("fwd", n), 0), counter.kernels.get(("bwd", n), 0)
+        rec.fwd_bytes, rec.bwd_bytes = counter.bytes.get(("fwd", n), 0), counter.bytes.get(("bwd", n), 0)
+        rec.inner_ops, rec.inner_out_elems = counter.inner.get(n, (0, 0))
     ordered = order + [n for n in names if n not in order]  # layers never called come last
-    other_fwd, other_bwd = counter.own.get(("fwd", None), {}), counter.own.get(("bwd", None), {})
-    return [records[n] for n in ordered], other_fwd, other_bwd
+    return [records[n] for n in ordered], other
+
+
+def _fed_by(counter: _LayerFlopCounter, inputs) -> str | None:
+    """The one layer that produced every floating tensor of ``inputs``, else None."""
+    found = {counter.producer.get(id(t), (None,))[0] for t in _tensors(inputs) if t.is_floating_point()}
+    return found.pop() if len(found) == 1 else None
+
+
+def _pass_producer(counter: _LayerFlopCounter):
+    """Forward hook of a grid-preserving module: its output has its input's producer."""
+    def hook(mod, args, output):
+        layer = _fed_by(counter, args[:1])
+        if layer is not None and isinstance(output, torch.Tensor):
+            counter.producer[id(output)] = (layer, output)
+    return hook
 
 
 def _layer_hooks(module: nn.Module, record: LayerCount, counter: _LayerFlopCounter, order: list[str]):
     def pre(mod, args, kwargs):
+        if record.calls == 0:
+            record.fed_by = _fed_by(counter, (args, kwargs))
         counter.enter_layer(record.name, (args, kwargs))
 
     def post(mod, args, kwargs, output):
         counter.exit_layer(record.name, output)
+        for t in _tensors(output):
+            counter.producer[id(t)] = (record.name, t)  # the tensor is kept: ids stay unique
         if record.calls == 0:
             order.append(record.name)
         record.calls += 1
         record.act_in_elems += _elems(args) + _elems(kwargs)
         record.act_out_elems += _elems(output)
+        record.in_tensors += _count_floating(args) + _count_floating(kwargs)
+        record.out_tensors += _count_floating(output)
     return (module.register_forward_pre_hook(pre, with_kwargs=True),
             module.register_forward_hook(post, with_kwargs=True))
+
+
+def _count_floating(obj) -> int:
+    return sum(1 for t in _tensors(obj) if t.is_floating_point())
 
 
 def _tensors(obj):

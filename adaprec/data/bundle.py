@@ -5,9 +5,9 @@ from dataclasses import dataclass, replace
 
 import torch
 
-__all__ = ["DataBundle", "DataError", "TASKS"]
+from adaprec.tasks import get_task
 
-TASKS = ("classification", "lm", "regression")
+__all__ = ["DataBundle", "DataError"]
 
 
 class DataError(ValueError):
@@ -17,6 +17,9 @@ class DataError(ValueError):
 @dataclass
 class DataBundle:
     """Train and validation tensors held in memory (the data sets here are small).
+
+    ``task`` names a registered task (:func:`adaprec.tasks.task_names`); the task checks the
+    tensors' layout. For the built-in ones:
 
     classification: ``*_x`` float32 ``[N, C, H, W]`` (or ``[N, D]``), ``*_y`` int64 ``[N]``.
     regression: ``*_x`` as for classification, ``*_y`` float targets ``[N]`` or ``[N, k]``.
@@ -34,20 +37,14 @@ class DataBundle:
     block_size: int = 0
 
     def __post_init__(self):
-        if self.task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        task = get_task(self.task)  # the registered tasks are the allowed ones
         for split in ("train", "val"):
             x, y = self._split(split)
-            if self.task == "classification":
-                if y is None or y.dim() != 1 or len(y) != len(x):
-                    raise ValueError(f"{split}_y must be a 1-d label tensor as long as {split}_x")
-            elif self.task == "regression":
-                if y is None or not y.is_floating_point() or y.dim() not in (1, 2) or len(y) != len(x):
-                    raise ValueError(f"regression {split}_y must be a float tensor [N] or [N, k] "
-                                     f"as long as {split}_x")
-            elif x.dim() != 1 or len(x) <= self.block_size or self.block_size <= 0:
-                raise ValueError(f"lm {split}_x must be a 1-d token stream longer than "
-                                 f"block_size={self.block_size} (> 0), got shape {tuple(x.shape)}")
+            task.check(split, x, y, self.block_size)
+
+    @property
+    def _stream(self) -> bool:
+        return get_task(self.task).stream
 
     def _split(self, split: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         if split == "train":
@@ -59,7 +56,7 @@ class DataBundle:
     def num_examples(self, split: str) -> int:
         """classification: number of examples; lm: number of valid window starts."""
         x, _ = self._split(split)
-        return len(x) if self.task != "lm" else len(x) - self.block_size
+        return len(x) - self.block_size if self._stream else len(x)
 
     @property
     def num_train_examples(self) -> int:
@@ -72,13 +69,13 @@ class DataBundle:
     @property
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one model input: ``(C, H, W)`` / ``(D,)``, or ``(block_size,)`` for lm."""
-        return tuple(self.train_x.shape[1:]) if self.task != "lm" else (self.block_size,)
+        return (self.block_size,) if self._stream else tuple(self.train_x.shape[1:])
 
     def get_batch(self, split: str, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Classification or regression examples ``indices`` of ``split`` as ``(x, y)``."""
-        if self.task == "lm":
-            raise ValueError("get_batch is for classification and regression bundles; "
-                             "use get_lm_batch for lm")
+        """Examples ``indices`` of ``split`` as ``(x, y)`` (row data: classification, regression)."""
+        if self._stream:
+            raise ValueError(f"get_batch is for row data; a {self.task} bundle is a token "
+                             "stream: use get_lm_batch")
         x, y = self._split(split)
         indices = torch.as_tensor(indices, dtype=torch.long, device=x.device)
         return x[indices], y[indices]
@@ -86,8 +83,9 @@ class DataBundle:
     def get_lm_batch(self, split: str, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Windows ``stream[s : s+block_size]`` as ``x`` and the same shifted by one as ``y``,
         both ``[len(starts), block_size]``; valid starts are ``0 .. num_examples(split) - 1``."""
-        if self.task != "lm":
-            raise ValueError("get_lm_batch is for lm bundles; use get_batch for the others")
+        if not self._stream:
+            raise ValueError(f"get_lm_batch is for token streams; a {self.task} bundle is row "
+                             "data: use get_batch")
         stream, _ = self._split(split)
         starts = torch.as_tensor(starts, dtype=torch.long, device=stream.device)
         if starts.numel() and (starts.min() < 0 or starts.max() >= self.num_examples(split)):

@@ -15,9 +15,9 @@ format's range saturate to +-max (as TE's casts do, and as torch's e4m3fn cast d
 torch cast would give inf). Inputs that are already inf or NaN stay inf or NaN, so a
 non-finite gradient still reaches the loss scaler and skips the step.
 
-A plan gives each layer one format, so an fp8 layer uses it for forward tensors and gradients
-alike (not TE's HYBRID recipe, e4m3 forward / e5m2 backward: a plan that wants that can put
-the layer in e5m2, or a later two-format plan entry can express it). Delayed-scaling histories
+A format may name other formats for some tensor roles (``Format.weight``/``dgrad``/``wgrad``,
+e.g. ``fp8_hybrid``: TE's HYBRID recipe, e4m3 forward, e5m2 gradients); those roles round
+through :class:`RoleRoundFn` with the role's own format and scaling state. Delayed-scaling histories
 are updated on every use, evaluation forwards included.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ import torch
 from adaprec.numerics.formats import Format
 
 __all__ = ["FP8Config", "AmaxState", "round_to", "round_scaled", "RoundFn", "ScaledRoundFn",
-           "FakeQuantFn", "RoundedSoftmaxFn",
+           "FakeQuantFn", "RoleRoundFn", "RoundedSoftmaxFn",
            "SCALINGS", "round_tree"]
 
 SCALINGS = ("current", "delayed")
@@ -167,6 +167,20 @@ class FakeQuantFn(torch.autograd.Function):
             grad = ctx.fmt.fake_quantize(grad, role=ctx.grad_role, axis=ctx.axis,
                                          stochastic=ctx.stochastic)
         return grad, None, None, None, None, None
+
+
+class RoleRoundFn(torch.autograd.Function):
+    """``fwd(x)`` in forward, ``bwd(grad)`` in backward (``bwd=None``: passed through): a
+    tensor role whose gradient is held in another format (per-role formats, TE's HYBRID)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, fwd: Callable, bwd: Callable | None) -> torch.Tensor:
+        ctx.bwd = bwd
+        return fwd(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return (grad if ctx.bwd is None else ctx.bwd(grad)), None, None
 
 
 class RoundedSoftmaxFn(torch.autograd.Function):

@@ -42,6 +42,22 @@ class Format:
     native: bool = False
     aliases: tuple[str, ...] = field(default=(), compare=False)
     fallback: str | None = field(default=None, compare=False)
+    weight: str | None = None  # per-role formats (TE's fine-grained recipes): the weight's in fprop,
+    dgrad: str | None = None   # the output gradient's and the input gradient's (dgrad),
+    wgrad: str | None = None   # the weight gradient's (wgrad, default: dgrad's); None: this format
+
+    def role_format(self, role: str, grad: bool = False) -> "Format":
+        """The format of one tensor role: ``weight:*`` forward uses ``weight``; gradients use
+        ``wgrad`` (of weights) or ``dgrad`` (everything else); unset roles use this format."""
+        is_weight = role.startswith("weight")
+        name = ((self.wgrad or self.dgrad) if is_weight else self.dgrad) if grad else (
+            self.weight if is_weight else None)
+        return get_format(name) if name else self
+
+    @property
+    def has_roles(self) -> bool:
+        """Whether some tensor role uses another format (a HYBRID-style recipe)."""
+        return any((self.weight, self.dgrad, self.wgrad))
 
     # -- element facts ------------------------------------------------------------------------
     @property
@@ -138,10 +154,12 @@ class Format:
         return self.recipe.dequantize(q, unpack(q, self.element))
 
     def describe(self) -> str:
-        """One line: element and recipe."""
+        """One line: element and recipe (and per-role formats)."""
         e = self.element
+        roles = ", ".join(f"{r} {getattr(self, r)}" for r in ("weight", "dgrad", "wgrad") if getattr(self, r))
         return (f"{self.name}: {e.name} (1+{e.ebits}+{e.mbits} bits, max {e.max:g}), "
-                f"{self.recipe.describe()}{', native' if self.native else ', emulated'}")
+                f"{self.recipe.describe()}{', native' if self.native else ', emulated'}"
+                f"{'; ' + roles if roles else ''}")
 
     def __str__(self) -> str:
         return self.name
@@ -164,8 +182,12 @@ def register(fmt: Format, replace: bool = False) -> Format:
         raise ValueError(f"format {fmt.name!r} is already registered; pass replace=True to redefine it")
     if taken:
         raise ValueError(f"format {fmt.name!r}: names {taken} already belong to other formats")
-    if fmt.fallback is not None and _key(fmt.fallback) not in _BY_ALIAS:
-        raise ValueError(f"format {fmt.name!r}: fallback {fmt.fallback!r} is not a registered format")
+    for what in ("fallback", "weight", "dgrad", "wgrad"):
+        other = getattr(fmt, what)
+        if other is not None and _key(other) not in _BY_ALIAS:
+            raise ValueError(f"format {fmt.name!r}: {what} {other!r} is not a registered format")
+        if what != "fallback" and other is not None and get_format(other).has_roles:
+            raise ValueError(f"format {fmt.name!r}: {what} {other!r} has roles itself; name a plain format")
     if fmt.name in FORMATS:
         unregister(fmt.name)
     FORMATS[fmt.name] = fmt
@@ -223,4 +245,7 @@ register(Format("mxfp4", E2M1, MX, fallback="mxfp6_e2m3", aliases=("mxfp4_e2m1",
 register(Format("nvfp4", E2M1, Block(16, E4M3, tensor_scale=True), fallback="mxfp4"))
 # DeepSeek-V3 fine-grained fp8: 1x128 activation tiles, 128x128 weight blocks, fp32 scales
 register(Format("fp8_e4m3_tiles", E4M3, Tiles(), fallback="fp8_e4m3", aliases=("deepseek_fp8",)))
-
+# Transformer Engine's HYBRID recipe: e4m3 forward (inputs, weights), e5m2 gradients (dgrad, wgrad)
+register(Format("fp8_hybrid", E4M3, PerTensor(), fallback="fp8_e4m3", dgrad="fp8_e5m2",
+                aliases=("hybrid",)))
+register(Format("mxfp8_hybrid", E4M3, MX, fallback="mxfp8_e4m3", dgrad="mxfp8_e5m2"))

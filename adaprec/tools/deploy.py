@@ -34,7 +34,7 @@ from adaprec.cost import CostModel, conf_dir, load_profile
 from adaprec.app.instantiate import instantiate
 from adaprec.runtime.plan import Plan
 from adaprec.precision import AdaptivePrecision
-from adaprec.app.train import evaluate
+from adaprec.tasks import evaluate, get_task, quality_metrics
 
 __all__ = ["deploy_search", "load_trained_run", "DeployResult", "quality_drop", "primary_metric"]
 
@@ -43,11 +43,12 @@ _EPS = 1e-4
 
 
 def primary_metric(quality: dict[str, float]) -> tuple[str, bool]:
-    """(metric name, higher is better) of an evaluation result."""
-    for name, higher in (("val_accuracy", True), ("val_perplexity", False), ("val_rmse", False)):
+    """(metric name, higher is better) of an evaluation result: its task's quality metric."""
+    for name, higher in quality_metrics():
         if name in quality:
             return name, higher
-    return "val_loss", False
+    raise ValueError(f"no quality metric in {sorted(quality)}; expected one of "
+                     f"{[name for name, _ in quality_metrics()]}")
 
 
 def quality_drop(reference: dict[str, float], quality: dict[str, float]) -> float:
@@ -97,14 +98,14 @@ def deploy_search(model: torch.nn.Module, data, profile: str, tolerance: float,
     ap = AdaptivePrecision(model, controller=Static("fp32"), device_type=device.type,
                            executor=executor, monitor_every=0)
     try:
-        x = _example_inputs(data, latency_batch, device)
+        x, _ = get_task(data.task).batch(data, "val", torch.arange(latency_batch), device)
         cm = CostModel.count(model, (x,), layers=ap.layers)
         model.eval()
 
         def measure(plan: Plan) -> tuple[dict[str, float], float]:
             ap.set_plan(plan)
             return (evaluate(model, ap, data, batch_size, device, max_batches),
-                    cm.price(plan, prof, inference=True).total)
+                    cm.total(plan, prof, inference=True))
 
         fp32 = Plan.uniform("fp32", ap.layers)
         fp32_q, fp32_cost = measure(fp32)
@@ -148,15 +149,6 @@ def deploy_search(model: torch.nn.Module, data, profile: str, tolerance: float,
                             table=pd.DataFrame(rows))
     finally:
         ap.remove()
-
-
-def _example_inputs(data, n: int, device: torch.device) -> torch.Tensor:
-    idx = torch.arange(n)
-    if data.task == "lm":
-        x, _ = data.get_lm_batch("val", idx)
-    else:
-        x, _ = data.get_batch("val", idx)
-    return x.to(device)
 
 
 def load_trained_run(run_dir: str | Path, device: str = "cpu"):

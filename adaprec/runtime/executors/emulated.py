@@ -40,13 +40,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from adaprec.numerics.emulation import (AmaxState, FakeQuantFn, FP8Config, RoundedSoftmaxFn, RoundFn,
-                                       ScaledRoundFn, round_scaled, round_to, round_tree)
+from adaprec.numerics.emulation import (AmaxState, FakeQuantFn, FP8Config, RoleRoundFn, RoundedSoftmaxFn,
+                                       RoundFn, ScaledRoundFn, round_scaled, round_to, round_tree)
 from adaprec.numerics.formats import FP32, Format, get_format
 from adaprec.runtime.executors.base import hook_layers as _hook_layers
 from adaprec.runtime.plan import Plan
 
-__all__ = ["EmulatedExecutor"]
+__all__ = ["EmulatedExecutor", "GRID_PRESERVING"]
 
 _LOW_DTYPES = (torch.float16, torch.bfloat16)
 _TAG = "_adaprec_rounded"
@@ -94,6 +94,7 @@ _FP32_FRAME = _Frame(None, FP32, "fp32")
 _CHANNEL_BLOCKED = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm)
 _REBLOCKING = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
 _GRID_PRESERVING = (nn.ReLU, nn.Identity, nn.Flatten) + _REBLOCKING
+GRID_PRESERVING = _GRID_PRESERVING  # public: the cost model follows the same tag rule
 
 
 def _needs_op_rounding(module: nn.Module) -> bool:
@@ -261,6 +262,8 @@ class EmulatedExecutor:
         fmt = frame.fmt
         scaled = fmt.scaling == "per_tensor"
         name = frame.layer or ""
+        if fmt.has_roles:
+            return self._role_rounder(frame, output)
         if fmt.scaling in ("block", "tiles"):
             return self._block_rounder(frame, output)
 
@@ -281,6 +284,32 @@ class EmulatedExecutor:
                 if out.requires_grad:
                     out.register_hook(lambda g: round_to(g, fmt))
                 setattr(out, _TAG, (fmt.name, out._version))
+            return out
+        return fn
+
+    def _role_rounder(self, frame: _Frame, output: bool):
+        """Formats with per-role formats (``Format.role_format``): each role's forward value and
+        gradient rounded in its own format, recipe and scaling state (no tag skipping)."""
+        fmt, name, sr = frame.fmt, frame.layer or "", self.stochastic_grads
+        axis = 1 if isinstance(frame.module, _CHANNEL_BLOCKED) else -1
+
+        def one(f: Format, role: str, ax: int, grad: bool):
+            key = ("grad_" if grad else "") + role
+            if f.scaling == "per_tensor":
+                return lambda v: round_scaled(v, f, self._state(name, key, f, v.device))
+            if f.scaling in ("block", "tiles"):
+                return lambda v: f.fake_quantize(v, role=key, axis=ax, stochastic=sr and grad)
+            return (lambda v: v) if f == FP32 else (lambda v: round_to(v, f))
+
+        def fn(t: torch.Tensor, role: str, skip_tagged: bool = True) -> torch.Tensor:
+            if t.dtype in _LOW_DTYPES:
+                t = t.float()
+            ax = axis if t.dim() > 2 else -1
+            fwd = one(fmt.role_format(role), role, ax, False)
+            bwd = one(fmt.role_format(role, grad=True), "output" if output else role, ax, True)
+            out = RoleRoundFn.apply(t, fwd, None if output else bwd)
+            if output and out.requires_grad:
+                out.register_hook(bwd)
             return out
         return fn
 
