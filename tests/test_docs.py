@@ -4,7 +4,8 @@ command can fail unnoticed.
 Commands are collected from fenced ``bash`` blocks (``&&`` chains split, ``\\`` continuations
 joined) and from inline code spans that start with ``python -m``/``python experiments``/``bash``;
 fenced ``python`` blocks run as scripts after a small prelude that defines the names a snippet
-assumes (``model``, ``loader``, ``loss_fn``, ``optimizer``, ``x``, ``y``, ``plan``). All run in
+assumes (``model`` with layers ``fc`` and ``head``, ``loader``, ``loss_fn``, ``optimizer``/``opt``,
+``x``, ``y``, ``plan``). All run in
 one temporary working directory, in document order, so later commands find the run and sweep
 directories earlier ones wrote (placeholders such as ``outputs/<date>/<time>`` and
 ``runs/<sweep>`` are replaced by them). Training commands get ``trainer.max_steps=2``; sweeps
@@ -42,6 +43,7 @@ NEEDS = {"hydra/launcher=ray": "ray", "hydra/launcher=submitit_local": "hydra_pl
          "sweep=tune_": "hydra_plugins.hydra_optuna_sweeper", "hydra/launcher=joblib": "hydra_plugins.hydra_joblib_launcher"}
 SHRINK = ["trainer.max_steps=2", "trainer.eval_every=0", "trainer.progress=false"]
 SWEEP_CUTS = {"sweep=headline": ["hydra.sweeper.params.seed=0", "hydra.sweeper.params.experiment=mixed_needs"],
+              "sweep=smoke": ["hydra.sweeper.params.experiment=mixed_needs"],  # the full grid: test_experiments
               "sweep=mixed_needs": ["hydra.sweeper.params.seed=0"],
               "sweep=underflow": ["hydra.sweeper.params.seed=0"],
               "sweep=tune_": ["hydra.sweeper.n_trials=2"]}
@@ -50,12 +52,13 @@ import torch, torch.nn.functional as F
 from torch import nn
 from adaprec import Plan
 torch.manual_seed(0)
-model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+from collections import OrderedDict
+model = nn.Sequential(OrderedDict(fc=nn.Linear(8, 16), act=nn.ReLU(), head=nn.Linear(16, 4)))
 x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
 loader = [(x[i:i + 8], y[i:i + 8]) for i in range(0, 32, 8)]
 loss_fn = F.cross_entropy
-optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-plan = Plan({"0": "bf16", "2": "fp32"})
+optimizer = opt = torch.optim.SGD(model.parameters(), lr=0.1)
+plan = Plan({"fc": "bf16", "head": "fp32"})
 """
 
 
@@ -149,7 +152,8 @@ class _Session:
     def command(self, cmd: str) -> subprocess.CompletedProcess:
         args = shlex.split(self._resolve(cmd))
         if args[:3] == ["python", "-m", "adaprec.run"]:
-            args += SHRINK
+            keys = {a.split("=", 1)[0].lstrip("+~") for a in args if "=" in a}
+            args += [s for s in SHRINK if s.split("=", 1)[0] not in keys]
             multirun = "-m" in args[3:] or "--multirun" in args
             for frag, cuts in SWEEP_CUTS.items():
                 if any(a.startswith(frag) for a in args):
@@ -165,8 +169,10 @@ class _Session:
                         self.sweeps[name] = sweep_dir
                 self.last_sweep = self.cwd / sweep_dir
             else:
-                self.last_run = self.cwd / "outputs" / f"doc{self.n}"
-                args.append(f"hydra.run.dir={self.last_run}")
+                given = next((a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")), None)
+                self.last_run = self.cwd / (given or f"outputs/doc{self.n}")
+                if given is None:
+                    args.append(f"hydra.run.dir={self.last_run}")
         if args[0] == "python":
             args[0] = sys.executable
         return subprocess.run(args, cwd=self.cwd, env=self.env, capture_output=True, text=True,
@@ -185,7 +191,7 @@ def test_every_documented_command_is_collected_and_run_or_listed():
     assert len(runnable) >= 10
     for c in cmds:  # every command is one of ours: a module/script of this repo, or listed
         assert _why_not(c) or c.startswith(("python -m adaprec", "python -m analysis", "python experiments/",
-                                            "bash benchmarks/")), c
+                                            "bash benchmarks/", "tensorboard ")), c
 
 
 @pytest.mark.slow
