@@ -151,7 +151,7 @@ class _Session:
 
     def command(self, cmd: str) -> subprocess.CompletedProcess:
         args = shlex.split(self._resolve(cmd))
-        if args[:3] == ["python", "-m", "adaprec.run"]:
+        if args[:3] == ["python", "-m", "adaprec.run"] and not {"--help", "--cfg", "--info", "-c"} & set(args):
             keys = {a.split("=", 1)[0].lstrip("+~") for a in args if "=" in a}
             args += [s for s in SHRINK if s.split("=", 1)[0] not in keys]
             multirun = "-m" in args[3:] or "--multirun" in args
