@@ -16,7 +16,7 @@ import torch.distributed as dist
 from adaprec.runtime.fsdp import _unit_dtype, shard_model
 from adaprec.runtime.layers import discover_layers
 from adaprec.runtime.plan import Plan
-from tests.fsdp_loops import make_model, run_two_ranks, train_loop
+from tests.distributed_loops import make_model, run_two_ranks, train_loop
 
 WORLD = 2
 _BYTES = {"torch.float32": 4, "torch.bfloat16": 2, "torch.float16": 2}

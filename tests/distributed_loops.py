@@ -1,5 +1,6 @@
-"""Training loops the FSDP2 tests run in each of two gloo processes (and in one process as the
-reference): a small MLP, the same global batch each step split over the ranks."""
+"""What the distributed tests share: a controller whose choices depend on the rank, a free port,
+and the FSDP2 training loop each of two gloo processes runs (and one process as the reference):
+a small MLP, the same global batch each step split over the ranks."""
 from __future__ import annotations
 
 import os
@@ -26,12 +27,13 @@ class RandomPlan:
     def __init__(self, seed: int):
         self.gen = torch.Generator().manual_seed(seed)
         self.layers: list[str] = []
+        self.seen_skips: list[bool] = []
 
     def setup(self, context):
         self.layers = list(context.layers)
 
     def observe(self, record):
-        pass
+        self.seen_skips.append(record.skipped)
 
     def decide(self, step):
         picks = torch.randint(0, 2, (len(self.layers),), generator=self.gen).tolist()
