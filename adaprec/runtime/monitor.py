@@ -13,7 +13,9 @@ module with ``adaprec_shadow = True``): a layer with child layers would round it
 again, batch norm would update its running statistics, dropout would draw new masks.
 
 Everything stays on the device until :meth:`Monitor.collect`, which reads it back in one
-transfer. On unsampled steps the hooks return after one attribute check.
+transfer. On unsampled steps the hooks return after one attribute check. Under FSDP2 a
+parameter is measured on this rank's shard and the rows are combined across ranks, so its
+statistics are those of the whole tensor.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from dataclasses import asdict
 import torch
 from torch import nn
 
+from adaprec.runtime.distributed import combine_shard_stats, is_sharded, local_tensor
 from adaprec.numerics.stats import (DEFAULT_FORMATS, KINDS, FormatError, LayerStats, Probe, ShadowStats,
                                     TensorStats, chunk_for, combine_rows, derive, probe, reduce_probes)
 from adaprec.numerics.formats import get_format
@@ -92,6 +95,7 @@ class Monitor:
         self._pending: list[tuple[str, str, Probe]] = []
         self._shadow_in: dict[str, torch.Tensor] = {}
         self._shadows: list[tuple[str, torch.Tensor]] = []
+        self._sharded: list[int] = []  # positions in _pending measured on one rank's shard
         self._forward_armed = False
         self._sampled = False
         self._grad_scale = 1.0      # loss scale at which gradients are evaluated
@@ -132,11 +136,17 @@ class Monitor:
                 continue
             # parameter norms are exact (controllers such as MuPPET use gradient norms)
             for p in params:
-                self._pending.append((name, "weight", self._probe(p, name, "weight", exact_norm=True)))
+                self._add_parameter_probe(name, "weight", p, self._probe(local_tensor(p), name, "weight",
+                                                                         exact_norm=True))
                 if p.grad is not None:
-                    self._pending.append((name, "wgrad", self._probe(
-                        p.grad, name, "wgrad", scale=self._grad_scale, prescaled=self._applied_scale,
-                        exact_norm=True)))
+                    self._add_parameter_probe(name, "wgrad", p.grad, self._probe(
+                        local_tensor(p.grad), name, "wgrad", scale=self._grad_scale,
+                        prescaled=self._applied_scale, exact_norm=True))
+
+    def _add_parameter_probe(self, name: str, kind: str, tensor: torch.Tensor, pr: Probe) -> None:
+        if is_sharded(tensor):  # FSDP2: this rank holds one shard; collect() sums the ranks'
+            self._sharded.append(len(self._pending))
+        self._pending.append((name, kind, pr))
 
     def collect(self, step: int, format_of: Callable[[str], str]) -> dict[str, LayerStats] | None:
         """Read back this step's statistics (one device->host transfer); None if unsampled."""
@@ -145,8 +155,9 @@ class Monitor:
         self._sampled = self._forward_armed = False
         pending, self._pending = self._pending, []
         shadows, self._shadows = self._shadows, []
+        sharded, self._sharded = self._sharded, []
         self._shadow_in.clear()
-        rows, shadow_rows = self._read_back(pending, shadows)
+        rows, shadow_rows = self._read_back(pending, shadows, sharded)
         grouped: dict[tuple[str, str], list[list[float]]] = {}
         # a layer's weight and bias, or a module called twice in one forward, combine
         for (name, kind, _), row in zip(pending, rows):
@@ -166,11 +177,14 @@ class Monitor:
         self.history.append(stats)
         return stats
 
-    def _read_back(self, pending, shadows) -> tuple[list[list[float]], list[list[float]]]:
+    def _read_back(self, pending, shadows, sharded) -> tuple[list[list[float]], list[list[float]]]:
         """Reduce every probe and shadow on the device and read them back in one transfer."""
         parts = []
         if pending:
-            parts.append(reduce_probes([p for _, _, p in pending], self.formats))
+            raw = reduce_probes([p for _, _, p in pending], self.formats)
+            if sharded:  # the same parameters on every rank, in the same order: one all-gather
+                raw[sharded] = combine_shard_stats(raw[sharded])
+            parts.append(raw)
         if shadows:
             parts.append(torch.stack([v for _, v in shadows]).to(parts[0].device if parts else None))
         if not parts:
@@ -189,7 +203,9 @@ class Monitor:
         concatenated in fp32 (a copy; controllers such as MuPPET measure diversity on them)."""
         out = {}
         for name, params in self._params.items():
-            grads = [p.grad.detach().reshape(-1).float() for p in params if p.grad is not None]
+            # a sharded gradient is gathered whole (a collective: every rank asks at this step)
+            grads = [(p.grad.full_tensor() if is_sharded(p.grad) else p.grad).detach().reshape(-1).float()
+                     for p in params if p.grad is not None]
             if grads:
                 out[name] = torch.cat(grads)
         return out
