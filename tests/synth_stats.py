@@ -15,10 +15,19 @@ def tensor(overflow=0.0, flush=0.0, bf16_err=BF16_ERR, fp16_err=FP16_ERR, nonfin
                        bf16_rel_err=bf16_err, fp16_rel_err=fp16_err, norm=10.0)
 
 
-def layer_stats(name, fmt, step=0, grad=None, **act):
-    """Stats of one layer: ``act`` keyword arguments shape the activation, ``grad`` a TensorStats."""
+def layer_stats(name, fmt, step=0, grad=None, input=None, **act):
+    """Stats of one layer: ``act`` keyword arguments shape the activation, ``grad`` and
+    ``input`` are TensorStats (``input`` absent unless given)."""
     return LayerStats(layer=name, step=step, format=fmt, act=tensor(**act),
-                      grad=grad or tensor(), weight=tensor(), wgrad=tensor())
+                      grad=grad or tensor(), weight=tensor(), wgrad=tensor(), input=input)
+
+
+def operands_stats(plan, step=0, **overrides):
+    """Every layer clean; ``overrides[layer] = dict(...)`` shapes that layer's input activation
+    *and* output gradient (the tensors all three of its GEMMs read between them)."""
+    return {name: layer_stats(name, plan.format_of(name), step, grad=tensor(**overrides.get(name, {})),
+                              input=tensor(**overrides.get(name, {})))
+            for name in plan}
 
 
 def record(step, plan, stats=None, loss=1.0, skipped=False, scale=1.0, gradients=None):

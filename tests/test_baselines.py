@@ -9,7 +9,7 @@ from torch import nn
 from adaprec import AdaptivePrecision
 from adaprec.controllers import Autoswitch, MuPPET
 from adaprec.controllers.muppet import muppet_threshold
-from tests.synth_stats import clean_stats, context, run
+from tests.synth_stats import clean_stats, context, layer_stats, operands_stats, run, tensor
 
 LAYERS = ["a", "b"]
 
@@ -18,12 +18,13 @@ def test_autoswitch_goes_high_on_underflow_or_mse_and_back_without_hysteresis():
     c = Autoswitch(low="fp16", cpu_fp16=True)
     c.setup(context(LAYERS))
     # numel 1000, norm 10: MSE = (err * 10)^2 / 1000; fp16 err 1.4e-4 -> 2e-9 (fine), 0.04 -> 1.6e-4
+    # the GEMM inputs (input activation and output gradient) underflow, then round badly
     script = {0: dict(flush=0.06), 1: dict(fp16_err=0.04), 2: {}}
-    plans = run(c, 3, lambda s, p: clean_stats(p, s, a=script[s]), LAYERS)
+    plans = run(c, 3, lambda s, p: operands_stats(p, s, a=script[s]), LAYERS)
     assert [p["a"] for p in plans] == ["fp16", "fp32", "fp32", "fp16"]
     assert all(p["b"] == "fp16" for p in plans)
     assert "within limits -> fp16" in c.reasons["a"]
-    run(c, 1, lambda s, p: clean_stats(p, s, a=dict(fp16_err=0.04)), LAYERS)
+    run(c, 1, lambda s, p: operands_stats(p, s, a=dict(fp16_err=0.04)), LAYERS)
     assert "fp16 MSE 0.00016 > 0.0001 -> fp32" in c.reasons["a"]
 
 
@@ -35,6 +36,44 @@ def test_autoswitch_thresholds_are_strict_and_bf16_has_no_underflow():
     err_at_limit = math.sqrt(1e-4 * 1000) / 10  # MSE exactly 1e-4
     plans = run(c, 1, lambda s, p: clean_stats(p, s, a=dict(bf16_err=err_at_limit * 0.999)), LAYERS)
     assert plans[-1]["a"] == "bf16"
+
+
+def test_autoswitch_decides_each_gemm_on_its_own_two_inputs():
+    """fprop reads input and weight, dgrad the output gradient and weight, wgrad the output
+    gradient and input: a bad input moves fprop and wgrad, a bad gradient dgrad and wgrad."""
+    c = Autoswitch(low="fp16", cpu_fp16=True)
+    c.setup(context(LAYERS))
+    bad = tensor(flush=0.2)
+    stats = lambda s, p: {**clean_stats(p, s), "a": layer_stats("a", p.format_of("a"), s, input=bad,
+                                                                grad=tensor()),
+                          "b": layer_stats("b", p.format_of("b"), s, input=tensor(), grad=bad)}
+    plan = run(c, 1, stats, LAYERS)[-1]
+    assert c.gemm_formats["a"] == {"fprop": "fp32", "dgrad": "fp16", "wgrad": "fp32"}
+    assert c.gemm_formats["b"] == {"fprop": "fp16", "dgrad": "fp32", "wgrad": "fp32"}
+    assert plan.roles_of("a") == {"input": "fp32", "weight": "fp32", "dgrad": "fp16", "wgrad": "fp32"}
+    assert plan.roles_of("b") == {"input": "fp16", "weight": "fp16", "dgrad": "fp32", "wgrad": "fp32"}
+    assert "fprop fp16 underflow 0.2 > 0.05 -> fp32" in c.reasons["a"]
+    state = c.state_dict()
+    c2 = Autoswitch(low="fp16", cpu_fp16=True)
+    c2.setup(context(LAYERS))
+    c2.load_state_dict(state)
+    assert c2.decide(1) == plan
+
+
+def test_autoswitch_judges_fp8_at_its_own_scale():
+    """An fp8 ``low`` is judged by its own measured statistics, never taken for exact."""
+    from adaprec.numerics.stats import FormatError
+    c = Autoswitch(low="fp8_e4m3", high="bf16")
+    c.setup(context(LAYERS, executor="emulated"))
+    plan = run(c, 1, lambda s, p: clean_stats(p, s), LAYERS)[-1]  # fp8 never judged: unknown
+    assert plan["a"] == "bf16"
+    judged = tensor()
+    judged = type(judged)(**{**judged.__dict__, "formats": {"fp8_e4m3": FormatError(0.0, 0.0, 0.03, 1e-6)}})
+    from adaprec.numerics.stats import LayerStats
+    plan = run(c, 1, lambda s, p: {n: LayerStats(n, s, p.format_of(n), act=judged, grad=judged,
+                                                 weight=judged, wgrad=judged, input=judged)
+                                   for n in LAYERS}, LAYERS)[-1]
+    assert plan["a"] == "fp8_e4m3"  # 3% rounding error, MSE 1e-6: within TE's limits
 
 
 def test_muppet_threshold_matches_the_paper():
