@@ -111,3 +111,84 @@ def test_fp16_is_dropped_on_cpu_with_the_native_executor_by_default():
 def test_bad_values_are_one_line_errors(kw, msg):
     with pytest.raises(ValueError, match=msg):
         Bandit(**kw)
+
+
+def test_the_run_seed_seeds_the_bandit_and_different_seeds_draw_differently():
+    from tests.conftest import compose_config
+    from adaprec.app.controller_schemas import register_controller_schemas  # noqa: F401
+    from hydra.utils import instantiate
+    cfg = compose_config("controller=bandit_thompson", "seed=7")
+    assert instantiate(cfg.controller).seed == 7
+    picks = {}
+    for seed in (0, 1, 2):
+        c = make(algorithm="thompson", seed=seed, sigma=0.5, min_dwell=1)
+        picks[seed] = [tuple(p.values()) for p in run(c, 40, lambda s, p: clean_stats(p, s), LAYERS)]
+    assert picks[0] == [tuple(p.values()) for p in run(make(algorithm="thompson", seed=0, sigma=0.5,
+                                                            min_dwell=1), 40,
+                                                       lambda s, p: clean_stats(p, s), LAYERS)]
+    assert len({tuple(v) for v in picks.values()}) == 3
+
+
+def test_pulls_and_regret_against_the_best_fixed_arm():
+    c = make(algorithm="ucb1", min_dwell=1, formats=["bf16", "fp32"])
+    run(c, 40, lambda s, p: clean_stats(p, s), LAYERS)
+    summary = c.summary()
+    a = summary["layers"]["a"]
+    assert sum(a["pulls"].values()) == 20 and a["pulls"]["fp32"] >= 1  # every arm tried once
+    assert a["best_fixed_arm"] == "bf16"  # cheaper, clean numerics
+    mean = a["mean_reward"]
+    expected_regret = 20 * mean["bf16"] - a["earned"]
+    assert a["regret"] == pytest.approx(expected_regret) and a["regret"] > 0
+    assert summary["regret"] == pytest.approx(sum(v["regret"] for v in summary["layers"].values()))
+
+
+def test_min_dwell_keeps_an_arm_for_several_windows_unless_it_turns_unsafe():
+    c = make(algorithm="ucb1", min_dwell=3, formats=["bf16", "fp16", "fp32"])
+    plans = run(c, 24, lambda s, p: clean_stats(p, s), LAYERS)
+    a = [p["a"] for p in plans[::2]]  # one entry per window (interval 2)
+    runs = [len(list(g)) for _, g in __import__("itertools").groupby(a)]
+    assert all(r >= 3 for r in runs[:-1])
+    # an arm that turns unsafe is left at the next decision, dwell or not
+    c = make(algorithm="ucb1", min_dwell=10, formats=["fp16", "fp32"], cheapness=("fp16", "fp32"))
+    plans = run(c, 4, lambda s, p: clean_stats(p, s, a=dict(flush=0.5)), LAYERS)
+    assert plans[0]["a"] == "fp16" and plans[-1]["a"] == "fp32"
+
+
+def test_arms_with_bad_measured_numerics_are_not_explored():
+    # fp16 flushes half of b's values: its measured penalty (10 * 0.5, capped at 1) >= explore_max
+    c = make(algorithm="ucb1", min_dwell=1, cheapness=("bf16", "fp16", "fp32"))
+    plans = run(c, 60, lambda s, p: clean_stats(p, s, b=dict(flush=0.5)), LAYERS)
+    assert all(p["b"] != "fp16" for p in plans[3:])
+    assert any(p["a"] == "fp16" for p in plans)  # a explores it
+    assert c._last_penalty["b"]["fp16"] == 1.0 and not c._safe("b", "fp16")
+
+
+def test_an_unjudged_format_is_the_full_penalty_not_free():
+    from adaprec.controllers._window import Window
+    c = make(formats=["bf16", "fp8_e4m3", "fp32"])
+    w = Window(samples=1)
+    assert c._penalty("fp8_e4m3", w, 0.0) == 1.0  # never judged: unknown is unsafe
+    w = Window(samples=1, errors={"fp8_e4m3": [0.0, 0.0, 0.02, 1e-6]})
+    assert c._penalty("fp8_e4m3", w, 0.0) == pytest.approx(10 * 0.02)
+
+
+def test_cost_is_priced_at_plan_level_with_the_casts_a_switch_causes():
+    from adaprec.controllers._common import PlanPricer, emitted_plan
+    # a toy plan cost: each layer 1.0 in fp32, 0.5 in bf16, plus 0.3 per fp32<->bf16 boundary
+    def plan_cost(plan):
+        f = [plan.format_of(n) for n in LAYERS]
+        return sum(1.0 if x == "fp32" else 0.5 for x in f) + 0.3 * sum(a != b for a, b in zip(f, f[1:]))
+    ctx = context(LAYERS, plan_cost=plan_cost, layer_costs={n: {"fp32": 1.0, "bf16": 0.5} for n in LAYERS})
+    pricer = PlanPricer(ctx, ["bf16", "fp32"])
+    all32 = {n: "fp32" for n in LAYERS}
+    # b alone in bf16 saves 0.5 but adds two boundaries: 1 + (-0.5 + 0.6) / 1 = 1.1
+    assert pricer.layer_cost(all32, "b", "bf16") == pytest.approx(1.1)
+    mixed = {"a": "bf16", "b": "fp32", "c": "bf16"}
+    assert pricer.layer_cost(mixed, "b", "bf16") == pytest.approx(1 + (-0.5 - 0.6))
+    assert pricer.cheapest(all32, "b", ["bf16", "fp32"])[0] == "fp32"
+    assert pricer.cheapest(mixed, "b", ["bf16", "fp32"])[0] == "bf16"
+    c = Bandit(formats=["bf16", "fp32"], cpu_fp16=True)
+    c.setup(ctx)
+    from adaprec.controllers._window import Window
+    clean = Window(samples=1)
+    assert c._reward("b", "bf16", clean, 0.0, all32) < c._reward("b", "fp32", clean, 0.0, all32)

@@ -164,3 +164,74 @@ def test_fp8_is_judged_not_taken_for_exact():
     assert not c._safe("fp8_e4m3", judged)  # 3% rounding error > rounding_err_max
     fine = Window(samples=1, errors={"fp8_e4m3": [0.0, 0.0, 1e-3, 1e-9]})
     assert c._safe("fp8_e4m3", fine)
+
+
+def _w(**kw):
+    from adaprec.controllers._window import Window
+    return Window(samples=1, **kw)
+
+
+def test_output_error_measured_in_the_running_format_sends_a_layer_up():
+    """head on mixed_needs: bf16 rounds outputs near 1000 to a spacing of 4 -- tiny per-element
+    error, large against the output's spread; fp16's predicted error is within the limit."""
+    c = make(start="bf16", output_err_max=0.1)
+    w = _w(bf16_err=1e-3, fp16_err=1e-4, shadow=[0.55, 1e-3], shadow_format="bf16",
+           shadow_pred={"bf16": 0.5, "fp16": 0.06})
+    assert "bf16 output error 0.55 (measured" in c._problem("bf16", w)
+    assert c._problem("fp16", w) is None  # predicted max(0.06, 0.55 / 8) = 0.069
+    assert w.output_err("fp16") == pytest.approx(0.55 / 8)
+    plans = run(c, 1, lambda s, p: {n: layer_stats(n, p.format_of(n), s) for n in LAYERS}, LAYERS)
+    c._decide_layer("a", w, 1)
+    assert c._fmt["a"] == "fp16" and "output error" in c.reasons["a"]
+    too_far = _w(shadow=[3.0, 1e-3], shadow_format="bf16", shadow_pred={"fp16": 0.06})
+    c._decide_layer("b", too_far, 1)  # fp16 predicted 3/8 > 0.1: nothing cheaper is enough
+    assert c._fmt["b"] == "fp32"
+
+
+def test_input_side_range_is_judged_for_every_format_at_its_scale():
+    c = make(start="fp16", formats=("fp16", "bf16", "fp8_e4m3", "fp32"), cheapness=("fp8_e4m3", "fp16", "bf16", "fp32"))
+    w = _w(overflow=0.6, errors={"fp16": [0.6, 0.0, 1e-4, 1.0], "bf16": [0.0, 0.0, 2e-3, 1.0],
+                                 "fp8_e4m3": [0.0, 0.3, 0.03, 1.0]})
+    assert "fp16 overflow rate 0.6" in c._problem("fp16", w)
+    assert "fp8_e4m3 flush-to-zero rate 0.3" in c._problem("fp8_e4m3", w)
+    c._decide_layer("a", w, 1)
+    assert c._fmt["a"] == "bf16"  # fp8 would be cheaper but flushes 30% at its per-tensor scale
+
+
+def test_measured_start_picks_the_cheapest_safe_format_after_an_fp32_warmup():
+    c = make(start="measured", warmup=2, interval=1, cheapness=("fp16", "bf16", "fp32"))
+    assert dict(c.decide(0)) == {n: "fp32" for n in LAYERS}
+    stats = const(a=dict(overflow=0.5), b=dict(bf16_err=0.02, fp16_err=0.02))
+    plans = run(c, 2, stats, LAYERS)
+    assert dict(plans[1]) == {n: "fp32" for n in LAYERS}  # still warming up at step 1
+    assert dict(plans[2]) == {"a": "bf16", "b": "fp32", "c": "fp16"}
+    assert "not fp16: fp16 overflow rate 0.5" in c.reasons["a"]
+    assert "fp32 in the cheapest plan of safe formats" in c.reasons["b"]
+
+
+def test_moving_down_needs_a_margin_below_the_limits():
+    c = make(start="bf16", patience=1, margin=0.5, rounding_err_max=1e-3, cheapness=("fp16", "bf16", "fp32"))
+    near = _w(errors={"fp16": [0.0, 0.0, 8e-4, 0.0], "bf16": [0.0, 0.0, 8e-4, 0.0]})
+    c._decide_layer("a", near, 1)
+    assert c._fmt["a"] == "bf16"  # fp16 safe (8e-4 <= 1e-3) but not within 0.5 x the limit
+    clear = _w(errors={"fp16": [0.0, 0.0, 1e-4, 0.0], "bf16": [0.0, 0.0, 8e-4, 0.0]})
+    c._decide_layer("a", clear, 2)
+    assert c._fmt["a"] == "fp16"
+
+
+def test_switches_are_priced_at_plan_level():
+    """With casts between neighbours, moving one layer alone to bf16 costs more than fp32."""
+    def plan_cost(plan):
+        f = [plan.format_of(n) for n in LAYERS]
+        return sum(1.0 if x == "fp32" else 0.5 for x in f) + 0.8 * sum(a != b for a, b in zip(f, f[1:]))
+    c = Threshold(start="cheapest", formats=("bf16", "fp32"), interval=1, cooldown=0, patience=1)
+    c.setup(context(LAYERS, plan_cost=plan_cost, layer_costs={n: {"fp32": 1.0, "bf16": 0.5} for n in LAYERS}))
+    # one layer alone in bf16 adds boundaries (+0.8 each, -0.5): greedy from all-fp32 stays
+    # there (3.0), the plan search finds all-bf16 (1.5)
+    assert dict(c.decide(0)) == {n: "bf16" for n in LAYERS}
+    from adaprec.controllers._common import PlanPricer
+    pricer = PlanPricer(context(LAYERS, plan_cost=plan_cost, layer_costs={n: {"fp32": 1.0, "bf16": 0.5}
+                                                                          for n in LAYERS}), ["bf16"])
+    assert pricer.cheapest({n: "fp32" for n in LAYERS}, "a", ["bf16", "fp32"])[0] == "fp32"
+    only_a = pricer.best({"a": ["bf16", "fp32"], "b": ["fp32"], "c": ["fp32"]})
+    assert only_a == {n: "fp32" for n in LAYERS}  # a alone in bf16 would cost 3.3

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from adaprec.app.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from adaprec.app.loggers import make_trackers
 from adaprec.app.precheck import read_status, refuse_finished
-from adaprec.app.runlog import RUN_FILES, RunLog, save_atomic, truncate_tables
+from adaprec.app.runlog import RUN_FILES, RunLog, atomic_write, save_atomic, truncate_tables
 from adaprec.app.training_state import check_resumable
 from adaprec.runtime.distributed import broadcast_object, is_main_process
 
@@ -58,6 +58,14 @@ class RunDir:
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         if self._log is not None:
             self._log.write_metrics(metrics)
+
+    def write_controller_summary(self, summary: dict[str, Any]) -> None:
+        """``controller.json``: what the controller reports about its run (a bandit's arm pulls
+        and regret), written atomically."""
+        if self._log is not None:
+            import json
+            text = json.dumps(summary, indent=2, sort_keys=True, default=float).encode()
+            atomic_write(self.path / "controller.json", lambda f: f.write(text))
 
     def rewind(self, step: int) -> None:
         """Cut the tables back to what the checkpoint of ``step`` covers (before resuming)."""

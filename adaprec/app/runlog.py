@@ -37,7 +37,7 @@ TABLES = {"steps.csv": "<", "layers.csv.gz": "<", "events.jsonl": "<",
           "decisions.csv": "<=", "evals.csv": "<="}
 # what a run leaves in its directory (removed by trainer.overwrite=true)
 RUN_FILES = (*TABLES, "metrics.json", "config_resolved.yaml", "checkpoint.pt", "checkpoint.pt.tmp",
-             "model.pt")
+             "model.pt", "controller.json")
 
 
 class RunDirWriteError(RuntimeError):

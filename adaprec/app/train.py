@@ -148,6 +148,8 @@ def _loop(cfg: DictConfig, run: RunDir, state: dict | None,
                         **{f: f"{v:.0%}" for f, v in shares.items()})
     bar.close()
     saved = saver.finished(model)
+    if callable(getattr(ap.controller, "summary", None)):  # a bandit's pulls and regret
+        run.write_controller_summary(ap.controller.summary())
     train_loss = record.loss if record is not None else float("nan")
     return {**result(max_steps, progress, ap.plan, train_loss), **saved,
             **(meter.metrics() if meter else {}), **_measured_memory(device)}

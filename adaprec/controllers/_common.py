@@ -183,6 +183,8 @@ class PlanPricer:
         self.layers = list(context.layers)
         self.plan_cost = getattr(context, "plan_cost", None)
         self.rel = relative_costs(context, list(dict.fromkeys([*formats, "fp32"])))
+        self._layer_fp32 = {n: float(c["fp32"]) for n, c in (context.layer_costs or {}).items()
+                            if c.get("fp32", 0) > 0}
         self._cache: dict[tuple, float] = {}
         self.fp32_total = (self.plan_cost(emitted_plan({n: "fp32" for n in self.layers}))
                            if self.plan_cost is not None else float(len(self.layers) or 1))
@@ -198,6 +200,17 @@ class PlanPricer:
             self._cache[key] = raw / self.fp32_total
         return self._cache[key]
 
+    def layer_cost(self, formats: Mapping[str, str], layer: str, fmt: str) -> float:
+        """``layer``'s cost in ``fmt`` in units of its own fp32 cost, with the rest of the plan as
+        in ``formats``: ``1 +`` the plan's change from ``layer`` in fp32 to ``layer`` in
+        ``fmt`` (casts to and from its neighbours included) over the layer's fp32 cost. Without
+        a cost model: ``relative_costs``."""
+        if self.plan_cost is None or layer not in self._layer_fp32:
+            return self.rel[layer].get(fmt, 1.0)
+        share = self._layer_fp32[layer] / self.fp32_total
+        delta = self.with_layer(formats, layer, fmt) - self.with_layer(formats, layer, "fp32")
+        return 1.0 + delta / share
+
     def with_layer(self, formats: Mapping[str, str], layer: str, fmt: str) -> float:
         """The plan's relative cost with ``layer`` switched to ``fmt`` (the others unchanged)."""
         return self.cost({**formats, layer: fmt})
@@ -209,3 +222,30 @@ class PlanPricer:
         rank = {f: i for i, f in enumerate(cheapness)}
         return sorted(candidates, key=lambda f: (round(self.with_layer(formats, layer, f), 12),
                                                  rank.get(f, len(rank)), f == "fp32"))
+
+    def best(self, candidates: Mapping[str, Sequence[str]], cheapness: Sequence[str] = (),
+             passes: int = 3) -> dict[str, str]:
+        """A cheap plan choosing each layer's format from ``candidates[layer]``: coordinate
+        descent on the plan cost (each layer in turn to its cheapest candidate given the
+        others, a few passes) from two starts, every layer on its own cheapest candidate and
+        every layer on its most expensive one (casts make the landscape non-separable: one
+        layer alone in bf16 between fp32 neighbours can cost more than all of them in fp32);
+        the cheaper result wins."""
+        rank = {f: i for i, f in enumerate(cheapness)}
+        order = {n: sorted(c, key=lambda f: (self.rel[n].get(f, 1.0), rank.get(f, len(rank)), f == "fp32"))
+                 for n, c in candidates.items()}
+        results = []
+        for start in ({n: o[0] for n, o in order.items()}, {n: o[-1] for n, o in order.items()}):
+            plan = dict(start)
+            for _ in range(passes):
+                changed = False
+                for n in self.layers:
+                    if n not in order:
+                        continue
+                    pick = self.cheapest(plan, n, order[n], cheapness)[0]
+                    changed |= pick != plan[n]
+                    plan[n] = pick
+                if not changed:
+                    break
+            results.append(plan)
+        return min(results, key=self.cost)

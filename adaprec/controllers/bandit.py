@@ -7,28 +7,44 @@ window just ended (the arm it played), then picks the format for the next window
 
     r = -cost_weight * cost[l][f] - min(1, penalty[l][f])
     penalty = nonfinite_penalty * [non-finite values traced to l while in f]
-            + overflow_weight * fp16 overflow rate      (fp16 arms)
-            + underflow_weight * fp16 flush-to-zero rate (fp16 arms, at the loss scale)
-            + err_weight * relative rounding error in f  (0 for fp32)
-            + spike_weight * loss spike                 (16-bit arms that were played)
+            + overflow_weight * overflow rate of f      (at f's real scale)
+            + underflow_weight * flush-to-zero rate of f (at the loss scale for fp16, at
+                                                          per-tensor/block scales for fp8/MX)
+            + err_weight * relative rounding error in f  (0 for fp32; every format judged)
+            + spike_weight * loss spike                 (the quality effect, see below)
 
-``cost[l][f]`` is the layer's cost in ``f`` divided by its fp32 cost (cost model, else
-``DEFAULT_REL_COST``), so it lies in (0, 1] for 16-bit formats. The policies see
-``1 + r / (cost_weight + 1)`` in [0, 1]. The loss spike is ``max(0, window mean loss /
-baseline - 1 - spike_tol)`` against an exponential moving average of earlier windows, plus the
-fraction of skipped steps no layer was blamed for.
+``cost[l][f]`` is the layer's cost in ``f`` in units of its fp32 cost, priced at plan level
+(:meth:`~adaprec.controllers._common.PlanPricer.layer_cost`: the whole plan's modeled change
+when the layer moves from fp32 to ``f`` with the other layers as they are, casts to and from
+its neighbours included; without a cost model ``DEFAULT_REL_COST``). The policies see
+``1 + r / (cost_weight + 1)`` in [0, 1].
+
+**Quality.** The loss spike is the measured effect on the training loss: ``max(0, window mean
+loss / baseline - 1 - spike_tol)`` against an exponential moving average of earlier windows'
+mean loss, plus the fraction of skipped steps no layer was blamed for. It goes to the layers
+that *switched* into the arm they played in the window (an exploration's effect on quality
+lands on the exploring layers); when no layer switched, every layer that played a non-fp32 arm
+shares it (fp32 cannot have caused it).
 
 **Credit assignment.** Layer-local signals (range, rounding, traced non-finite values) go to
-that layer's arm only; the loss spike is global, so every layer that played a 16-bit arm in the
-window shares it (fp32 cannot have caused it). Because the monitor measures every tensor's
-fp16 range rates and bf16/fp16 rounding errors whatever format the layer ran in, the numerics
-penalty of *every* arm is known each sampled window: that is the full information Hedge uses
-(only the spike stays bandit feedback). The other algorithms learn from the played arm only.
+that layer's arm only. Because the monitor judges every candidate format on every tensor
+whatever format the layer ran in, the numerics penalty of *every* arm is known each sampled
+window: the full information Hedge uses (only the quality effect stays bandit feedback). The
+other algorithms learn from the played arm only.
 
-**Safe exploration.** An arm that produced non-finite values is blocked for ``block_windows``
-decisions; fp16 is not offered to a layer whose last observed fp16 overflow rate exceeds
-``range_max``; on CPU with the native executor fp16 is dropped (see ``allowed_formats``).
-A window without a sampled step carries no numerics evidence and updates nothing.
+**Exploration that does not wreck training.** An arm that produced non-finite values is blocked
+for ``block_windows`` decisions; an arm whose numerics penalty in the last sampled window
+reached ``explore_max`` is not offered (fp16 on a layer whose gradients it would flush, say:
+its rates are measured without playing it); fp16 is not offered to a layer whose last fp16
+overflow rate exceeds ``range_max``; a layer keeps an arm for at least ``min_dwell`` windows
+before the policy may move it (a switch cost: each switch changes the casts around the layer and
+its effect needs windows to show), unless the arm became unsafe. On CPU with the native executor
+fp16 is dropped (``allowed_formats``). A window without a sampled step updates nothing.
+
+**Regret.** Each window's reward of every arm (the quality effect of unplayed arms taken as 0)
+is summed per arm; :meth:`summary` reports, per layer, the pulls of each arm, their mean
+reward, and the regret against the best fixed arm in hindsight (that arm's summed reward minus
+the reward earned); the training app writes it to ``controller.json`` in the run directory.
 """
 from __future__ import annotations
 
@@ -37,8 +53,9 @@ from collections.abc import Sequence
 import torch
 
 from adaprec.runtime.plan import Plan
-from adaprec.controllers._common import (COST_BUDGET_RULE, FORMATS_RULE, UNIT_RULE, allowed_formats,
-                                        canonical_formats, cheapest_first, relative_costs, emitted_plan)
+from adaprec.controllers._common import (COST_BUDGET_RULE, FORMATS_RULE, UNIT_RULE, PlanPricer,
+                                        allowed_formats, canonical_formats, cheapest_first,
+                                        emitted_plan, relative_costs)
 from adaprec.controllers.budget import Budget
 from adaprec.controllers._window import Window, summarize_step
 from adaprec.controllers.base import Controller, ControllerContext, StepRecord
@@ -56,7 +73,8 @@ _NONNEG = rule(ge=0)
         underflow_weight=_NONNEG, err_weight=_NONNEG, spike_weight=_NONNEG, spike_tol=_NONNEG,
         baseline_decay=UNIT_RULE, block_windows=_NONNEG, range_max=UNIT_RULE,
         exploration=_NONNEG, discount=rule(gt=0, le=1), window=rule(ge=1), sigma=_NONNEG,
-        exp3_gamma=UNIT_RULE, eta=_NONNEG, cost_budget=COST_BUDGET_RULE)
+        exp3_gamma=UNIT_RULE, eta=_NONNEG, cost_budget=COST_BUDGET_RULE, explore_max=rule(gt=0),
+        min_dwell=rule(ge=1))
 class Bandit(Controller):
     """Per-layer bandits choosing each layer's format (see module docstring for the reward).
 
@@ -67,7 +85,10 @@ class Bandit(Controller):
         cost_weight: weight of the normalized cost against the numerics penalty.
         exploration, discount, window, sigma, exp3_gamma, eta: the algorithms' knobs (UCB c,
             D-UCB gamma, SW-UCB window in decisions, Thompson noise, EXP3 mixing, Hedge rate).
-        seed: seeds the generator the randomized algorithms draw from.
+        seed: seeds the generator the randomized algorithms draw from (the CLI passes the
+            run's ``seed``).
+        explore_max: arms whose last numerics penalty reached this are not offered.
+        min_dwell: windows a layer keeps an arm before the policy may move it.
     """
 
     def __init__(self, algorithm: str = "ucb1", formats: Sequence[str] = ("bf16", "fp16", "fp32"),
@@ -77,7 +98,8 @@ class Bandit(Controller):
                  baseline_decay: float = 0.8, block_windows: int = 5, range_max: float = 0.0,
                  exploration: float = 0.2, discount: float = 0.95, window: int = 20,
                  sigma: float = 0.1, exp3_gamma: float = 0.1, eta: float = 2.0, seed: int = 0,
-                 cpu_fp16: bool = False, cost_budget: float | None = None):
+                 cpu_fp16: bool = False, cost_budget: float | None = None, explore_max: float = 0.5,
+                 min_dwell: int = 3):
         self.algorithm = str(getattr(algorithm, "value", algorithm))  # an Enum from the typed config
         self.formats = canonical_formats(formats)
         self.interval, self.cost_weight = int(interval), float(cost_weight)
@@ -85,6 +107,7 @@ class Bandit(Controller):
                         "underflow": underflow_weight, "err": err_weight, "spike": spike_weight}
         self.spike_tol, self.baseline_decay = float(spike_tol), float(baseline_decay)
         self.block_windows, self.range_max = int(block_windows), float(range_max)
+        self.explore_max, self.min_dwell = float(explore_max), int(min_dwell)
         self.params = {"ucb1": {"c": exploration}, "discounted_ucb": {"c": exploration, "gamma": discount},
                        "sliding_window_ucb": {"c": exploration, "window": window},
                        "thompson": {"sigma": sigma}, "exp3": {"gamma": exp3_gamma},
@@ -96,7 +119,7 @@ class Bandit(Controller):
         self._layers: list[str] = []
         self._arms: dict[str, list[str]] = {}
         self._policy: dict[str, Policy] = {}
-        self._costs: dict[str, dict[str, float]] = {}
+        self._pricer: PlanPricer | None = None
         self._rng = torch.Generator().manual_seed(self.seed)
         self._reset_run_state()
 
@@ -104,7 +127,13 @@ class Bandit(Controller):
         self._fmt: dict[str, str] = {}
         self._window: dict[str, Window] = {}
         self._last_overflow: dict[str, float] = {}
+        self._last_penalty: dict[str, dict[str, float]] = {}
         self._blocked: dict[str, dict[str, int]] = {}
+        self._dwell: dict[str, int] = {}
+        self._switched: set[str] = set()  # layers that switched into the arm they play now
+        self._cum: dict[str, dict[str, float]] = {}    # summed reward per arm (regret)
+        self._pulls: dict[str, dict[str, int]] = {}
+        self._earned: dict[str, float] = {}
         self._loss_sum, self._loss_n, self._skipped, self._steps = 0.0, 0, 0, 0
         self._baseline: float | None = None
 
@@ -112,13 +141,17 @@ class Bandit(Controller):
     def setup(self, context: ControllerContext) -> None:
         self._layers = list(context.layers)
         costs = relative_costs(context, self.formats)
+        self._pricer = PlanPricer(context, self.formats)
         self._reset_run_state()
         for layer in self._layers:
             allowed = allowed_formats(self.formats, layer, context, self.cpu_fp16)
             self._arms[layer] = cheapest_first(allowed, costs[layer], context.cheapness)
-            self._costs[layer] = costs[layer]
             self._policy[layer] = make_policy(self.algorithm, len(self._arms[layer]), **self.params)
             self._blocked[layer] = {}
+            self._dwell[layer] = 0
+            self._cum[layer] = {f: 0.0 for f in self._arms[layer]}
+            self._pulls[layer] = {f: 0 for f in self._arms[layer]}
+            self._earned[layer] = 0.0
         if self.cost_budget is not None:
             self._budget = Budget(self.cost_budget, self._arms, context)
 
@@ -144,18 +177,24 @@ class Bandit(Controller):
             for layer in self._layers:
                 self._fmt[layer] = self._select(layer, "first pick")
             self._fit_budget(set())
+            self._switched = set(self._layers)
         elif step % self.interval == 0:
             before = dict(self._fmt)
             self._end_window()
             # pinned: layers whose numerics ruled out the arm they played (not exploration)
             self._fit_budget({n for n in self._layers if before[n] != self._fmt[n]
                               and not self._safe(n, before[n])})
+            self._switched = {n for n in self._layers if before[n] != self._fmt[n]}
+            for n in self._layers:
+                self._dwell[n] = 0 if n in self._switched else self._dwell[n]
         return emitted_plan(self._fmt)
 
     def _safe(self, layer: str, fmt: str) -> bool:
-        """Not blocked after non-finite values, and fp16 only within its observed range."""
+        """Not blocked after non-finite values, fp16 only within its observed range, and a
+        numerics penalty below ``explore_max`` in the last sampled window."""
         return fmt not in self._blocked[layer] and not (
-            fmt == "fp16" and self._last_overflow.get(layer, 0.0) > self.range_max)
+            fmt == "fp16" and self._last_overflow.get(layer, 0.0) > self.range_max) and (
+            fmt == "fp32" or self._last_penalty.get(layer, {}).get(fmt, 0.0) < self.explore_max)
 
     def _fit_budget(self, pinned: set[str]) -> None:
         """Keep the played arms within the cost budget; the layers moved down play (and are
@@ -171,19 +210,31 @@ class Bandit(Controller):
     def _end_window(self) -> None:
         spike = self._spike()
         self.reasons = {}
+        # the quality effect lands on the layers that switched into their arm (explorers); with
+        # none, on every layer that played a non-fp32 arm
+        blamed = self._switched or set(self._layers)
+        played_plan = dict(self._fmt)
         for layer in self._layers:
             w = self._window.get(layer)
             played = self._fmt[layer]
             if w is None or (w.samples == 0 and not w.nonfinite):
                 continue  # no evidence about this arm in this window
-            rewards = [self._reward(layer, f, w, spike if f == played else 0.0) for f in self._arms[layer]]
+            mine = spike if layer in blamed else 0.0
+            rewards = [self._reward(layer, f, w, mine if f == played else 0.0, played_plan)
+                       for f in self._arms[layer]]
+            if w.samples:
+                self._last_penalty[layer] = {f: self._penalty(f, w, 0.0) for f in self._arms[layer]}
             arm = self._arms[layer].index(played)
+            self._account(layer, played, rewards)
             policy = self._policy[layer]
             if policy.full_information:
                 policy.update_full(rewards, arm)
             else:
                 policy.update(arm, rewards[arm])
             self._tick_blocks(layer, played if w.nonfinite == played else None)
+            self._dwell[layer] += 1
+            if self._dwell[layer] < self.min_dwell and self._safe(layer, played):
+                continue  # a switch costs: stay on the arm until its effect could show
             new = self._select(layer, f"reward {rewards[arm]:.3f} for {played}")
             self._fmt[layer] = new
         if self._loss_n:
@@ -211,9 +262,35 @@ class Bandit(Controller):
             p += k["spike"] * spike
         return min(1.0, p)
 
-    def _reward(self, layer: str, fmt: str, w: Window, spike: float) -> float:
-        raw = -self.cost_weight * self._costs[layer][fmt] - self._penalty(fmt, w, spike)
+    def _reward(self, layer: str, fmt: str, w: Window, spike: float,
+                plan: dict[str, str] | None = None) -> float:
+        cost = self._pricer.layer_cost(plan or self._fmt or {n: "fp32" for n in self._layers}, layer, fmt)
+        raw = -self.cost_weight * cost - self._penalty(fmt, w, spike)
         return min(1.0, max(0.0, 1.0 + raw / (self.cost_weight + 1.0)))
+
+    def _account(self, layer: str, played: str, rewards: list[float]) -> None:
+        """Regret bookkeeping: every arm's reward this window, the played arm's pull."""
+        for f, r in zip(self._arms[layer], rewards):
+            self._cum[layer][f] += r
+        self._pulls[layer][played] += 1
+        self._earned[layer] += rewards[self._arms[layer].index(played)]
+
+    def summary(self) -> dict:
+        """Per layer: arm pulls, mean reward per arm (over every window with evidence), the best
+        fixed arm in hindsight and the regret against it; totals over layers."""
+        layers = {}
+        for layer in self._layers:
+            windows = sum(self._pulls[layer].values())
+            cum = self._cum[layer]
+            best = max(cum, key=lambda f: (cum[f], -self._arms[layer].index(f))) if windows else None
+            layers[layer] = {
+                "arms": list(self._arms[layer]), "pulls": dict(self._pulls[layer]),
+                "mean_reward": {f: cum[f] / windows if windows else None for f in cum},
+                "best_fixed_arm": best, "earned": self._earned[layer],
+                "regret": (cum[best] - self._earned[layer]) if best is not None else 0.0}
+        return {"controller": "bandit", "algorithm": self.algorithm, "seed": self.seed,
+                "windows": max((sum(p.values()) for p in self._pulls.values()), default=0),
+                "regret": sum(v["regret"] for v in layers.values()), "layers": layers}
 
     def _tick_blocks(self, layer: str, bad: str | None) -> None:
         blocked = self._blocked[layer]
@@ -226,15 +303,17 @@ class Bandit(Controller):
 
     def _select(self, layer: str, why: str) -> str:
         arms = self._arms[layer]
-        allowed = [i for i, f in enumerate(arms) if f not in self._blocked[layer]
-                   and not (f == "fp16" and self._last_overflow.get(layer, 0.0) > self.range_max)]
+        allowed = [i for i, f in enumerate(arms) if self._safe(layer, f)]
         if not allowed:  # everything blocked: the safest format
             allowed = [arms.index("fp32")] if "fp32" in arms else [len(arms) - 1]
         choice = arms[self._policy[layer].select(allowed, self._rng)]
         if choice != self._fmt.get(layer):
             est = getattr(self._policy[layer], "means", lambda: [])()
             est_text = ", ".join(f"{f} {v:.3f}" for f, v in zip(arms, est))
-            blocked = ", ".join(f"{f} blocked {n}" for f, n in self._blocked[layer].items())
+            blocked = ", ".join([f"{f} blocked {n}" for f, n in self._blocked[layer].items()] + [
+            f"{f} not offered (penalty {p:.3g} >= explore_max {self.explore_max:g})"
+            for f, p in self._last_penalty.get(layer, {}).items()
+            if f != "fp32" and p >= self.explore_max and f not in self._blocked[layer]])
             self.reasons[layer] = (f"{self.algorithm}: {why}; estimates [{est_text}]"
                                    f"{'; ' + blocked if blocked else ''} -> {choice}")
         return choice
@@ -250,6 +329,10 @@ class Bandit(Controller):
                 "formats": dict(self._fmt), "blocked": {l: dict(b) for l, b in self._blocked.items()},
                 "window": {l: w.to_dict() for l, w in self._window.items()},
                 "last_overflow": dict(self._last_overflow),
+                "last_penalty": {l: dict(p) for l, p in self._last_penalty.items()},
+                "dwell": dict(self._dwell), "switched": sorted(self._switched),
+                "cum": {l: dict(c) for l, c in self._cum.items()},
+                "pulls": {l: dict(c) for l, c in self._pulls.items()}, "earned": dict(self._earned),
                 "loss": [self._loss_sum, self._loss_n, self._skipped, self._steps],
                 "baseline": self._baseline, "rng": self._rng.get_state()}
 
@@ -260,6 +343,14 @@ class Bandit(Controller):
         self._blocked = {l: {f: int(n) for f, n in b.items()} for l, b in state["blocked"].items()}
         self._window = {l: Window.from_dict(w) for l, w in state["window"].items()}
         self._last_overflow = {l: float(v) for l, v in state["last_overflow"].items()}
+        self._last_penalty = {l: {f: float(v) for f, v in p.items()}
+                              for l, p in state.get("last_penalty", {}).items()}
+        self._dwell.update({l: int(v) for l, v in state.get("dwell", {}).items()})
+        self._switched = set(state.get("switched", []))
+        for key, target in (("cum", self._cum), ("pulls", self._pulls)):
+            for l, c in state.get(key, {}).items():
+                target[l].update(c)
+        self._earned.update({l: float(v) for l, v in state.get("earned", {}).items()})
         loss_sum, loss_n, skipped, steps = state["loss"]
         self._loss_sum, self._loss_n, self._skipped, self._steps = float(loss_sum), int(loss_n), int(skipped), int(steps)
         self._baseline = None if state["baseline"] is None else float(state["baseline"])

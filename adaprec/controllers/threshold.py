@@ -29,9 +29,10 @@ and the optimizer step included), so a switch is priced with the casts it causes
 ``context.cheapness``.
 
 **Start** (``start="measured"``, the default): every layer runs fp32 for ``warmup`` steps while
-the monitor judges every candidate format on the real tensors; then each layer (in forward
-order) takes the cheapest format safe in that warm-up window, with the reason for every format
-it rejected in ``decisions.csv``. ``start="cheapest"`` starts from the cheapest format by cost
+the monitor judges every candidate format on the real tensors; then the plan becomes the
+cheapest (by modeled plan cost, :meth:`PlanPricer.best`) of the formats safe for each layer in
+that warm-up window, with the reason for every cheaper format a layer rejected in
+``decisions.csv``. ``start="cheapest"`` starts from the cheapest format by cost
 alone, or name a format. Every switch carries its reason.
 """
 from __future__ import annotations
@@ -125,9 +126,7 @@ class Threshold(Controller):
             self.reasons = {layer: f"threshold start: fp32 for a {self._warmup_steps()}-step warm-up "
                                    "that measures every candidate format" for layer in self._layers}
         elif self.start == "cheapest":
-            self._fmt = {layer: "fp32" for layer in self._layers}
-            for layer in self._layers:  # greedy in forward order: casts to neighbours priced in
-                self._fmt[layer] = self._cheapest(layer, self._order[layer])
+            self._fmt = self._pricer.best(self._order, self._cheapness)
             self.reasons = {layer: "threshold start (cheapest by modeled plan cost)" for layer in self._layers}
         else:
             self._fmt = {layer: self.start if self.start in self._order[layer] else self._order[layer][0]
@@ -173,22 +172,28 @@ class Threshold(Controller):
         self.reasons = {}
         windows = dict(self._window)
         self._window.clear()
+        rejected, safe = {}, {}
         for layer in self._layers:
             w = windows.get(layer)
-            if w is None or w.samples == 0:
-                self._fmt[layer] = self._cheapest(layer, self._order[layer])
-                self.reasons[layer] = (f"measured start: no statistics in the {step}-step warm-up; "
-                                       f"{self._fmt[layer]} is the cheapest by modeled cost")
+            if w is None or w.samples == 0:  # no evidence: every allowed format stays possible
+                rejected[layer], safe[layer] = {}, list(self._order[layer])
                 continue
-            rejected = {f: self._problem(f, w) for f in self._order[layer]}
-            safe = [f for f, why in rejected.items() if why is None]
-            target = self._cheapest(layer, safe) if safe else "fp32"
-            self._fmt[layer] = target
+            rejected[layer] = {f: self._problem(f, w) for f in self._order[layer]}
+            safe[layer] = [f for f, why in rejected[layer].items() if why is None] or ["fp32"]
+        self._fmt = self._pricer.best(safe, self._cheapness)
+        cost = self._pricer.cost(self._fmt)
+        for layer in self._layers:
+            target = self._fmt[layer]
             self._last_switch[layer] = step
-            why_not = "; ".join(f"not {f}: {why}" for f, why in rejected.items()
+            if not rejected[layer]:
+                self.reasons[layer] = (f"measured start: no statistics in the {step}-step warm-up; "
+                                       f"{target} by modeled plan cost ({cost:.3f} of fp32)")
+                continue
+            why_not = "; ".join(f"not {f}: {why}" for f, why in rejected[layer].items()
                                 if why is not None and self._cheaper(layer, f, target))
-            self.reasons[layer] = (f"measured start after {step} fp32 steps: {target} is the cheapest "
-                                   f"safe format{' (' + why_not + ')' if why_not else ''}")
+            self.reasons[layer] = (f"measured start after {step} fp32 steps: {target} in the cheapest "
+                                   f"plan of safe formats ({cost:.3f} of fp32)"
+                                   f"{' (' + why_not + ')' if why_not else ''}")
         if self._budget is not None:
             self._fit_budget(set(), windows, step)
 
