@@ -209,10 +209,12 @@ class CostModel:
         """Share of the step's FLOPs (fwd + bwd) run in each plan format; all formats listed."""
         plan = self._as_plan(plan)
         flops = {f: 0 for f in FORMATS}
-        for c in self.counts:  # per-role entries (not registered) get their own share
-            fmt = plan.format_of(c.name)
-            flops[fmt] = flops.get(fmt, 0) + c.fwd_total + c.bwd_total
-        flops[plan.default] = flops.get(plan.default, 0) + self.other.fwd_total + self.other.bwd_total
+        for c in self.counts:  # a per-role entry: forward FLOPs in fprop's format, backward
+            roles = get_format(plan.format_of(c.name)).roles()  # split between dgrad and wgrad
+            flops[roles["input"]] += c.fwd_total
+            flops[roles["dgrad"]] += c.bwd_total / 2
+            flops[roles["wgrad"]] += c.bwd_total / 2
+        flops[get_format(plan.default).roles()["input"]] += self.other.fwd_total + self.other.bwd_total
         total = sum(flops.values())
         return {f: (n / total if total else 0.0) for f, n in flops.items()}
 
