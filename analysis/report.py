@@ -25,6 +25,7 @@ from .load import load_decisions, load_evals, load_layers, load_runs, load_steps
 from .html_index import write_index
 from .stats import aggregate, cost_columns, improvement_probabilities, pareto_front, welch_tests
 from .style import policy_styles
+from .time_to_quality import DEFAULT_FRACTION, summarize as summarize_ttq, time_to_quality
 
 __all__ = ["main", "sweep_report", "run_report", "slug"]
 
@@ -62,10 +63,13 @@ def sweep_report(sweep: str | Path, out: str | Path, per_run: bool = True,
         frame.to_csv(out / f"{name}.csv", index=False)
     styles = policy_styles(runs["controller"].dropna())
     steps, evals = load_steps(ok_runs(runs)), load_evals(ok_runs(runs))
+    ttq = summarize_ttq(time_to_quality(runs, evals, steps, baseline=baseline))
+    ttq.to_csv(out / "time_to_quality.csv", index=False)
     sections = []
     for workload in sorted(agg.loc[agg["n"] > 0, "workload"].unique()):  # skip all-failed ones
         wl_dir = out / slug(workload)
         sections.append(_workload_tables(workload, agg, costs, welch, poi, wl_dir, baseline))
+        sections.append(_ttq_table(ttq[ttq["workload"] == workload], baseline))
         if draw:
             _workload_figures(workload, agg, front, steps, evals, wl_dir, styles)
     if per_run and draw:
@@ -85,6 +89,18 @@ def _workload_tables(workload, agg, costs, welch, poi, wl_dir: Path, baseline: s
     (wl_dir / "summary.md").write_text(markdown)
     (wl_dir / "summary.tex").write_text(tables.to_latex(summary, label=f"tab:{slug(workload)}"))
     return f"## {workload}\n\n{markdown}"
+
+
+def _ttq_table(ttq: pd.DataFrame, baseline: str) -> str:
+    """Markdown: runs reaching DEFAULT_FRACTION of the baseline's final quality, and how fast."""
+    if ttq.empty:
+        return ""
+    head = (f"Time to {DEFAULT_FRACTION:.0%} of {baseline}'s final quality (IQM over the runs "
+            f"that reached it; modeled cost in {baseline} steps):\n\n"
+            "| controller | reached | steps | modeled cost |\n|---|---|---|---|\n")
+    rows = [f"| {r.controller} | {r.reached}/{r.n} | {tables.sig(r.steps_iqm)} | {tables.sig(r.cost_iqm)} |"
+            for r in ttq.itertuples(index=False)]
+    return head + "\n".join(rows) + "\n"
 
 
 def _workload_figures(workload, agg, front, steps, evals, wl_dir: Path, styles) -> None:
