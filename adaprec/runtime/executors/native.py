@@ -105,7 +105,11 @@ class NativeExecutor:
         if fmt == parent:  # same format as the enclosing region: nothing to switch
             self._stack.append((fmt, None))
             return None
-        ctx = self._autocast(fmt)
+        try:
+            ctx = self._autocast(fmt)
+        except ValueError as exc:
+            self._stack.append((fmt, None))  # exit_layer (always called) pops it: regions unwind
+            raise ValueError(f"layer {name}: {exc}") from None
         ctx.__enter__()
         self._stack.append((fmt, ctx))
         if fmt == FP32:
