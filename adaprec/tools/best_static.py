@@ -234,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--include-uniform", action="store_true",
                    help="train uniform front plans too (they duplicate the fp32/bf16/... baselines)")
     p.add_argument("--out", default=None, help="output folder (default: the sweep dir, else runs/best_static)")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # overrides may follow options
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     overrides, axes, sweep_dir = _grid(list(args.overrides))
     formats = (args.formats.split(",") if args.formats else axes.get("controller") or ["fp32", "bf16", "fp16"])
