@@ -28,7 +28,7 @@ from adaprec.controllers.base import Controller, ControllerContext, StepRecord, 
 from adaprec.controllers.static import Static
 from adaprec.runtime.diagnose import find_nonfinite_layer
 from adaprec.runtime.distributed import (broadcast_object, gather_objects, is_distributed,
-                          reduce_loss_and_found_inf, unwrap)
+                          local_tensor, reduce_loss_and_found_inf, unwrap)
 from adaprec.runtime.executors import EXECUTORS, Executor
 from adaprec.numerics.formats import get_format
 from adaprec.runtime.layers import discover_layers
@@ -166,7 +166,7 @@ class AdaptivePrecision:
         if id(optimizer) in steps.stepped:
             raise RuntimeError("unscale_() is being called after step().")
         self._before_first_unscale()
-        steps.found_inf[id(optimizer)] = self.scaler.unscale_(p.grad for p in _params(optimizer))
+        steps.found_inf[id(optimizer)] = self.scaler.unscale_(local_tensor(p.grad) for p in _params(optimizer))
 
     def _before_first_unscale(self) -> None:
         # weight gradients are measured still scaled, once per step, before any is unscaled
@@ -202,7 +202,7 @@ class AdaptivePrecision:
         params = _params(optimizer)
         found_inf = steps.found_inf.pop(id(optimizer), None)
         if found_inf is None:
-            found_inf = self.scaler.unscale_(p.grad for p in params)
+            found_inf = self.scaler.unscale_(local_tensor(p.grad) for p in params)
         # one collective (under DDP) and one host sync: mean loss, ranks that found inf/NaN
         loss_value, inf_value = reduce_loss_and_found_inf(self._loss_sum, found_inf).tolist()
         skipped = inf_value > 0 or not math.isfinite(loss_value)

@@ -6,7 +6,6 @@ different order than the single process's one batch-mean; in fp32 that moves the
 ulps per step (rtol 1e-5 over these steps), and a bf16 layer can turn such a difference into
 one bf16 rounding step (rtol 1e-2 then)."""
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,36 +17,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from adaprec import AdaptivePrecision, Plan
+from adaprec import AdaptivePrecision
+from tests.distributed_loops import RandomPlan, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS, GLOBAL_BATCH = 6, 32
-
-
-class RandomPlan:
-    """A controller whose choices depend on the rank (its RNG is seeded with it), so plans
-    would differ between ranks unless rank 0's plan is broadcast."""
-
-    def __init__(self, seed: int):
-        self.gen = torch.Generator().manual_seed(seed)
-        self.layers: list[str] = []
-        self.seen_skips: list[bool] = []
-
-    def setup(self, context):
-        self.layers = list(context.layers)
-
-    def observe(self, record):
-        self.seen_skips.append(record.skipped)
-
-    def decide(self, step):
-        picks = torch.randint(0, 2, (len(self.layers),), generator=self.gen).tolist()
-        return Plan({n: ("fp32", "bf16")[k] for n, k in zip(self.layers, picks)}, default="fp32")
-
-    def state_dict(self):
-        return {"gen": self.gen.get_state()}
-
-    def load_state_dict(self, state):
-        self.gen.set_state(state["gen"])
 
 
 def _train_loop(rank: int, world: int, nan_step: int | None = None):
@@ -91,16 +65,10 @@ def _worker(rank: int, world: int, port: int, out_dir: str, nan_step):
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("nan_step", [None, 3])
 def test_two_gloo_ranks_share_plans_and_match_one_process(tmp_path, nan_step):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), nan_step), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path), nan_step), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     single = _train_loop(0, 1, nan_step=None)
     assert r0[0] == r1[0]                     # identical plans on both ranks at every step
@@ -130,7 +98,7 @@ def test_torchrun_cli_matches_single_process_run(tmp_path):
     subprocess.run([sys.executable, "-m", "adaprec.run", *common, f"hydra.run.dir={single}"],
                    cwd=ROOT, env=env, check=True, capture_output=True)
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                           f"--master_port={_free_port()}", "-m", "adaprec.run", *common,
+                           f"--master_port={free_port()}", "-m", "adaprec.run", *common,
                            f"hydra.run.dir={ddp}"], cwd=ROOT, env=env, capture_output=True,
                           text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -171,20 +171,26 @@ def train_stack(ckpt, executor, plan_name, steps=3):
     model = Stack(ckpt)
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(8, 8, generator=g), torch.randint(0, 4, (8,), generator=g)
-    layers = sorted(_layers(model))
-    ap = AdaptivePrecision(model, controller=fixed(CKPT_PLANS[plan_name](layers)),
+    losses, stats = train_planned(model, executor, plan_name, [(x, y)] * steps,
+                                  lambda m, b: F.cross_entropy(m(b[0]), b[1]))
+    return losses, stats, [p.detach().clone() for p in model.parameters()]
+
+
+def train_planned(model, executor, plan_name, data, loss_of):
+    """Losses and per-step statistics of training ``model`` on ``data`` under a CKPT_PLANS plan."""
+    ap = AdaptivePrecision(model, controller=fixed(CKPT_PLANS[plan_name](sorted(_layers(model)))),
                            executor=executor, monitor_every=1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     losses, stats = [], []
-    for _ in range(steps):
+    for b in data:
         opt.zero_grad()
         with ap.autocast():
-            loss = F.cross_entropy(model(x), y)
+            loss = loss_of(model, b)
         ap.backward(loss)
         record = ap.step(opt)
         losses.append(record.loss)
         stats.append(dict(record.stats))
-    return losses, stats, [p.detach().clone() for p in model.parameters()]
+    return losses, stats
 
 
 @pytest.mark.parametrize("plan_name", sorted(CKPT_PLANS))
@@ -235,20 +241,8 @@ def hf_checkpointing_losses(executor, plan_name, ckpt, steps=3):
     if ckpt is not None:  # gradient_checkpointing_enable, renamed in transformers 5
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable(None if ckpt == "default" else {"use_reentrant": ckpt})
-    layers = sorted(_layers(model))
-    ap = AdaptivePrecision(model, controller=fixed(CKPT_PLANS[plan_name](layers)),
-                           executor=executor, monitor_every=1)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    losses, stats = [], []
-    for ids in batches(steps):
-        opt.zero_grad()
-        with ap.autocast():
-            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-        ap.backward(loss)
-        record = ap.step(opt)
-        losses.append(record.loss)
-        stats.append(dict(record.stats))
-    return losses, stats
+    return train_planned(model, executor, plan_name, batches(steps),
+                         lambda m, ids: m(input_ids=ids, labels=ids, use_cache=False).loss)
 
 
 @pytest.mark.slow

@@ -11,9 +11,26 @@ runs it as (``fallback``, used by cost profiles). Adding a format is one :func:`
 ``get_format(name).fake_quantize(x)`` returns the fp32 values the format holds for ``x``
 (blocks over the last dimension; see :mod:`adaprec.numerics.recipes` for scale rules and the
 padding rule), ``.quantize(x)`` its stored data and scales.
+
+Per-role entries: one layer may hold each GEMM operand in its own format (Transformer Engine's
+per-GEMM recipes; an autoswitch per GEMM). :func:`per_role` builds such a format from a mapping
+of roles to plain formats -- ``fprop`` (the forward operands, input and weight; or ``input`` and
+``weight`` separately), ``dgrad`` (the output gradient, and the input gradient it produces) and
+``wgrad`` (the weight gradient); ``weight`` defaults to ``input``, ``dgrad`` to ``input``,
+``wgrad`` to ``dgrad``. Its name is canonical and is what a plan stores::
+
+    f = per_role({"fprop": "bf16", "dgrad": "fp16", "wgrad": "bf16"})
+    f.name                              # 'fprop=bf16,dgrad=fp16,wgrad=bf16'
+    get_format(f.name) == f             # the string and the mapping are the same entry
+    Plan({"fc1": {"fprop": "bf16", "dgrad": "fp16"}})   # a plan takes either shape
+
+All roles equal gives the plain format (``per_role({"fprop": "bf16"}) is BF16``). A per-role
+entry runs emulated (autocast has one dtype per region) and is priced as its ``input`` format
+(its ``fallback``).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -24,7 +41,9 @@ from adaprec.numerics.recipes import (Block, PerTensor, Quantized, Recipe, Tiles
                                       unpack)
 
 __all__ = ["Format", "FORMATS", "get_format", "format_names", "register", "unregister",
-           "FP32", "BF16", "FP16", "FP8_E4M3", "FP8_E5M2", "Quantized"]
+           "per_role", "ROLES", "FP32", "BF16", "FP16", "FP8_E4M3", "FP8_E5M2", "Quantized"]
+
+ROLES = ("input", "weight", "dgrad", "wgrad")  # the roles a per-role entry names (see per_role)
 
 
 @dataclass(frozen=True)
@@ -42,22 +61,33 @@ class Format:
     native: bool = False
     aliases: tuple[str, ...] = field(default=(), compare=False)
     fallback: str | None = field(default=None, compare=False)
-    weight: str | None = None  # per-role formats (TE's fine-grained recipes): the weight's in fprop,
-    dgrad: str | None = None   # the output gradient's and the input gradient's (dgrad),
-    wgrad: str | None = None   # the weight gradient's (wgrad, default: dgrad's); None: this format
+    # per-role formats (TE's fine-grained recipes; None: this format): the input's and the
+    # weight's in fprop, the output gradient's and the input gradient's (dgrad), the weight
+    # gradient's (wgrad, default: dgrad's). per_role() entries set input; registered ones don't.
+    input: str | None = None
+    weight: str | None = None
+    dgrad: str | None = None
+    wgrad: str | None = None
 
     def role_format(self, role: str, grad: bool = False) -> "Format":
         """The format of one tensor role: ``weight:*`` forward uses ``weight``; gradients use
         ``wgrad`` (of weights) or ``dgrad`` (everything else); unset roles use this format."""
         is_weight = role.startswith("weight")
         name = ((self.wgrad or self.dgrad) if is_weight else self.dgrad) if grad else (
-            self.weight if is_weight else None)
+            self.weight if is_weight else self.input)
         return get_format(name) if name else self
 
     @property
     def has_roles(self) -> bool:
         """Whether some tensor role uses another format (a HYBRID-style recipe)."""
-        return any((self.weight, self.dgrad, self.wgrad))
+        return any((self.input, self.weight, self.dgrad, self.wgrad))
+
+    def roles(self) -> dict[str, str]:
+        """``{input, weight, dgrad, wgrad: format name}``: the format of each GEMM operand role."""
+        return {"input": self.role_format("input").name,
+                "weight": self.role_format("weight").name,
+                "dgrad": self.role_format("input", grad=True).name,
+                "wgrad": self.role_format("weight", grad=True).name}
 
     # -- element facts ------------------------------------------------------------------------
     @property
@@ -113,8 +143,11 @@ class Format:
         """Whether a run with this format turns on the dynamic loss scaler: fp16 (range) and
         per-tensor fp8 (a per-tensor scale can't rescue gradients below the tensor's own amax
         range); block and tile recipes scale every block into range themselves."""
-        r = self.recipe
-        return (isinstance(r, Unscaled) and r.loss_scaling) or isinstance(r, PerTensor)
+        def needs(f: Format) -> bool:
+            r = f.recipe
+            return (isinstance(r, Unscaled) and r.loss_scaling) or isinstance(r, PerTensor)
+        # the gradients' formats decide (a per-role entry with fp16 dgrad needs the scaler)
+        return any(needs(self.role_format(r, grad=True)) for r in ("input", "weight"))
 
     # -- values -------------------------------------------------------------------------------
     def round(self, x: torch.Tensor) -> torch.Tensor:
@@ -156,7 +189,7 @@ class Format:
     def describe(self) -> str:
         """One line: element and recipe (and per-role formats)."""
         e = self.element
-        roles = ", ".join(f"{r} {getattr(self, r)}" for r in ("weight", "dgrad", "wgrad") if getattr(self, r))
+        roles = ", ".join(f"{r} {getattr(self, r)}" for r in ROLES if getattr(self, r))
         return (f"{self.name}: {e.name} (1+{e.ebits}+{e.mbits} bits, max {e.max:g}), "
                 f"{self.recipe.describe()}{', native' if self.native else ', emulated'}"
                 f"{'; ' + roles if roles else ''}")
@@ -182,7 +215,7 @@ def register(fmt: Format, replace: bool = False) -> Format:
         raise ValueError(f"format {fmt.name!r} is already registered; pass replace=True to redefine it")
     if taken:
         raise ValueError(f"format {fmt.name!r}: names {taken} already belong to other formats")
-    for what in ("fallback", "weight", "dgrad", "wgrad"):
+    for what in ("fallback", "input", "weight", "dgrad", "wgrad"):
         other = getattr(fmt, what)
         if other is not None and _key(other) not in _BY_ALIAS:
             raise ValueError(f"format {fmt.name!r}: {what} {other!r} is not a registered format")
@@ -208,10 +241,63 @@ def format_names() -> list[str]:
     return list(FORMATS)
 
 
-def get_format(spec: str | Format | torch.dtype) -> Format:
-    """Parse a format from a name ("fp16", "half", "mxfp8", ...), a Format or a torch dtype."""
+_PER_ROLE: dict[str, Format] = {}  # per-role entries built so far, by canonical name
+
+
+def per_role(roles: Mapping[str, str | Format]) -> Format:
+    """The format of a per-role plan entry (module docstring): ``roles`` maps ``fprop`` (or
+    ``input``/``weight``), ``dgrad`` and ``wgrad`` to plain formats. All roles equal: that
+    plain format. The result is cached, so equal entries are one object."""
+    unknown = sorted(set(roles) - {"fprop", *ROLES})
+    if unknown:
+        raise ValueError(f"unknown role(s) {unknown} in a per-role entry; roles are fprop "
+                         f"(or input, weight), dgrad, wgrad")
+    if "fprop" in roles and ({"input", "weight"} & set(roles)):
+        raise ValueError("a per-role entry names fprop or input/weight, not both")
+    fprop = roles.get("fprop", roles.get("input"))
+    if fprop is None:
+        raise ValueError(f"a per-role entry needs fprop (or input): got {dict(roles)}")
+    f: dict[str, Format] = {"input": get_format(fprop)}
+    f["weight"] = get_format(roles.get("weight", roles.get("fprop", f["input"])))
+    f["dgrad"] = get_format(roles.get("dgrad", f["input"]))
+    f["wgrad"] = get_format(roles.get("wgrad", f["dgrad"]))
+    nested = [f"{r} {v.name}" for r, v in f.items() if v.has_roles]
+    if nested:
+        raise ValueError(f"per-role entry: {', '.join(nested)} has roles itself; name plain formats")
+    if len({v.name for v in f.values()}) == 1:
+        return f["input"]
+    head = (f"fprop={f['input'].name}" if f["input"] == f["weight"]
+            else f"input={f['input'].name},weight={f['weight'].name}")
+    name = f"{head},dgrad={f['dgrad'].name},wgrad={f['wgrad'].name}"
+    if name not in _PER_ROLE:
+        base = f["input"]
+        _PER_ROLE[name] = Format(name, base.element, base.recipe, native=False, fallback=base.name,
+                                 input=base.name, weight=f["weight"].name, dgrad=f["dgrad"].name, wgrad=f["wgrad"].name)
+    return _PER_ROLE[name]
+
+
+def _parse_roles(spec: str) -> dict[str, str]:
+    """``"fprop=bf16,dgrad=fp16"`` -> ``{"fprop": "bf16", "dgrad": "fp16"}``."""
+    out = {}
+    for part in spec.replace(" ", "").split(","):
+        role, sep, fmt = part.partition("=")
+        if not sep or not role or not fmt or role in out:
+            raise ValueError(f"per-role entry {spec!r}: write role=format pairs separated by "
+                             "commas, each role once (e.g. 'fprop=bf16,dgrad=fp16,wgrad=bf16')")
+        out[role.lower()] = fmt
+    return out
+
+
+def get_format(spec: str | Format | torch.dtype | Mapping[str, str]) -> Format:
+    """Parse a format from a name ("fp16", "half", "mxfp8", ...), a Format, a torch dtype, or
+    a per-role entry (a ``{role: format}`` mapping or its ``"fprop=bf16,dgrad=fp16"`` string;
+    :func:`per_role`)."""
     if isinstance(spec, Format):
         return spec
+    if isinstance(spec, Mapping):
+        return per_role(spec)
+    if isinstance(spec, str) and "=" in spec:
+        return per_role(_parse_roles(spec))
     if isinstance(spec, torch.dtype):
         for f in FORMATS.values():
             if f.dtype == spec and f.scaling in ("none", "per_tensor"):

@@ -7,6 +7,11 @@ and needs no per-controller reduction logic; its cost is that rank 0 decides fro
 the batch only. The loss scaler's found-inf and the logged loss are reduced across ranks in one
 all-reduce before the skip decision, so all ranks skip (and back off) together. Only rank 0
 writes checkpoints and run-dir tables. Outside ``torch.distributed`` everything is a no-op.
+
+Under FSDP2 (``adaprec.runtime.fsdp``) the same policy holds; in addition a parameter (and its
+gradient) is a DTensor of which each rank holds one shard, so statistics are taken of the local
+shard and the raw vectors are summed across ranks (:func:`combine_shard_stats`) into statistics
+of the whole tensor.
 """
 from __future__ import annotations
 
@@ -17,8 +22,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from adaprec.numerics.stats import combine_raw
+
 __all__ = ["is_distributed", "rank", "world_size", "is_main_process", "unwrap", "wrap_ddp",
-           "reduce_loss_and_found_inf", "broadcast_object", "gather_objects", "maybe_init_from_env"]
+           "reduce_loss_and_found_inf", "broadcast_object", "gather_objects", "maybe_init_from_env",
+           "local_tensor", "is_sharded", "combine_shard_stats"]
 
 
 def is_distributed() -> bool:
@@ -87,3 +95,26 @@ def maybe_init_from_env(device_type: str = "cpu") -> bool:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
     return True
+
+
+def is_sharded(t: torch.Tensor | None) -> bool:
+    """True for a DTensor sharded over its mesh (an FSDP2 parameter or its gradient)."""
+    from torch.distributed.tensor import DTensor  # torch.distributed.tensor imports slowly
+    return isinstance(t, DTensor) and any(p.is_shard() for p in t.placements)
+
+
+def local_tensor(t: torch.Tensor | None) -> torch.Tensor | None:
+    """This rank's shard of a DTensor; any other tensor (or None) as it is."""
+    return t.to_local() if t is not None and hasattr(t, "to_local") else t
+
+
+def combine_shard_stats(raw: torch.Tensor) -> torch.Tensor:
+    """Raw statistics rows (``[k, RAW_LEN]``, see ``adaprec.numerics.stats``) of each rank's
+    shard of k tensors -> the rows of the whole tensors: one all-gather, then counts and sums
+    add and absmax takes the max, exactly as a tensor's parts combine on one process."""
+    if not is_distributed() or raw.numel() == 0:
+        return raw
+    parts = [torch.empty_like(raw) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, raw.contiguous())
+    stacked = torch.stack(parts, 1)  # [k, ranks, RAW_LEN]
+    return torch.stack([combine_raw(list(row)) for row in stacked])

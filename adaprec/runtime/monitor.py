@@ -3,7 +3,9 @@
 On a sampled step each layer's forward hook reduces its output to a raw statistics vector and
 hooks the output's gradient; parameters and their gradients are reduced after backward. All
 vectors stay on the device until :meth:`Monitor.collect`, which reads them back in one
-transfer. On unsampled steps the hooks return after one attribute check.
+transfer. On unsampled steps the hooks return after one attribute check. Under FSDP2 a
+parameter is measured on this rank's shard and the rows are combined across ranks, so its
+statistics are those of the whole tensor.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from dataclasses import asdict
 import torch
 from torch import nn
 
+from adaprec.runtime.distributed import combine_shard_stats, is_sharded, local_tensor
 from adaprec.numerics.stats import KINDS, LayerStats, Probe, TensorStats, combine_rows, derive, probe, reduce_probes
 
 __all__ = ["Monitor"]
@@ -48,6 +51,7 @@ class Monitor:
         self._params = {name: [p for p in modules[name].parameters(recurse=False)]
                         for name in self.layers}
         self._pending: list[tuple[str, str, Probe]] = []
+        self._sharded: list[int] = []  # positions in _pending measured on one rank's shard
         self._forward_armed = False
         self._deferred: dict[str, int] = {}  # no-grad forwards a recomputation may measure
         self._sampled = False
@@ -82,10 +86,15 @@ class Monitor:
                 continue
             # parameter norms are exact (controllers such as MuPPET use gradient norms)
             for p in params:
-                self._pending.append((name, "weight", probe(p, exact_norm=True)))
+                self._add_parameter_probe(name, "weight", p, probe(local_tensor(p), exact_norm=True))
                 if p.grad is not None:
-                    self._pending.append((name, "wgrad", probe(p.grad, self._grad_scale,
-                                                               self._applied_scale, exact_norm=True)))
+                    self._add_parameter_probe(name, "wgrad", p.grad, probe(
+                        local_tensor(p.grad), self._grad_scale, self._applied_scale, exact_norm=True))
+
+    def _add_parameter_probe(self, name: str, kind: str, tensor: torch.Tensor, pr: Probe) -> None:
+        if is_sharded(tensor):  # FSDP2: this rank holds one shard; collect() sums the ranks'
+            self._sharded.append(len(self._pending))
+        self._pending.append((name, kind, pr))
 
     def collect(self, step: int, format_of: Callable[[str], str]) -> dict[str, LayerStats] | None:
         """Read back this step's statistics (one device->host transfer); None if unsampled."""
@@ -93,7 +102,11 @@ class Monitor:
             return None
         self._sampled = self._forward_armed = False
         pending, self._pending = self._pending, []
-        rows = reduce_probes([p for _, _, p in pending]).cpu().tolist() if pending else []
+        sharded, self._sharded = self._sharded, []
+        raw = reduce_probes([p for _, _, p in pending]) if pending else None
+        if sharded:  # the same parameters on every rank, in the same order: one all-gather
+            raw[sharded] = combine_shard_stats(raw[sharded])
+        rows = raw.cpu().tolist() if raw is not None else []
         grouped: dict[tuple[str, str], list[list[float]]] = {}
         # a layer's weight and bias, or a module called twice in one forward, combine
         for (name, kind, _), row in zip(pending, rows):
@@ -116,7 +129,9 @@ class Monitor:
         concatenated in fp32 (a copy; controllers such as MuPPET measure diversity on them)."""
         out = {}
         for name, params in self._params.items():
-            grads = [p.grad.detach().reshape(-1).float() for p in params if p.grad is not None]
+            # a sharded gradient is gathered whole (a collective: every rank asks at this step)
+            grads = [(p.grad.full_tensor() if is_sharded(p.grad) else p.grad).detach().reshape(-1).float()
+                     for p in params if p.grad is not None]
             if grads:
                 out[name] = torch.cat(grads)
         return out

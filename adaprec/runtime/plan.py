@@ -1,5 +1,15 @@
 """Plan: an immutable mapping layer name -> format name, with a default for everything unlisted.
 
+An entry is one format for the layer or separate formats per GEMM operand role (fprop input
+and weight, dgrad, wgrad: :func:`~adaprec.numerics.formats.per_role`). Either shape goes in --
+a name, a ``{role: format}`` mapping, or the canonical string -- and the plan stores the
+canonical name, so hash, JSON, diff and every table hold one string per layer::
+
+    Plan({"fc1": {"fprop": "bf16", "dgrad": "fp16", "wgrad": "bf16"}, "fc2": "fp16"})
+    plan.format_of("fc1")                    # 'fprop=bf16,dgrad=fp16,wgrad=bf16'
+    plan.roles_of("fc1")["dgrad"]            # 'fp16'
+    plan.with_changes({"fc2": {"fprop": "fp8_e4m3", "dgrad": "fp8_e5m2"}})
+
 The executor applies a Plan; the logger records its hash; controllers return a new one each
 decision. Layer names are qualified module names (``model.named_modules()``).
 
@@ -14,20 +24,26 @@ import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Union
 
-from adaprec.numerics.formats import get_format
+from adaprec.numerics.formats import Format, get_format
 
-__all__ = ["Plan", "REGIONS"]
+__all__ = ["Plan", "REGIONS", "Entry"]
 
 REGIONS = ("layer", "global")
+# what a plan entry may be given as: a format name (or Format), or {role: format} (per_role)
+Entry = Union[str, Format, Mapping[str, str]]
 
 
 class Plan(Mapping[str, str]):
-    """Immutable ``layer -> format`` map. ``default`` covers the model's root and unlisted code."""
+    """Immutable ``layer -> format`` map. ``default`` covers the model's root and unlisted code.
+
+    Values are format names; an entry given per role (a mapping) is stored as its canonical
+    per-role name (module docstring)."""
 
     __slots__ = ("_entries", "_default", "_region", "_hash")
 
-    def __init__(self, entries: Mapping[str, str] | None = None, default: str = "fp32",
+    def __init__(self, entries: Mapping[str, Entry] | None = None, default: Entry = "fp32",
                  region: str = "layer"):
         self._default = get_format(default).name
         self._entries = {str(k): get_format(v).name for k, v in sorted((entries or {}).items())}
@@ -49,8 +65,8 @@ class Plan(Mapping[str, str]):
         return cls({name: fmt for name in layers}, default=fmt, region=region)
 
     @classmethod
-    def from_patterns(cls, patterns: Mapping[str, str], layers: Iterable[str],
-                      default: str = "fp32") -> "Plan":
+    def from_patterns(cls, patterns: Mapping[str, Entry], layers: Iterable[str],
+                      default: Entry = "fp32") -> "Plan":
         """Expand glob patterns (``{"layers.*.conv*": "fp16"}``) over ``layers``.
 
         Patterns apply in order, so a later pattern overrides an earlier one; a pattern that
@@ -81,6 +97,10 @@ class Plan(Mapping[str, str]):
         """The layer's format, or the default when the plan does not list it."""
         return self._entries.get(layer, self._default)
 
+    def roles_of(self, layer: str) -> dict[str, str]:
+        """``{input, weight, dgrad, wgrad: format}`` of the layer (one format: all four equal)."""
+        return get_format(self.format_of(layer)).roles()
+
     @property
     def default(self) -> str:
         return self._default
@@ -95,7 +115,7 @@ class Plan(Mapping[str, str]):
         """Stable 12-hex-digit digest of the plan's content (independent of insertion order)."""
         return self._hash
 
-    def with_changes(self, changes: Mapping[str, str]) -> "Plan":
+    def with_changes(self, changes: Mapping[str, Entry]) -> "Plan":
         """A new plan with some layers reassigned (same region)."""
         return Plan({**self._entries, **changes}, default=self._default, region=self._region)
 

@@ -120,12 +120,14 @@ def _values(v: Any) -> list:
 
 
 def is_format(name: Any) -> bool:
-    """True for a registered format name or alias (``get_format`` accepts it)."""
-    get_format(str(name))  # raises ValueError for unknown names (caught by the rule)
+    """True for a registered format name or alias, or a per-role entry (a ``{role: format}``
+    mapping or its ``fprop=..,dgrad=..`` string): what ``get_format`` accepts."""
+    get_format(name if isinstance(name, Mapping) else str(name))  # ValueError: caught by the rule
     return True
 
 
 # rule(**FORMAT): a format name; rule(each=True, **FORMAT): a list (or dict) of them
+# (per-role entries pass too; the message names the plain formats a user most likely meant)
 FORMAT = dict(ok=is_format, allowed="a format name: " + ", ".join(FORMATS))
 
 

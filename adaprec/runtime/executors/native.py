@@ -153,10 +153,14 @@ class NativeExecutor:
             return None
         fmt = self._formats[name]
         outer = region_dtype(self.device_type)
-        want = fmt.dtype if fmt != FP32 else torch.float32
+        want = torch.float32 if fmt == FP32 else fmt.dtype if fmt.native else None  # None: _autocast refuses
         ctx = None
         if want != outer:  # entering autocast again in the same state would be a no-op
-            ctx = self._autocast(fmt)
+            try:
+                ctx = self._autocast(fmt)
+            except ValueError as exc:
+                self._stack().append((None, outer))  # exit_layer (always called) pops it
+                raise ValueError(f"layer {name}: {exc}") from None
             ctx.__enter__()
         self._stack().append((ctx, outer))
         # fp32 layers compute with autocast off: every 16-bit input goes up. A 16-bit layer
