@@ -46,7 +46,11 @@ SWEEP_CUTS = {"sweep=headline": ["hydra.sweeper.params.seed=0", "hydra.sweeper.p
               "sweep=smoke": ["hydra.sweeper.params.experiment=mixed_needs"],  # the full grid: test_experiments
               "sweep=mixed_needs": ["hydra.sweeper.params.seed=0"],
               "sweep=underflow": ["hydra.sweeper.params.seed=0"],
-              "sweep=tune_": ["hydra.sweeper.n_trials=2"]}
+              "sweep=best_static": ["hydra.sweeper.params.seed=0", "hydra.sweeper.params.experiment=mixed_needs"],
+              "sweep=tune_": ["hydra.sweeper.n_trials=2"],
+              "sweep=ablation_": ["hydra.sweeper.params.seed=0"]}
+# the best-static search trains every plan it measures: one step each, one seed
+BEST_STATIC_SHRINK = ["trainer.max_steps=2", "--search-steps", "1", "--seeds", "0"]
 PRELUDE = """
 import torch, torch.nn.functional as F
 from torch import nn
@@ -173,6 +177,8 @@ class _Session:
                 self.last_run = self.cwd / (given or f"outputs/doc{self.n}")
                 if given is None:
                     args.append(f"hydra.run.dir={self.last_run}")
+        if args[:3] == ["python", "-m", "adaprec.tools.best_static"]:
+            args += BEST_STATIC_SHRINK
         if args[0] == "python":
             args[0] = sys.executable
         return subprocess.run(args, cwd=self.cwd, env=self.env, capture_output=True, text=True,
