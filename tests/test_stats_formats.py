@@ -184,3 +184,42 @@ def test_shadow_predicts_each_formats_output_error_from_the_fp32_output():
     assert sh.predicted("bf16") > 2 * sh.predicted("fp16") > 0
     assert sh.reference.formats["bf16"].rel_err > sh.reference.formats["fp16"].rel_err > 0  # judged like any tensor
     assert sh.predicted("fp32") == 0.0
+
+
+@pytest.mark.parametrize("executor", ["emulated", "auto"])
+def test_monitoring_never_changes_training(executor):
+    """Input probes, gradient taps and shadow recomputes leave every number of training as it
+    is without the monitor, also inside a custom layer whose ops the executor rounds."""
+    import torch.nn.functional as Fn
+    from torch import nn
+
+    from adaprec import AdaptivePrecision
+    from adaprec.controllers import Static
+
+    class Block(nn.Module):  # a layer of its own (a parameter) around a child layer
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(16))
+            self.inner = nn.Linear(16, 16)
+
+        def forward(self, x):
+            return self.inner(x) + x * self.scale
+
+    def losses(every):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 16), Block(), nn.ReLU(), nn.Linear(16, 4))
+        ap = AdaptivePrecision(model, controller=Static("fp16"), executor=executor, monitor_every=every)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        g = torch.Generator().manual_seed(1)
+        x, y = torch.randn(8, 8, generator=g), torch.randint(0, 4, (8,), generator=g)
+        out = []
+        for _ in range(3):
+            opt.zero_grad()
+            with ap.autocast():
+                loss = Fn.cross_entropy(model(x), y)
+            ap.backward(loss)
+            out.append(ap.step(opt).loss)
+        return out, [p.detach().clone() for p in model.parameters()]
+
+    (off, p_off), (on, p_on) = losses(0), losses(1)
+    assert off == on and all(torch.equal(a, b) for a, b in zip(p_off, p_on))

@@ -27,6 +27,9 @@ import torch
 from torch import nn
 
 from adaprec.runtime.distributed import combine_shard_stats, is_sharded, local_tensor
+# the emulated executor's "already on this grid" tag, passed on to the tap's copy so the next
+# layer skips rounding it exactly as it would skip the original
+from adaprec.runtime.executors.emulated import _set_tag, _tag_of
 from adaprec.numerics.stats import (DEFAULT_FORMATS, KINDS, FormatError, LayerStats, Probe, ShadowStats,
                                     TensorStats, chunk_for, combine_rows, derive, probe, reduce_probes)
 from adaprec.numerics.formats import get_format
@@ -37,7 +40,6 @@ __all__ = ["Monitor", "SHADOW_TYPES"]
 SHADOW_TYPES = (nn.Linear, nn.modules.conv._ConvNd, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm,
                 nn.Embedding)
 _CHANNEL_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm)
-_TAG = "_adaprec_rounded"  # the emulated executor's "already on this grid" tag (passed through)
 
 
 class _GradTap(torch.autograd.Function):
@@ -217,6 +219,12 @@ class Monitor:
         def hook(module, args):
             if not self._forward_armed or not self._counts(name, peek=True):
                 return None
+            # torch-function modes off: a parent layer's op-level rounding must not see (and
+            # round) the monitor's own reductions
+            with torch._C.DisableTorchFunction():
+                return measure(module, args)
+
+        def measure(module, args):
             x = _first_float_tensor(args)
             if x is not None:
                 self._pending.append((name, "input", self._probe(x, name, "input", exact_absmax=self.exact)))
@@ -251,6 +259,10 @@ class Monitor:
         def hook(module, args, output):
             if not self._forward_armed or not self._counts(name):
                 return None
+            with torch._C.DisableTorchFunction():  # see _input_hook
+                return measure(module, output)
+
+        def measure(module, output):
             t = _first_float_tensor(output)
             if t is None:
                 return None
@@ -265,9 +277,9 @@ class Monitor:
                 return None
             if output is t:  # a tap in front: the gradient as it arrives, before any rounding
                 tapped = _GradTap.apply(t, self._grad_hook(name))
-                tag = getattr(t, _TAG, None)
+                tag = _tag_of(t)
                 if tag is not None and tag[1] == t._version:
-                    setattr(tapped, _TAG, (tag[0], tapped._version))
+                    _set_tag(tapped, (tag[0], tapped._version))
                 return tapped
             t.register_hook(self._grad_hook(name))  # nested outputs: as the layer hands it on
             return None
