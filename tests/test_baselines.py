@@ -135,3 +135,12 @@ def test_muppet_in_a_real_run_switches_when_batches_start_to_agree():
 def test_muppet_needs_several_batches():
     with pytest.raises(ValueError, match="controller.batches=1 is out of range; allowed: >= 2"):
         MuPPET(batches=1)
+
+
+def test_muppet_ladder_only_ever_adds_precision_and_range():
+    with pytest.raises(ValueError, match="bf16 -> fp16 loses precision or range"):
+        MuPPET(ladder=("bf16", "fp16", "fp32"))
+    with pytest.raises(ValueError, match="fp32 -> bf16"):
+        MuPPET(ladder=("fp32", "bf16"))
+    assert MuPPET(ladder=("fp16", "fp32")).ladder == ["fp16", "fp32"]
+    assert MuPPET().ladder == ["bf16", "fp32"]

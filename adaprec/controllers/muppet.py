@@ -14,10 +14,17 @@ and averages it over layers. With ``Delta_max`` the largest value since the last
 ``T(e) = 1 + 1.5 * exp(-0.1 e)``; when ``p > T(e)`` on ``patience`` consecutive checks, every
 layer moves up one rung of the ladder (global switching).
 
-Adaptation: the paper climbs a ladder of fixed-point word lengths (8, 12, 14, 16 bit, then
-fp32). Here the rungs are float formats ordered by mantissa precision: bf16 (8 significand
-bits) -> fp16 (11) -> fp32 (24). A rung some layer cannot run on this device (fp16 on CPU with
-the native executor) is left out, so the CPU ladder is bf16 -> fp32.
+Adaptation: the paper climbs a ladder of dynamic fixed-point word lengths (8, 12, 14, 16 bit,
+then fp32), and every step up adds bits while the per-tensor scaling keeps the range: each
+rung can hold everything the rung below could, more finely. The float ladder keeps that
+property: every rung must have at least the mantissa bits *and* the range (largest value,
+smallest normal) of the rung below, or the constructor refuses it (bf16 -> fp16 would gain 3
+mantissa bits but lose 2^112 of range at both ends: a model training fine in bf16 overflows in
+fp16, the failure a ladder exists to avoid). The mapping used: the paper's 8-bit rung ~ bf16 (8
+significand bits, fp32's range), its 16-bit-and-up rungs ~ fp32 (24 bits); formats between them
+with fp32's range (e.g. a bf16 with more mantissa) do not exist in hardware, so the default
+ladder is bf16 -> fp32. fp16 -> fp32 is a valid ladder too. A rung some layer cannot run on
+this device (fp16 on CPU with the native executor) is left out.
 
 The gradients come from the runtime: :meth:`MuPPET.wants_gradients` asks for them on the
 window's last ``batches`` steps, and each such :class:`~adaprec.controllers.base.StepRecord`
@@ -31,6 +38,7 @@ from collections.abc import Sequence
 import torch
 
 from adaprec.runtime.plan import Plan
+from adaprec.numerics.formats import get_format
 from adaprec.controllers._common import FORMATS_RULE, allowed_formats, canonical_formats
 from adaprec.controllers.base import Controller, ControllerContext, StepRecord
 from adaprec.runtime.ranges import ranges, rule
@@ -46,7 +54,7 @@ def muppet_threshold(e: int) -> float:
 @ranges("controller", ladder=FORMATS_RULE, interval=rule(ge=1), patience=rule(ge=1),
         batches=rule(ge=2, why="diversity needs several minibatches"))
 class MuPPET(Controller):
-    """Global bf16 -> fp16 -> fp32 switching on falling gradient diversity (see module docstring).
+    """Global switching up a precision ladder on falling gradient diversity (module docstring).
 
     Args:
         ladder: formats from least to most precise.
@@ -56,9 +64,14 @@ class MuPPET(Controller):
         cpu_fp16: keep the fp16 rung on CPU with the native executor (slow kernels).
     """
 
-    def __init__(self, ladder: Sequence[str] = ("bf16", "fp16", "fp32"), interval: int = 20,
+    def __init__(self, ladder: Sequence[str] = ("bf16", "fp32"), interval: int = 20,
                  batches: int = 4, patience: int = 2, cpu_fp16: bool = False):
         self.ladder = canonical_formats(ladder)
+        for low, high in zip(self.ladder, self.ladder[1:]):
+            lo, hi = get_format(low), get_format(high)
+            if hi.mantissa_bits < lo.mantissa_bits or hi.max < lo.max or hi.smallest_normal > lo.smallest_normal:
+                raise ValueError(f"controller.ladder: {low} -> {high} loses precision or range; every rung "
+                                 "must hold what the one below holds (e.g. bf16 -> fp32, fp16 -> fp32)")
         if batches > interval:
             raise ValueError(f"controller.batches={batches} must be <= controller.interval={interval}")
         self.interval, self.batches, self.patience = int(interval), int(batches), int(patience)
