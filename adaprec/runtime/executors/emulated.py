@@ -97,6 +97,35 @@ _GRID_PRESERVING = (nn.ReLU, nn.Identity, nn.Flatten) + _REBLOCKING
 GRID_PRESERVING = _GRID_PRESERVING  # public: the cost model follows the same tag rule
 
 
+def _view(t: torch.Tensor) -> tuple:
+    return (t.dtype, t.storage_offset(), tuple(t.shape), t.stride())
+
+
+def _tag_of(t: torch.Tensor) -> tuple[str, int] | None:
+    """``(grid key, version when tagged)`` of a tensor whose values were rounded, or None.
+
+    Tags live on the tensor's storage, keyed by the view, so a detached copy of a rounded tensor
+    (the inputs reentrant checkpointing recomputes a block from) is recognised like the tensor
+    itself and a recomputation rounds exactly what the forward rounded."""
+    try:
+        tags = getattr(t.untyped_storage(), _TAG, None)
+    except (RuntimeError, NotImplementedError):  # tensors without a storage (subclasses, meta)
+        return None
+    return tags.get(_view(t)) if tags else None
+
+
+def _set_tag(t: torch.Tensor, tag: tuple[str, int]) -> None:
+    try:
+        storage = t.untyped_storage()
+    except (RuntimeError, NotImplementedError):
+        return
+    tags = getattr(storage, _TAG, None)
+    if tags is None:
+        tags = {}
+        setattr(storage, _TAG, tags)
+    tags[_view(t)] = tag
+
+
 def _needs_op_rounding(module: nn.Module) -> bool:
     """Custom layers may run several ops: round inside, not only at the boundary."""
     return bool(getattr(module, "adaprec_layer", False)) or not type(module).__module__.startswith("torch.nn")
@@ -108,14 +137,14 @@ def _pass_tag(module, args, output):
     The input's tag is checked against the version it had when tagged *before* this module ran
     in place (an in-place ReLU bumps the version by exactly one)."""
     x = args[0] if args else None
-    tag = getattr(x, _TAG, None)
+    tag = _tag_of(x) if isinstance(x, torch.Tensor) else None
     if tag is None or not isinstance(output, torch.Tensor):
         return None
     bumped = 1 if output is x else 0
     if isinstance(module, _REBLOCKING) and "/" in tag[0]:
         return None  # pooling mixes values of different blocks (scales): no longer on one grid
     if tag[1] + bumped == x._version:
-        setattr(output, _TAG, (tag[0], output._version))
+        _set_tag(output, (tag[0], output._version))
     return None
 
 
@@ -277,13 +306,13 @@ class EmulatedExecutor:
                 if output and out.requires_grad:
                     out.register_hook(lambda g: round_scaled(g, fmt, bwd))
                 return out
-            if skip_tagged and self.skip_rounded and getattr(t, _TAG, None) == (fmt.name, t._version):
+            if skip_tagged and self.skip_rounded and _tag_of(t) == (fmt.name, t._version):
                 return t
             out = RoundFn.apply(t, fmt, not output)
             if output:
                 if out.requires_grad:
                     out.register_hook(lambda g: round_to(g, fmt))
-                setattr(out, _TAG, (fmt.name, out._version))
+                _set_tag(out, (fmt.name, out._version))
             return out
         return fn
 
@@ -325,7 +354,7 @@ class EmulatedExecutor:
                 t = t.float()
             ax = axis if t.dim() > 2 else -1
             key = f"{fmt.name}/{ax}"  # the same blocks: an input tagged with this key is on them
-            if skip_tagged and self.skip_rounded and getattr(t, _TAG, None) == (key, t._version):
+            if skip_tagged and self.skip_rounded and _tag_of(t) == (key, t._version):
                 return t
             grad_role = None if output else "grad_" + role
             out = FakeQuantFn.apply(t, fmt, role, ax, grad_role, sr)
@@ -333,7 +362,7 @@ class EmulatedExecutor:
                 if out.requires_grad:
                     out.register_hook(lambda g: fmt.fake_quantize(g, role="grad_output", axis=ax,
                                                                   stochastic=sr))
-                setattr(out, _TAG, (key, out._version))
+                _set_tag(out, (key, out._version))
             return out
         return fn
 
