@@ -88,7 +88,8 @@ class _CountingAllGather:
         import torch.distributed as dist
         self.bytes += output_tensor.numel() * output_tensor.element_size()
         self.calls += 1
-        return dist.all_gather_into_tensor(output_tensor, input_tensor, group=group, async_op=async_op)
+        gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # renamed in 2.13
+        return gather(output_tensor, input_tensor, group=group, async_op=async_op)
 
 
 class Sharding:
