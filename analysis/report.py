@@ -1,6 +1,7 @@
 """One command from a sweep directory to every figure and table.
 
     python -m analysis.report runs/<sweep> --out <dir>     # sweep: scatter, shares, curves, tables
+    python -m analysis.report runs/<sweep> --out <dir> --tables-only   # tables, no figures
     python -m analysis.report --run runs/<sweep>/<n> --out <dir>   # one run's own figures
 
 Writes each figure as ``<name>.pdf`` + ``<name>.png`` beside ``<name>.csv`` (its data), the
@@ -34,8 +35,10 @@ def slug(text: str) -> str:
 
 
 def sweep_report(sweep: str | Path, out: str | Path, per_run: bool = True,
-                 baseline: str = "fp32", measured: str = "wall_s", memory: bool = False) -> str:
+                 baseline: str = "fp32", measured: str = "wall_s", memory: bool = False,
+                 draw: bool = True) -> str:
     """Write all figures and tables for ``sweep`` under ``out``; return the Markdown summary.
+    ``draw=False``: tables and their CSVs only (no figures, no per-run figures).
     ``baseline``: the controller every other one is tested against (Welch's t-test);
     ``measured``: the measured cost axis where no modeled cost exists (``wall_s`` or ``cpu_s``);
     ``memory``: modeled (and CUDA-measured) peak bytes as cost axes beside time."""
@@ -63,8 +66,9 @@ def sweep_report(sweep: str | Path, out: str | Path, per_run: bool = True,
     for workload in sorted(agg.loc[agg["n"] > 0, "workload"].unique()):  # skip all-failed ones
         wl_dir = out / slug(workload)
         sections.append(_workload_tables(workload, agg, costs, welch, poi, wl_dir, baseline))
-        _workload_figures(workload, agg, front, steps, evals, wl_dir, styles)
-    if per_run:
+        if draw:
+            _workload_figures(workload, agg, front, steps, evals, wl_dir, styles)
+    if per_run and draw:
         for run_id in ok_runs(runs)["run_id"]:
             run_figures(runs[runs["run_id"] == run_id], out / "runs" / slug(run_id), styles)
     text = f"# Sweep {Path(sweep).name}\n\n" + "\n".join(sections)
@@ -212,6 +216,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="sweep mode: skip the per-run figures of every ok run")
     p.add_argument("--measured", choices=["wall_s", "cpu_s"], default="wall_s",
                    help="measured cost axis where runs have no modeled cost (cpu_s: process CPU time)")
+    p.add_argument("--tables-only", action="store_true",
+                   help="sweep mode: the summary tables (Markdown, LaTeX, CSV) without figures")
     p.add_argument("--memory", action="store_true",
                    help="also plot quality against modeled (and CUDA-measured) peak memory")
     return p
@@ -227,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
             text = run_report(args.run, args.out)
         else:
             text = sweep_report(args.sweep, args.out, per_run=not args.no_per_run,
-                                baseline=args.baseline, measured=args.measured, memory=args.memory)
+                                baseline=args.baseline, measured=args.measured, memory=args.memory,
+                                draw=not args.tables_only)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -47,6 +47,18 @@ def test_cli_sweep_writes_figures_tables_and_reports_the_failed_run(tmp_path, ti
     assert sorted(scatter["controller"]) == ["fp16", "fp32"] and (scatter["n"] == 2).all()
 
 
+def test_tables_only_writes_the_same_tables_and_no_figure(tmp_path, tiny_sweep):
+    full, lean = tmp_path / "full", tmp_path / "lean"
+    assert main([str(tiny_sweep), "--out", str(full), "--no-per-run"]) == 0
+    assert main([str(tiny_sweep), "--out", str(lean), "--tables-only"]) == 0
+    wl = "mlp_digits"
+    for name in ("summary.md", "summary.tex"):
+        assert (lean / wl / name).read_text() == (full / wl / name).read_text()
+    assert (lean / "summary.md").read_text() == (full / "summary.md").read_text()
+    assert not list(lean.rglob("*.png")) and not list(lean.rglob("*.pdf"))
+    assert list(full.rglob("*.png"))
+
+
 @pytest.mark.slow
 def test_cli_sweep_with_per_run_figures(tmp_path, tiny_sweep):
     proc = _cli(tiny_sweep, "--out", tmp_path)
