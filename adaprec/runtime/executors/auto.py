@@ -118,6 +118,7 @@ class AutoExecutor:
     def region(self) -> AbstractContextManager[None]:
         """The outermost region is the native half's: autocast in the plan's default format
         where that is fast, autocast off elsewhere (the emulated half needs none)."""
+        self.emulated.begin_forward()
         return self.native.region()
 
     def _enter(self, name: str, module: nn.Module, args: tuple, kwargs: dict):
