@@ -29,6 +29,7 @@ from adaprec.app.schema import validate
 from adaprec.app.summary import Summary, diverged, result
 from adaprec.app.training_state import Progress, checkpoint_state, restore
 from adaprec.numerics.formats import FORMATS
+from adaprec.precision import needs_loss_scaling
 from adaprec.runtime.distributed import is_main_process, rank, world_size, wrap_ddp
 from adaprec.tasks import evaluate
 
@@ -119,7 +120,11 @@ def _loop(cfg: DictConfig, run: RunDir, state: dict | None,
         progress.count(record.skipped, len(changes))
         shares = record.plan.shares()
         row = {"step": step, "loss": record.loss, "lr": lr, "loss_scale": record.loss_scale,
-               "skipped": int(record.skipped), "step_ms": round(step_ms, 3), "cpu_ms": round(cpu_ms, 3),
+               "skipped": int(record.skipped),
+               # whether loss scaling applied to this step (its plan has fp16 and scaling is on):
+               # where it did not, loss_scale is the idle scaler's value, not a scale used
+               "scaler_active": int(ap.scaler.enabled and needs_loss_scaling(record.plan)),
+               "step_ms": round(step_ms, 3), "cpu_ms": round(cpu_ms, 3),
                "plan_hash": record.plan.hash, **{f"share_{f}": shares.get(f, 0.0) for f in FORMATS},
                "culprit": record.nonfinite_layer or "",
                **(meter.update(record.plan) if meter else {}),  # counted on every rank, written by rank 0
