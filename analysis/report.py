@@ -2,6 +2,7 @@
 
     python -m analysis.report runs/<sweep> --out <dir>     # sweep: scatter, shares, curves, tables
     python -m analysis.report runs/<sweep> --out <dir> --tables-only   # tables, no figures
+    python -m analysis.report runs/<sweep> --out <dir> --ablation monitor.every   # + an ablation
     python -m analysis.report --run runs/<sweep>/<n> --out <dir>   # one run's own figures
 
 Writes each figure as ``<name>.pdf`` + ``<name>.png`` beside ``<name>.csv`` (its data), the
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -25,6 +27,8 @@ from .load import load_decisions, load_evals, load_layers, load_runs, load_steps
 from .html_index import write_index
 from .stats import aggregate, cost_columns, improvement_probabilities, pareto_front, welch_tests
 from .style import policy_styles
+from .ablation import ablation_plot, ablation_table
+from .time_to_quality import DEFAULT_FRACTION, summarize as summarize_ttq, time_to_quality
 
 __all__ = ["main", "sweep_report", "run_report", "slug"]
 
@@ -36,9 +40,10 @@ def slug(text: str) -> str:
 
 def sweep_report(sweep: str | Path, out: str | Path, per_run: bool = True,
                  baseline: str = "fp32", measured: str = "wall_s", memory: bool = False,
-                 draw: bool = True) -> str:
+                 draw: bool = True, ablations: Sequence[str] = ()) -> str:
     """Write all figures and tables for ``sweep`` under ``out``; return the Markdown summary.
     ``draw=False``: tables and their CSVs only (no figures, no per-run figures).
+    ``ablations``: config keys the sweep varied (``monitor.every``): a table and a figure each.
     ``baseline``: the controller every other one is tested against (Welch's t-test);
     ``measured``: the measured cost axis where no modeled cost exists (``wall_s`` or ``cpu_s``);
     ``memory``: modeled (and CUDA-measured) peak bytes as cost axes beside time."""
@@ -62,10 +67,15 @@ def sweep_report(sweep: str | Path, out: str | Path, per_run: bool = True,
         frame.to_csv(out / f"{name}.csv", index=False)
     styles = policy_styles(runs["controller"].dropna())
     steps, evals = load_steps(ok_runs(runs)), load_evals(ok_runs(runs))
+    ttq = summarize_ttq(time_to_quality(runs, evals, steps, baseline=baseline))
+    ttq.to_csv(out / "time_to_quality.csv", index=False)
     sections = []
     for workload in sorted(agg.loc[agg["n"] > 0, "workload"].unique()):  # skip all-failed ones
         wl_dir = out / slug(workload)
         sections.append(_workload_tables(workload, agg, costs, welch, poi, wl_dir, baseline))
+        sections.append(_ttq_table(ttq[ttq["workload"] == workload], baseline))
+        for key in ablations:
+            sections.append(_ablation(runs[runs["workload"] == workload], key, wl_dir, styles, draw))
         if draw:
             _workload_figures(workload, agg, front, steps, evals, wl_dir, styles)
     if per_run and draw:
@@ -85,6 +95,34 @@ def _workload_tables(workload, agg, costs, welch, poi, wl_dir: Path, baseline: s
     (wl_dir / "summary.md").write_text(markdown)
     (wl_dir / "summary.tex").write_text(tables.to_latex(summary, label=f"tab:{slug(workload)}"))
     return f"## {workload}\n\n{markdown}"
+
+
+def _ablation(runs: pd.DataFrame, key: str, wl_dir: Path, styles, draw: bool) -> str:
+    table = ablation_table(runs, key)
+    stem = wl_dir / f"ablation_{slug(key).replace('.', '_')}"
+    table.to_csv(stem.parent / f"{stem.name}.csv", index=False)
+    if draw and not table.empty:
+        figures.save_figure(ablation_plot(table, styles=styles)[0], stem, data=table)
+    lines = [f"Ablation of `{key}` (quality IQM [95% bootstrap CI] over seeds; cost: "
+             f"{table['cost_column'].iloc[0] if len(table) else '–'}):", "",
+             "| controller | " + key + " | n | quality | CI | cost | skipped | plan changes |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r.controller} | {tables.sig(r.value) if isinstance(r.value, float) else r.value} | {r.n} | "
+              f"{tables.sig(r.quality)} | [{tables.sig(r.lo)}, {tables.sig(r.hi)}] | {tables.sig(r.cost)} | "
+              f"{tables.sig(r.skipped_steps)} | {tables.sig(r.plan_changes)} |" for r in table.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def _ttq_table(ttq: pd.DataFrame, baseline: str) -> str:
+    """Markdown: runs reaching DEFAULT_FRACTION of the baseline's final quality, and how fast."""
+    if ttq.empty:
+        return ""
+    head = (f"Time to {DEFAULT_FRACTION:.0%} of {baseline}'s final quality (IQM over the runs "
+            f"that reached it; modeled cost in {baseline} steps):\n\n"
+            "| controller | reached | steps | modeled cost |\n|---|---|---|---|\n")
+    rows = [f"| {r.controller} | {r.reached}/{r.n} | {tables.sig(r.steps_iqm)} | {tables.sig(r.cost_iqm)} |"
+            for r in ttq.itertuples(index=False)]
+    return head + "\n".join(rows) + "\n"
 
 
 def _workload_figures(workload, agg, front, steps, evals, wl_dir: Path, styles) -> None:
@@ -216,6 +254,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="sweep mode: skip the per-run figures of every ok run")
     p.add_argument("--measured", choices=["wall_s", "cpu_s"], default="wall_s",
                    help="measured cost axis where runs have no modeled cost (cpu_s: process CPU time)")
+    p.add_argument("--ablation", action="append", default=[], metavar="KEY",
+                   help="sweep mode: a config key the sweep varied (e.g. monitor.every): table + figure; repeatable")
     p.add_argument("--tables-only", action="store_true",
                    help="sweep mode: the summary tables (Markdown, LaTeX, CSV) without figures")
     p.add_argument("--memory", action="store_true",
@@ -234,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             text = sweep_report(args.sweep, args.out, per_run=not args.no_per_run,
                                 baseline=args.baseline, measured=args.measured, memory=args.memory,
-                                draw=not args.tables_only)
+                                draw=not args.tables_only, ablations=args.ablation)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -21,6 +21,6 @@ if __name__ == "__main__":
     print(f"# {args.model}, batch {args.batch}, {args.steps} steps per repetition, monitor.every=10")
     make = {"static fp32": lambda: Static("fp32"), "static bf16": lambda: Static("bf16"),
             "threshold": lambda: Threshold(interval=10), "bandit (ucb1)": lambda: Bandit(interval=10)}
-    compare({name: repeated(adaprec_step(model, x, y, device, ctrl(), monitor_every=10), args.steps)
+    compare({name: repeated(adaprec_step(model, x, y, device, ctrl(), monitor_every=10, executor=args.executor), args.steps)
              for name, ctrl in make.items()},
             device, args.reps, args.warmup, baseline="static bf16")

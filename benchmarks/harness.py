@@ -1,17 +1,29 @@
 """Side-by-side timing: candidates run interleaved in one process after warm-up, so drift and
-other load hit all of them alike; we report medians and ratios, never absolute claims."""
+other load hit all of them alike; we report medians and ratios, never absolute claims.
+
+With ``ADAPREC_BENCH_RESULTS=<file>`` set (``benchmarks/run_all.sh`` and ``gpu_check.sh`` set
+it), every comparison also appends one JSON line per candidate to that file: its median time and
+the median/min/max of its per-repetition ratio to the baseline (repetition *i* of a candidate
+against repetition *i* of the baseline, which ran next to it). ``python -m benchmarks.report``
+turns the file into the results table the README's performance section is generated from."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
-__all__ = ["compare", "machine_line", "base_parser", "sync"]
+__all__ = ["compare", "machine_line", "base_parser", "sync", "record", "set_context", "RESULTS_ENV"]
+
+RESULTS_ENV = "ADAPREC_BENCH_RESULTS"
+_context: dict = {}  # what the script is measuring (workload, batch, device): set by set_context
 
 
 def sync(device: torch.device) -> None:
@@ -23,6 +35,29 @@ def machine_line(device: torch.device) -> str:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     return (f"# {platform.node()} | {name} | torch {torch.__version__} | "
             f"threads {torch.get_num_threads()} | cpus {os.cpu_count()} | device {device}")
+
+
+def set_context(**context) -> None:
+    """Say what the following comparisons measure (e.g. ``workload="gpt", batch=32``); recorded
+    with every result."""
+    _context.clear()
+    _context.update({k: v for k, v in context.items() if v is not None})
+
+
+def record(candidate: str, baseline: str, times: list[float], base_times: list[float],
+           device: torch.device) -> dict | None:
+    """Append one result line to ``$ADAPREC_BENCH_RESULTS`` (nothing when unset); returns it."""
+    path = os.environ.get(RESULTS_ENV)
+    ratios = [t / b for t, b in zip(times, base_times)]
+    row = {"benchmark": Path(sys.argv[0]).stem, **_context, "device": str(device),
+           "candidate": candidate, "baseline": baseline, "reps": len(times),
+           "median_ms": statistics.median(times) * 1e3,
+           "ratio_median": statistics.median(ratios), "ratio_min": min(ratios),
+           "ratio_max": max(ratios), "threads": torch.get_num_threads()}
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    return row
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
@@ -50,6 +85,8 @@ def compare(candidates: dict[str, Callable[[], None]], device: torch.device, rep
             times[name].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     base = baseline or next(iter(candidates))
+    for name, v in times.items():
+        record(name, base, v, times[base], device)
     width = max(map(len, candidates))
     print(f"{'candidate':<{width}}  median ms   ratio vs {base}   (min..max ms)")
     for k, v in times.items():

@@ -7,9 +7,9 @@ from .workloads import adaprec_step, setup
 if __name__ == "__main__":
     args, device, model, x, y = setup(__doc__)
     print(f"# {args.model}, batch {args.batch}, bf16 plan; 'interval' = monitor.every=10")
-    compare({"off": adaprec_step(model, x, y, device, monitor_every=0),
-             "every step": adaprec_step(model, x, y, device, monitor_every=1),
-             "every step, exact=false": adaprec_step(model, x, y, device, monitor_every=1,
+    compare({"off": adaprec_step(model, x, y, device, monitor_every=0, executor=args.executor),
+             "every step": adaprec_step(model, x, y, device, monitor_every=1, executor=args.executor),
+             "every step, exact=false": adaprec_step(model, x, y, device, monitor_every=1, executor=args.executor,
                                                      monitor_exact=False),
-             "interval": adaprec_step(model, x, y, device, monitor_every=10)},
+             "interval": adaprec_step(model, x, y, device, monitor_every=10, executor=args.executor)},
             device, args.reps, args.warmup, baseline="off")

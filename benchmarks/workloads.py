@@ -15,7 +15,7 @@ from adaprec.models.gpt import GPT
 from adaprec.models.cnn import SmallCNN
 from adaprec.models.resnet import resnet18
 
-from .harness import base_parser, machine_line
+from .harness import base_parser, machine_line, set_context
 
 
 def workload(name: str, batch: int, device: torch.device, image_size: int = 32):
@@ -74,10 +74,13 @@ def setup(doc: str, extra: Callable[[argparse.ArgumentParser], None] | None = No
     """Parse the common flags (+ --model), print the machine line; returns (args, device, model, x, y)."""
     p = base_parser(doc)
     p.add_argument("--model", default="resnet18", choices=["resnet18", "gpt"])
+    p.add_argument("--executor", default="auto", choices=["auto", "native", "emulated"],
+                   help="how 16-bit runs (auto: native where this device has fast 16-bit kernels)")
     if extra:
         extra(p)
     args = p.parse_args()
     device = torch.device(args.device)
     print(machine_line(device))
+    set_context(workload=args.model, batch=args.batch, executor=args.executor)
     model, x, y = workload(args.model, args.batch, device)
     return args, device, model, x, y

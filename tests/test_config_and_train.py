@@ -80,6 +80,7 @@ def test_train_writes_the_run_dir(make_cfg, tmp_path):
     steps = pd.read_csv(tmp_path / "steps.csv")
     assert list(steps["step"]) == [0, 1, 2, 3] and steps["share_bf16"].eq(1.0).all()
     assert {"loss", "lr", "loss_scale", "skipped", "step_ms", "plan_hash"} <= set(steps.columns)
+    assert steps["scaler_active"].eq(0).all()  # no fp16 layer: the scale is not in use
     layers = pd.read_csv(tmp_path / "layers.csv.gz")
     assert sorted(layers["step"].unique()) == [0, 2] and layers["format"].eq("bf16").all()
     evals = pd.read_csv(tmp_path / "evals.csv")
@@ -87,6 +88,13 @@ def test_train_writes_the_run_dir(make_cfg, tmp_path):
     decisions = pd.read_csv(tmp_path / "decisions.csv")
     assert (decisions["step"] == 0).all() and (decisions["new"] == "bf16").all()
     assert (tmp_path / "config_resolved.yaml").read_text().count("max_steps: 4") == 1
+
+
+@pytest.mark.parametrize("overrides,active", [(["controller=fp16"], 1),
+                                              (["controller=fp16", "scaler.enabled=false"], 0)])
+def test_steps_say_whether_loss_scaling_applied(make_cfg, tmp_path, overrides, active):
+    train(make_cfg(*TINY, *overrides), tmp_path)
+    assert pd.read_csv(tmp_path / "steps.csv")["scaler_active"].eq(active).all()
 
 
 def test_train_is_deterministic_and_refuses_to_overwrite(make_cfg, tmp_path):

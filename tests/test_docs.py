@@ -47,7 +47,8 @@ SWEEP_CUTS = {"sweep=headline": ["hydra.sweeper.params.seed=0", "hydra.sweeper.p
               "sweep=mixed_needs": ["hydra.sweeper.params.seed=0"],
               "sweep=underflow": ["hydra.sweeper.params.seed=0"],
               "sweep=best_static": ["hydra.sweeper.params.seed=0", "hydra.sweeper.params.experiment=mixed_needs"],
-              "sweep=tune_": ["hydra.sweeper.n_trials=2"]}
+              "sweep=tune_": ["hydra.sweeper.n_trials=2"],
+              "sweep=ablation_": ["hydra.sweeper.params.seed=0"]}
 # the best-static search trains every plan it measures: one step each, one seed
 BEST_STATIC_SHRINK = ["trainer.max_steps=2", "--search-steps", "1", "--seeds", "0"]
 PRELUDE = """

@@ -106,7 +106,7 @@ def test_smoke_is_the_headline_grid_with_one_seed():
     smoke, headline = _sweep_params("smoke"), _sweep_params("headline")
     assert smoke["experiment"] == headline["experiment"] == EXPERIMENTS
     assert set(smoke["controller"]) <= set(headline["controller"]) and smoke["seed"] == ["0"]
-    assert headline["seed"] == ["0", "1", "2"] and len(headline["controller"]) == 9
+    assert headline["seed"] == ["0", "1", "2", "3", "4"] and len(headline["controller"]) == 9
 
 
 def _run_sweep(tmp_path: Path, *overrides: str) -> list[dict]:
@@ -183,3 +183,25 @@ def test_tuning_sweeps_compose(make_cfg, name):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     cfg = make_cfg(f"sweep={name}")
     assert cfg.objective.cost == "rel_cost_bitops" and cfg.model.input_norm
+
+
+ABLATIONS = sorted(p.stem for p in (CONF / "sweep").glob("ablation_*.yaml"))
+
+
+@pytest.mark.parametrize("name", ABLATIONS)
+def test_every_ablation_point_composes_and_instantiates(make_cfg, name):
+    """Each ablation sweep varies keys its controllers really take, over valid values, and its
+    header names the report command that draws it."""
+    from omegaconf import OmegaConf
+    sweep = OmegaConf.load(CONF / "sweep" / f"{name}.yaml")
+    params = {k: [v.strip() for v in str(vals).split(",")] for k, vals in sweep.hydra.sweeper.params.items()}
+    keys = [k for k in params if k not in SWEEP_AXES]
+    assert keys, f"{name} varies nothing but the usual axes"
+    header = (CONF / "sweep" / f"{name}.yaml").read_text()
+    assert all(f"--ablation {k}" in header for k in keys)
+    for ctrl in params["controller"]:
+        for key in keys:
+            for value in params[key]:
+                cfg = make_cfg(f"sweep={name}", f"controller={ctrl}", f"{key}={value}")
+                assert str(OmegaConf.select(cfg, key)) == value or float(OmegaConf.select(cfg, key)) == float(value)
+                assert hasattr(instantiate(cfg.controller), "decide")

@@ -53,6 +53,7 @@ class Monitor:
         self._pending: list[tuple[str, str, Probe]] = []
         self._sharded: list[int] = []  # positions in _pending measured on one rank's shard
         self._forward_armed = False
+        self._deferred: dict[str, int] = {}  # no-grad forwards a recomputation may measure
         self._sampled = False
         self._grad_scale = 1.0      # loss scale at which gradients are evaluated
         self._applied_scale = 1.0   # scale the backward actually ran at
@@ -69,6 +70,7 @@ class Monitor:
         """Arm the hooks if ``step`` is sampled; gradients are judged at ``grad_scale``."""
         self._sampled = self.is_sampled(step)
         self._forward_armed = self._sampled
+        self._deferred = {}
         self._grad_scale, self._applied_scale = grad_scale, applied_scale
 
     def end_backward(self) -> None:
@@ -135,14 +137,33 @@ class Monitor:
         return out
 
     # -- hooks --------------------------------------------------------------------------------
+    def _counts(self, name: str) -> bool:
+        """Whether this forward call of ``name`` is one of the step's training forwards.
+
+        Measured: forwards with grad enabled outside backward. A no-grad forward (an eval
+        forward, reentrant checkpointing's first pass) is not; a forward the autograd engine
+        runs during backward is activation checkpointing recomputing one: skipped when it repeats
+        a measured forward (non-reentrant), measured when it stands for a no-grad one
+        (reentrant: only the recomputation has gradients)."""
+        if torch._C._current_graph_task_id() != -1:  # inside backward: a recomputation
+            if self._deferred.get(name, 0) <= 0:
+                return False
+            self._deferred[name] -= 1
+            return True
+        if not torch.is_grad_enabled():
+            self._deferred[name] = self._deferred.get(name, 0) + 1
+            return False
+        return True
+
     def _forward_hook(self, name: str):
         def hook(module, args, output):
-            if not self._forward_armed:
+            if not self._forward_armed or not self._counts(name):
                 return None
             t = _first_float_tensor(output)
             if t is None:
                 return None
-            self._pending.append((name, "act", probe(t, exact_absmax=self.exact)))
+            with torch._C.DisableTorchFunction():  # measuring is no op of an enclosing layer
+                self._pending.append((name, "act", probe(t, exact_absmax=self.exact)))
             if t.requires_grad:
                 t.register_hook(self._grad_hook(name))
             return None

@@ -29,6 +29,7 @@ native executor, layer by layer.
 """
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -97,6 +98,35 @@ _GRID_PRESERVING = (nn.ReLU, nn.Identity, nn.Flatten) + _REBLOCKING
 GRID_PRESERVING = _GRID_PRESERVING  # public: the cost model follows the same tag rule
 
 
+def _view(t: torch.Tensor) -> tuple:
+    return (t.dtype, t.storage_offset(), tuple(t.shape), t.stride())
+
+
+def _tag_of(t: torch.Tensor) -> tuple[str, int] | None:
+    """``(grid key, version when tagged)`` of a tensor whose values were rounded, or None.
+
+    Tags live on the tensor's storage, keyed by the view, so a detached copy of a rounded tensor
+    (the inputs reentrant checkpointing recomputes a block from) is recognised like the tensor
+    itself and a recomputation rounds exactly what the forward rounded."""
+    try:
+        tags = getattr(t.untyped_storage(), _TAG, None)
+    except (RuntimeError, NotImplementedError):  # tensors without a storage (subclasses, meta)
+        return None
+    return tags.get(_view(t)) if tags else None
+
+
+def _set_tag(t: torch.Tensor, tag: tuple[str, int]) -> None:
+    try:
+        storage = t.untyped_storage()
+    except (RuntimeError, NotImplementedError):
+        return
+    tags = getattr(storage, _TAG, None)
+    if tags is None:
+        tags = {}
+        setattr(storage, _TAG, tags)
+    tags[_view(t)] = tag
+
+
 def _needs_op_rounding(module: nn.Module) -> bool:
     """Custom layers may run several ops: round inside, not only at the boundary."""
     return bool(getattr(module, "adaprec_layer", False)) or not type(module).__module__.startswith("torch.nn")
@@ -108,15 +138,37 @@ def _pass_tag(module, args, output):
     The input's tag is checked against the version it had when tagged *before* this module ran
     in place (an in-place ReLU bumps the version by exactly one)."""
     x = args[0] if args else None
-    tag = getattr(x, _TAG, None)
+    tag = _tag_of(x) if isinstance(x, torch.Tensor) else None
     if tag is None or not isinstance(output, torch.Tensor):
         return None
     bumped = 1 if output is x else 0
     if isinstance(module, _REBLOCKING) and "/" in tag[0]:
         return None  # pooling mixes values of different blocks (scales): no longer on one grid
     if tag[1] + bumped == x._version:
-        setattr(output, _TAG, (tag[0], output._version))
+        _set_tag(output, (tag[0], output._version))
     return None
+
+
+class _Remembered:
+    """An fp8 scaling state whose scales are also appended to ``scales``."""
+
+    def __init__(self, state: AmaxState, scales: deque):
+        self.state, self.scales = state, scales
+
+    def scale_for(self, amax: torch.Tensor) -> torch.Tensor:
+        scale = self.state.scale_for(amax)
+        self.scales.append(scale)
+        return scale
+
+
+class _Replayed:
+    """The scale a forward used, for its recomputation (records nothing)."""
+
+    def __init__(self, scale: torch.Tensor):
+        self.scale = scale
+
+    def scale_for(self, amax: torch.Tensor) -> torch.Tensor:
+        return self.scale
 
 
 class _OpRounding(TorchFunctionMode):
@@ -170,6 +222,7 @@ class EmulatedExecutor:
         self.fp8 = fp8 if isinstance(fp8, FP8Config) else FP8Config(**(fp8 or {}))
         self.skip_rounded = skip_rounded
         self._fp8_states: dict[tuple[str, str], AmaxState] = {}
+        self._forward_scales: dict[tuple[str, str], deque] = {}  # see _forward_state
         self._formats: dict[str, Format] = {name: FP32 for name in self.layers}
         self._stack: list[_Frame] = []
         modules = dict(model.named_modules())
@@ -212,6 +265,7 @@ class EmulatedExecutor:
     @contextmanager
     def region(self) -> Iterator[None]:
         """The outermost region (``ap.autocast()``): nothing outside a layer runs under autocast."""
+        self.begin_forward()
         with torch.autocast(self.device_type, enabled=False):
             self._stack.append(_FP32_FRAME)
             try:
@@ -232,6 +286,11 @@ class EmulatedExecutor:
         return args, kwargs
 
     def _enter_emulated(self, frame: _Frame, module: nn.Module, args, kwargs):
+        # the rounding's own ops are not the enclosing layer's: its op rounding must not see them
+        with torch._C.DisableTorchFunction():
+            return self._round_inputs(frame, module, args, kwargs)
+
+    def _round_inputs(self, frame: _Frame, module: nn.Module, args, kwargs):
         rounder = self._rounder(frame)
         args = round_tree(args, rounder, "input")
         kwargs = round_tree(kwargs, rounder, "input")
@@ -250,7 +309,8 @@ class EmulatedExecutor:
         for pname in frame.shadowed:
             module.__dict__.pop(pname, None)
         if frame.kind == "emulated":
-            return round_tree(output, self._rounder(frame, output=True), "output")
+            with torch._C.DisableTorchFunction():  # as in _enter_emulated
+                return round_tree(output, self._rounder(frame, output=True), "output")
         return None
 
     # -- rounding -----------------------------------------------------------------------------
@@ -271,19 +331,19 @@ class EmulatedExecutor:
             if t.dtype in _LOW_DTYPES:  # from a native region: emulation works on fp32
                 t = t.float()
             if scaled:
-                fwd = self._state(name, role, fmt, t.device)
+                fwd = self._forward_state(name, role, fmt, t.device)
                 bwd = self._state(name, "grad_" + role, fmt, t.device)
                 out = ScaledRoundFn.apply(t, fmt, fwd, None if output else bwd)
                 if output and out.requires_grad:
                     out.register_hook(lambda g: round_scaled(g, fmt, bwd))
                 return out
-            if skip_tagged and self.skip_rounded and getattr(t, _TAG, None) == (fmt.name, t._version):
+            if skip_tagged and self.skip_rounded and _tag_of(t) == (fmt.name, t._version):
                 return t
             out = RoundFn.apply(t, fmt, not output)
             if output:
                 if out.requires_grad:
                     out.register_hook(lambda g: round_to(g, fmt))
-                setattr(out, _TAG, (fmt.name, out._version))
+                _set_tag(out, (fmt.name, out._version))
             return out
         return fn
 
@@ -296,7 +356,8 @@ class EmulatedExecutor:
         def one(f: Format, role: str, ax: int, grad: bool):
             key = ("grad_" if grad else "") + role
             if f.scaling == "per_tensor":
-                return lambda v: round_scaled(v, f, self._state(name, key, f, v.device))
+                state = self._state if grad else self._forward_state
+                return lambda v: round_scaled(v, f, state(name, key, f, v.device))
             if f.scaling in ("block", "tiles"):
                 return lambda v: f.fake_quantize(v, role=key, axis=ax, stochastic=sr and grad)
             return (lambda v: v) if f == FP32 else (lambda v: round_to(v, f))
@@ -325,7 +386,7 @@ class EmulatedExecutor:
                 t = t.float()
             ax = axis if t.dim() > 2 else -1
             key = f"{fmt.name}/{ax}"  # the same blocks: an input tagged with this key is on them
-            if skip_tagged and self.skip_rounded and getattr(t, _TAG, None) == (key, t._version):
+            if skip_tagged and self.skip_rounded and _tag_of(t) == (key, t._version):
                 return t
             grad_role = None if output else "grad_" + role
             out = FakeQuantFn.apply(t, fmt, role, ax, grad_role, sr)
@@ -333,9 +394,24 @@ class EmulatedExecutor:
                 if out.requires_grad:
                     out.register_hook(lambda g: fmt.fake_quantize(g, role="grad_output", axis=ax,
                                                                   stochastic=sr))
-                setattr(out, _TAG, (key, out._version))
+                _set_tag(out, (key, out._version))
             return out
         return fn
+
+    def begin_forward(self) -> None:
+        """A new forward begins (``ap.autocast()``): forget the previous one's fp8 scales."""
+        self._forward_scales.clear()
+
+    def _forward_state(self, layer: str, role: str, fmt: Format, device: torch.device):
+        """The scaling state of a forward tensor role. In a forward the scales it gives are kept
+        in call order; a recomputation during backward (activation checkpointing) gets those
+        scales back instead, without recording its amaxes a second time, so delayed scaling
+        computes exactly what it computed without checkpointing."""
+        state = self._state(layer, role, fmt, device)
+        scales = self._forward_scales.setdefault((layer, role), deque())
+        if torch._C._current_graph_task_id() != -1:  # inside backward: a recomputation
+            return _Replayed(scales.popleft()) if scales else state
+        return _Remembered(state, scales)
 
     def _state(self, layer: str, role: str, fmt: Format, device: torch.device) -> AmaxState:
         key = (layer, role)
