@@ -48,9 +48,16 @@ def is_main_process() -> bool:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a DDP / DataParallel wrapper (layer names then have no ``module.``)."""
-    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel,
-                                              nn.DataParallel)) else model
+    """The model inside DDP / DataParallel and ``torch.compile`` wrappers, in any nesting
+    (layer names then have no ``module.`` or ``_orig_mod.``). Hooks on the inner model still
+    run when the wrapper is called."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
+            return model
 
 
 def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:

@@ -44,6 +44,7 @@ from torch.overrides import TorchFunctionMode
 from adaprec.numerics.emulation import (AmaxState, FakeQuantFn, FP8Config, RoleRoundFn, RoundedSoftmaxFn,
                                        RoundFn, ScaledRoundFn, round_scaled, round_to, round_tree)
 from adaprec.numerics.formats import FP32, Format, get_format
+from adaprec.runtime.eager import eager
 from adaprec.runtime.executors.base import hook_layers as _hook_layers
 from adaprec.runtime.plan import Plan
 
@@ -233,7 +234,7 @@ class EmulatedExecutor:
         if skip_rounded:
             for name, mod in modules.items():
                 if isinstance(mod, _GRID_PRESERVING) and name not in self._modules:
-                    self._handles.append(mod.register_forward_hook(_pass_tag))
+                    self._handles.append(mod.register_forward_hook(eager(_pass_tag)))
 
     # -- plan ---------------------------------------------------------------------------------
     def set_plan(self, plan: Plan) -> None:
