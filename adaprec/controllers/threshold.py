@@ -131,7 +131,7 @@ class Threshold(Controller):
         else:
             self._fmt = {layer: self.start if self.start in self._order[layer] else self._order[layer][0]
                          for layer in self._layers}
-            self.reasons = {layer: f"threshold start ({self.start})" for layer in self._layers}
+            self.reasons = {layer: self._start_reason(layer) for layer in self._layers}
         if self.cost_budget is not None:
             self._budget = Budget(self.cost_budget, self._order, context)
             if not self._warming:
@@ -139,6 +139,13 @@ class Threshold(Controller):
 
     def _warmup_steps(self) -> int:
         return -(-self.warmup // self.interval) * self.interval
+
+    def _start_reason(self, layer: str) -> str:
+        """The start format as it really is (a start format the layer cannot use is replaced)."""
+        fmt = self._fmt[layer]
+        if self.start in ("cheapest", fmt):
+            return f"threshold start ({fmt})"
+        return f"threshold start ({fmt}; {self.start} is not available to this layer here)"
 
     def observe(self, record: StepRecord) -> None:
         self._scale = record.loss_scale

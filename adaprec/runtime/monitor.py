@@ -30,6 +30,7 @@ from adaprec.runtime.distributed import combine_shard_stats, is_sharded, local_t
 # the emulated executor's "already on this grid" tag, passed on to the tap's copy so the next
 # layer skips rounding it exactly as it would skip the original
 from adaprec.runtime.executors.emulated import _set_tag, _tag_of
+from adaprec.runtime.eager import eager
 from adaprec.numerics.stats import (DEFAULT_FORMATS, KINDS, FormatError, LayerStats, Probe, ShadowStats,
                                     TensorStats, chunk_for, combine_rows, derive, probe, reduce_probes)
 from adaprec.numerics.formats import get_format
@@ -106,9 +107,9 @@ class Monitor:
         self.latest: dict[str, LayerStats] = {}
         self.history: deque[dict[str, LayerStats]] = deque(maxlen=history)
         # the pre-hook goes first (before the executor rounds the input), the forward hook last
-        self._handles = [modules[name].register_forward_pre_hook(self._input_hook(name), prepend=True)
+        self._handles = [modules[name].register_forward_pre_hook(eager(self._input_hook(name)), prepend=True)
                          for name in self.layers]
-        self._handles += [modules[name].register_forward_hook(self._forward_hook(name))
+        self._handles += [modules[name].register_forward_hook(eager(self._forward_hook(name)))
                           for name in self.layers]
 
     # -- step protocol --------------------------------------------------------------------------

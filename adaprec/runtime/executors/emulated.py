@@ -29,6 +29,7 @@ native executor, layer by layer.
 """
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from torch.overrides import TorchFunctionMode
 from adaprec.numerics.emulation import (AmaxState, FakeQuantFn, FP8Config, RoleRoundFn, RoundedSoftmaxFn,
                                        RoundFn, ScaledRoundFn, round_scaled, round_to, round_tree)
 from adaprec.numerics.formats import FP32, Format, get_format
+from adaprec.runtime.eager import eager
 from adaprec.runtime.executors.base import hook_layers as _hook_layers
 from adaprec.runtime.plan import Plan
 
@@ -148,6 +150,28 @@ def _pass_tag(module, args, output):
     return None
 
 
+class _Remembered:
+    """An fp8 scaling state whose scales are also appended to ``scales``."""
+
+    def __init__(self, state: AmaxState, scales: deque):
+        self.state, self.scales = state, scales
+
+    def scale_for(self, amax: torch.Tensor) -> torch.Tensor:
+        scale = self.state.scale_for(amax)
+        self.scales.append(scale)
+        return scale
+
+
+class _Replayed:
+    """The scale a forward used, for its recomputation (records nothing)."""
+
+    def __init__(self, scale: torch.Tensor):
+        self.scale = scale
+
+    def scale_for(self, amax: torch.Tensor) -> torch.Tensor:
+        return self.scale
+
+
 class _OpRounding(TorchFunctionMode):
     """Rounds outputs of the ops in ``_ROUNDED_OPS`` while ``frame`` is the innermost region."""
 
@@ -199,6 +223,7 @@ class EmulatedExecutor:
         self.fp8 = fp8 if isinstance(fp8, FP8Config) else FP8Config(**(fp8 or {}))
         self.skip_rounded = skip_rounded
         self._fp8_states: dict[tuple[str, str], AmaxState] = {}
+        self._forward_scales: dict[tuple[str, str], deque] = {}  # see _forward_state
         self._formats: dict[str, Format] = {name: FP32 for name in self.layers}
         self._stack: list[_Frame] = []
         modules = dict(model.named_modules())
@@ -209,7 +234,7 @@ class EmulatedExecutor:
         if skip_rounded:
             for name, mod in modules.items():
                 if isinstance(mod, _GRID_PRESERVING) and name not in self._modules:
-                    self._handles.append(mod.register_forward_hook(_pass_tag))
+                    self._handles.append(mod.register_forward_hook(eager(_pass_tag)))
 
     # -- plan ---------------------------------------------------------------------------------
     def set_plan(self, plan: Plan) -> None:
@@ -241,6 +266,7 @@ class EmulatedExecutor:
     @contextmanager
     def region(self) -> Iterator[None]:
         """The outermost region (``ap.autocast()``): nothing outside a layer runs under autocast."""
+        self.begin_forward()
         with torch.autocast(self.device_type, enabled=False):
             self._stack.append(_FP32_FRAME)
             try:
@@ -261,6 +287,11 @@ class EmulatedExecutor:
         return args, kwargs
 
     def _enter_emulated(self, frame: _Frame, module: nn.Module, args, kwargs):
+        # the rounding's own ops are not the enclosing layer's: its op rounding must not see them
+        with torch._C.DisableTorchFunction():
+            return self._round_inputs(frame, module, args, kwargs)
+
+    def _round_inputs(self, frame: _Frame, module: nn.Module, args, kwargs):
         rounder = self._rounder(frame)
         args = round_tree(args, rounder, "input")
         kwargs = round_tree(kwargs, rounder, "input")
@@ -279,7 +310,8 @@ class EmulatedExecutor:
         for pname in frame.shadowed:
             module.__dict__.pop(pname, None)
         if frame.kind == "emulated":
-            return round_tree(output, self._rounder(frame, output=True), "output")
+            with torch._C.DisableTorchFunction():  # as in _enter_emulated
+                return round_tree(output, self._rounder(frame, output=True), "output")
         return None
 
     # -- rounding -----------------------------------------------------------------------------
@@ -300,7 +332,7 @@ class EmulatedExecutor:
             if t.dtype in _LOW_DTYPES:  # from a native region: emulation works on fp32
                 t = t.float()
             if scaled:
-                fwd = self._state(name, role, fmt, t.device)
+                fwd = self._forward_state(name, role, fmt, t.device)
                 bwd = self._state(name, "grad_" + role, fmt, t.device)
                 out = ScaledRoundFn.apply(t, fmt, fwd, None if output else bwd)
                 if output and out.requires_grad:
@@ -325,7 +357,8 @@ class EmulatedExecutor:
         def one(f: Format, role: str, ax: int, grad: bool):
             key = ("grad_" if grad else "") + role
             if f.scaling == "per_tensor":
-                return lambda v: round_scaled(v, f, self._state(name, key, f, v.device))
+                state = self._state if grad else self._forward_state
+                return lambda v: round_scaled(v, f, state(name, key, f, v.device))
             if f.scaling in ("block", "tiles"):
                 return lambda v: f.fake_quantize(v, role=key, axis=ax, stochastic=sr and grad)
             return (lambda v: v) if f == FP32 else (lambda v: round_to(v, f))
@@ -365,6 +398,21 @@ class EmulatedExecutor:
                 _set_tag(out, (key, out._version))
             return out
         return fn
+
+    def begin_forward(self) -> None:
+        """A new forward begins (``ap.autocast()``): forget the previous one's fp8 scales."""
+        self._forward_scales.clear()
+
+    def _forward_state(self, layer: str, role: str, fmt: Format, device: torch.device):
+        """The scaling state of a forward tensor role. In a forward the scales it gives are kept
+        in call order; a recomputation during backward (activation checkpointing) gets those
+        scales back instead, without recording its amaxes a second time, so delayed scaling
+        computes exactly what it computed without checkpointing."""
+        state = self._state(layer, role, fmt, device)
+        scales = self._forward_scales.setdefault((layer, role), deque())
+        if torch._C._current_graph_task_id() != -1:  # inside backward: a recomputation
+            return _Replayed(scales.popleft()) if scales else state
+        return _Remembered(state, scales)
 
     def _state(self, layer: str, role: str, fmt: Format, device: torch.device) -> AmaxState:
         key = (layer, role)
