@@ -114,7 +114,7 @@ class AdaptivePrecision:
         self.executor: Executor = EXECUTORS[executor](model, self.layers, device_type,
                                                       **(executor_options or {}))
         self.monitor = Monitor(model, self.layers, monitor_every, exact=monitor_exact,
-                               formats=candidate_formats(self.controller), shadow=monitor_shadow)
+                               shadow=monitor_shadow)
         # a model may own no parameters (only parameterless adaprec_layer blocks)
         device = next(model.parameters(), torch.empty(0)).device
         self.scaler = LossScaler(device=device, **(scaler or {}))
@@ -168,6 +168,7 @@ class AdaptivePrecision:
         wrapped = with_defaults(controller)
         wrapped.setup(self._context)
         self._user_controller, self._controller = controller, wrapped
+        self.monitor.set_formats(candidate_formats(controller))  # what it may choose gets judged
         self._apply(wrapped.decide(self.step_count), step=self.step_count,
                     note=f" (controller {switched_from} -> {type(controller).__name__})"
                     if switched_from else "")

@@ -87,8 +87,7 @@ class Monitor:
         # and gradients; False estimates it from the sample too (cheap enough for every step)
         self.exact = bool(exact)
         self.layers = list(layers)
-        self.formats = list(dict.fromkeys(get_format(f).name for f in (*DEFAULT_FORMATS, *formats)))
-        self._chunk = chunk_for(self.formats)
+        self.set_formats(formats)
         self.shadow_rows = int(shadow_rows)
         modules = dict(model.named_modules())
         self._params = {name: [p for p in modules[name].parameters(recurse=False)]
@@ -111,6 +110,11 @@ class Monitor:
                          for name in self.layers]
         self._handles += [modules[name].register_forward_hook(eager(self._forward_hook(name)))
                           for name in self.layers]
+
+    def set_formats(self, formats: Sequence[str]) -> None:
+        """Judge every tensor in ``formats`` (plus fp32, bf16, fp16) from the next sampled step."""
+        self.formats = list(dict.fromkeys(get_format(f).name for f in (*DEFAULT_FORMATS, *formats)))
+        self._chunk = chunk_for(self.formats)
 
     # -- step protocol --------------------------------------------------------------------------
     def is_sampled(self, step: int) -> bool:
