@@ -11,6 +11,8 @@ window just ended (the arm it played), then picks the format for the next window
             + underflow_weight * flush-to-zero rate of f (at the loss scale for fp16, at
                                                           per-tensor/block scales for fp8/MX)
             + err_weight * relative rounding error in f  (0 for fp32; every format judged)
+            + output_weight * output error in f         (RMSE over the output's spread against
+                                                          the fp32 shadow, ``Window.output_err``)
             + spike_weight * loss spike                 (the quality effect, see below)
 
 ``cost[l][f]`` is the layer's cost in ``f`` in units of its fp32 cost, priced at plan level
@@ -70,7 +72,7 @@ _NONNEG = rule(ge=0)
 
 @ranges("controller", algorithm=rule(names=POLICIES), formats=FORMATS_RULE, interval=rule(ge=1),
         cost_weight=_NONNEG, nonfinite_penalty=_NONNEG, overflow_weight=_NONNEG,
-        underflow_weight=_NONNEG, err_weight=_NONNEG, spike_weight=_NONNEG, spike_tol=_NONNEG,
+        underflow_weight=_NONNEG, err_weight=_NONNEG, output_weight=_NONNEG, spike_weight=_NONNEG, spike_tol=_NONNEG,
         baseline_decay=UNIT_RULE, block_windows=_NONNEG, range_max=UNIT_RULE,
         exploration=_NONNEG, discount=rule(gt=0, le=1), window=rule(ge=1), sigma=_NONNEG,
         exp3_gamma=UNIT_RULE, eta=_NONNEG, cost_budget=COST_BUDGET_RULE, explore_max=rule(gt=0),
@@ -94,7 +96,7 @@ class Bandit(Controller):
     def __init__(self, algorithm: str = "ucb1", formats: Sequence[str] = ("bf16", "fp16", "fp32"),
                  interval: int = 10, cost_weight: float = 1.0, nonfinite_penalty: float = 1.0,
                  overflow_weight: float = 100.0, underflow_weight: float = 10.0,
-                 err_weight: float = 10.0, spike_weight: float = 1.0, spike_tol: float = 0.1,
+                 err_weight: float = 10.0, output_weight: float = 5.0, spike_weight: float = 1.0, spike_tol: float = 0.1,
                  baseline_decay: float = 0.8, block_windows: int = 5, range_max: float = 0.0,
                  exploration: float = 0.2, discount: float = 0.95, window: int = 20,
                  sigma: float = 0.1, exp3_gamma: float = 0.1, eta: float = 2.0, seed: int = 0,
@@ -104,7 +106,8 @@ class Bandit(Controller):
         self.formats = canonical_formats(formats)
         self.interval, self.cost_weight = int(interval), float(cost_weight)
         self.weights = {"nonfinite": nonfinite_penalty, "overflow": overflow_weight,
-                        "underflow": underflow_weight, "err": err_weight, "spike": spike_weight}
+                        "underflow": underflow_weight, "err": err_weight, "output": output_weight,
+                        "spike": spike_weight}
         self.spike_tol, self.baseline_decay = float(spike_tol), float(baseline_decay)
         self.block_windows, self.range_max = int(block_windows), float(range_max)
         self.explore_max, self.min_dwell = float(explore_max), int(min_dwell)
@@ -259,6 +262,9 @@ class Bandit(Controller):
                                  (k["err"], "rel_err")):
                 if weight > 0:
                     p += weight * w.stat(fmt, stat)
+            out = w.output_err(fmt)
+            if out is not None and k["output"] > 0:
+                p += k["output"] * out
             p += k["spike"] * spike
         return min(1.0, p)
 
