@@ -43,7 +43,7 @@ def test_an_out_of_range_value_is_a_one_line_error_naming_the_key():
 
 
 def test_train_writes_decisions_with_reasons(tmp_path):
-    c = cfg("controller=bandit", "controller.interval=4", "executor=native", *QUICK)
+    c = cfg("controller=bandit", "controller.interval=4", "controller.min_dwell=1", "executor=native", *QUICK)
     metrics = train(c, tmp_path, choices={"controller": "bandit"})
     assert metrics["status"] == "ok"
     d = pd.read_csv(tmp_path / "decisions.csv")
