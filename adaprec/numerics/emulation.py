@@ -122,7 +122,7 @@ def round_scaled(x: torch.Tensor, fmt: Format, state: AmaxState) -> torch.Tensor
     """Scale, saturate and round ``x`` to fp8 ``fmt``, then unscale (values stay fp32)."""
     amax = x.detach().abs().amax().float() if x.numel() else torch.zeros((), device=x.device)
     scale = state.scale_for(amax)
-    y = (x * scale).clamp_(-fmt.max, fmt.max).to(fmt.dtype).to(x.dtype).div_(scale)
+    y = fmt.round((x * scale).clamp_(-fmt.max, fmt.max)).div_(scale)
     # clamp saturates inf to max: put inf back so found_inf still sees it (NaN survives clamp)
     return torch.where(torch.isinf(x), x, y)
 
