@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -37,6 +38,8 @@ from adaprec.runtime.plan import Plan
 from adaprec.numerics.scaler import LossScaler
 
 __all__ = ["AdaptivePrecision", "EXECUTORS", "needs_loss_scaling"]
+
+log = logging.getLogger(__name__)
 
 
 def needs_loss_scaling(plan: Plan) -> bool:
@@ -85,9 +88,6 @@ class AdaptivePrecision:
         self.layers = discover_layers(model, layers)
         if not self.layers:
             raise ValueError(f"{type(model).__name__} has no layers (no module owns parameters)")
-        self.controller = controller if controller is not None else Static("fp32")
-        # the Protocol's defaults for optional members the controller does not define
-        self._controller: Controller = with_defaults(self.controller)
         self.executor: Executor = EXECUTORS[executor](model, self.layers, device_type,
                                                       **(executor_options or {}))
         self.monitor = Monitor(model, self.layers, monitor_every, exact=monitor_exact)
@@ -107,14 +107,48 @@ class AdaptivePrecision:
         self._unstepped: list[torch.Tensor] = []  # parameters with gradients no optimizer stepped yet
         self._orphans: set[int] = set()  # parameters with gradients that belong to no optimizer
         modules = dict(model.named_modules())
-        context = ControllerContext(layers=self.layers, device_type=device_type,
-                                    layer_costs=layer_costs, plan_cost=plan_cost,
-                                    cheapness=tuple(cheapness or ControllerContext.cheapness),
-                                    layer_types={n: type(modules[n]).__name__ for n in self.layers},
-                                    executor=executor)
-        self._controller.setup(context)
+        runs = getattr(self.executor, "runs", None)  # an executor without it runs every format
+        self._context = ControllerContext(
+            layers=self.layers, device_type=device_type, layer_costs=layer_costs,
+            plan_cost=plan_cost, cheapness=tuple(cheapness or ControllerContext.cheapness),
+            layer_types={n: type(modules[n]).__name__ for n in self.layers}, executor=executor,
+            runs=(lambda layer, fmt: runs(layer, get_format(fmt))) if runs is not None else None)
         self._plan = Plan.uniform("fp32", self.layers)
-        self._apply(self._controller.decide(0), step=0)
+        self._set_controller(controller if controller is not None else Static("fp32"))
+
+    # -- the controller -------------------------------------------------------------------------
+    @property
+    def controller(self) -> Controller:
+        """The controller deciding each step's plan; assigning one is :meth:`set_controller`."""
+        return self._user_controller
+
+    @controller.setter
+    def controller(self, controller: Controller) -> None:
+        self.set_controller(controller)
+
+    def set_controller(self, controller: Controller) -> None:
+        """Hand the decisions to ``controller`` from now on: its ``setup`` runs with the context
+        the first controller got, it decides the plan for the next step at once, and the
+        switch is logged (a decision row per layer whose format changes, with the new
+        controller's reasons). Call it between steps (not between ``ap.backward`` and
+        ``ap.step``)."""
+        if self._loss_sum is not None or self._optimizers.stepped:
+            raise RuntimeError("ap.set_controller() called in the middle of a step; call it after "
+                               "ap.step(optimizer) (and ap.update()) and before the next forward")
+        old = type(self._user_controller).__name__
+        log.info("controller %s -> %s at step %d", old, type(controller).__name__, self.step_count)
+        self._set_controller(controller, switched_from=old)
+
+    def _set_controller(self, controller: Controller, switched_from: str | None = None) -> None:
+        # the Protocol's defaults for optional members the controller does not define
+        wrapped = with_defaults(controller)
+        wrapped.setup(self._context)
+        self._user_controller, self._controller = controller, wrapped
+        self._apply(wrapped.decide(self.step_count), step=self.step_count,
+                    note=f" (controller {switched_from} -> {type(controller).__name__})"
+                    if switched_from else "")
+        shares = ", ".join(f"{f} {v:.0%}" for f, v in self._plan.shares().items())
+        log.info("plan from step %d (%s): %s", self.step_count, type(controller).__name__, shares)
 
     # -- the torch.amp-shaped surface -----------------------------------------------------------
     @property
@@ -125,10 +159,11 @@ class AdaptivePrecision:
     @contextmanager
     def autocast(self) -> Iterator[None]:
         """Run forward (and loss) under the current plan. In training mode the first call of a
-        step arms the monitor if the step is sampled; in eval mode nothing is measured."""
+        step with gradients on arms the monitor if the step is sampled; in eval mode or under
+        ``torch.no_grad()`` (an evaluation forward) nothing is measured or begun."""
         if self._optimizers.stepped and self.model.training and not self._diagnosing:
             self._finish_unfinished_step()
-        if not self._in_step and self.model.training:
+        if not self._in_step and self.model.training and torch.is_grad_enabled():
             self._in_step = True
             self._rng_at_start = _torch_rng_state(self.device_type)  # for a culprit replay
             self.monitor.begin_step(self.step_count, self.scaler.scale, self.scaler.applied_scale)
@@ -308,7 +343,7 @@ class AdaptivePrecision:
         return self.monitor.latest_rows()
 
     # -- plan switching -------------------------------------------------------------------------
-    def _apply(self, plan: Plan, step: int) -> None:
+    def _apply(self, plan: Plan, step: int, note: str = "") -> None:
         if not isinstance(plan, Plan):
             raise TypeError(f"{type(self.controller).__name__}.decide() must return a Plan, "
                             f"got {type(plan).__name__}")
@@ -319,7 +354,7 @@ class AdaptivePrecision:
         for layer, (old, new) in self._plan.diff(plan).items():
             if layer in self.executor.layers or step == 0:
                 self.decisions.append({"step": step, "layer": layer, "old": old, "new": new,
-                                       "reason": reasons.get(layer, type(self.controller).__name__)})
+                                       "reason": reasons.get(layer, type(self.controller).__name__) + note})
         self._install(plan)
 
     def _install(self, plan: Plan) -> None:

@@ -315,9 +315,10 @@ def test_fp8_arms_train_with_both_scalings(fmt, scaling):
 
 def test_native_executor_rejects_fp8():
     model = mlp()
-    ap = AdaptivePrecision(model, controller=Static("fp8_e4m3"))
-    with pytest.raises(ValueError, match="executor=emulated"), ap.autocast():
-        model(torch.randn(2, 16))
+    with pytest.raises(ValueError, match="executor=emulated"):  # refused when the plan is set
+        ap = AdaptivePrecision(model, controller=Static("fp8_e4m3"))
+        with ap.autocast():
+            model(torch.randn(2, 16))
 
 
 def test_mixed_plan_with_fp8_bf16_and_fp32_layers():
@@ -330,9 +331,9 @@ def test_mixed_plan_with_fp8_bf16_and_fp32_layers():
 
 # -- auto -----------------------------------------------------------------------------------------
 def test_auto_runs_fast_formats_natively_and_the_rest_emulated(monkeypatch, caplog):
-    from adaprec.runtime.executors import auto as ee
+    from adaprec.runtime.executors import capability
     # as on an AMX-BF16 CPU without fp16 support (this machine); fixed so the test is portable
-    monkeypatch.setattr(ee, "_cpu_has_fast", lambda fmt: fmt.name == "bf16")
+    monkeypatch.setattr(capability, "_cpu_has_fast", lambda fmt: fmt.name == "bf16")
     model = convnet()
     plan = {"0": "fp16", "1": "fp16", "3": "bf16", "4": "fp32", "8": "fp8_e4m3"}
     seen = {}
@@ -363,9 +364,9 @@ def test_auto_capability_rule():
 
 
 def test_auto_with_global_autocast_controller_is_native_where_fast(monkeypatch):
-    from adaprec.runtime.executors import auto as ee
+    from adaprec.runtime.executors import capability
     from adaprec.controllers import Autocast
-    monkeypatch.setattr(ee, "_cpu_has_fast", lambda fmt: fmt.name == "bf16")
+    monkeypatch.setattr(capability, "_cpu_has_fast", lambda fmt: fmt.name == "bf16")
     x, y = data((16,), 5)
     ref = train(mlp(), x, y, 3, Autocast("bf16"), executor="native")[0]
     assert train(mlp(), x, y, 3, Autocast("bf16"), executor="auto")[0] == ref

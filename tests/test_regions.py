@@ -18,6 +18,8 @@ from adaprec import AdaptivePrecision, Plan
 from adaprec.controllers import FixedPlan
 from adaprec.runtime.layers import discover_layers
 
+from .loops import train_steps
+
 FORMATS = ("fp32", "bf16", "fp16")
 EXECUTORS = ("native", "emulated", "auto")
 
@@ -204,6 +206,26 @@ def test_checkpointing_is_bit_identical_and_measured_once(reentrant, executor, p
     # every activation and gradient once: the same statistics (element counts included)
     assert c_stats == stats
     assert stats[0]["blocks.0.inner"].act.numel == 8 * 16
+
+
+@pytest.mark.parametrize("scaling", ["delayed", "current"])
+@pytest.mark.parametrize("reentrant", [False, True], ids=["non-reentrant", "reentrant"])
+def test_checkpointing_keeps_fp8_scales_bit_identical(reentrant, scaling):
+    """A recomputation reuses the scales its forward used and records no amax twice."""
+    def run(ckpt):
+        torch.manual_seed(0)
+        model = Stack(ckpt)
+        plan = Plan({n: "fp8_e4m3" for n in _layers(model)}, default="fp32")
+        ap = AdaptivePrecision(model, controller=fixed(plan), executor="emulated", monitor_every=1,
+                               executor_options={"fp8": {"scaling": scaling}})
+        g = torch.Generator().manual_seed(1)
+        x, y = torch.randn(8, 8, generator=g), torch.randint(0, 4, (8,), generator=g)
+        losses = [r.loss for r in train_steps(model, ap, x, y, 4, torch.optim.SGD(model.parameters(), lr=0.1))]
+        return losses, ap.executor.state_dict()
+    (losses, state), (c_losses, c_state) = run(None), run(reentrant)
+    assert c_losses == losses
+    assert [e["pos"] for e in c_state["fp8"]] == [e["pos"] for e in state["fp8"]]
+    assert all(torch.equal(a["history"], b["history"]) for a, b in zip(state["fp8"], c_state["fp8"]))
 
 
 @pytest.mark.parametrize("reentrant", [False, True], ids=["non-reentrant", "reentrant"])

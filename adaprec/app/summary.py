@@ -56,7 +56,8 @@ class Summary:
 
 
 def result(steps: int, progress: Progress, plan: Plan, train_loss: float) -> dict[str, Any]:
-    """The final metrics every finished run reports."""
+    """The final metrics every finished run reports; ``plan`` is the one the last executed step
+    ran (``final_plan``, ``format_shares``), not one decided after it."""
     return {"steps": steps, "skipped_steps": progress.skipped, "plan_changes": progress.plan_changes,
             "final_plan": dict(plan), "format_shares": plan.shares(), "train_loss_last": train_loss,
             **progress.last_eval}

@@ -113,6 +113,10 @@ def _loop(cfg: DictConfig, run: RunDir, state: dict | None,
         step_ms = (time.perf_counter() - t_step) * 1000
         cpu_ms = (time.process_time() - c_step) * 1000  # robust to other jobs on a shared machine
         changes = ap.pop_decisions()
+        skips = progress.consecutive_skips + 1 if record.skipped else 0
+        if step + 1 == max_steps or (max_skips and skips >= max_skips):
+            # the run ends here: a plan decided for the next step never ran
+            changes = [c for c in changes if c["step"] <= step]
         progress.count(record.skipped, len(changes))
         shares = record.plan.shares()
         row = {"step": step, "loss": record.loss, "lr": lr, "loss_scale": record.loss_scale,
@@ -133,7 +137,7 @@ def _loop(cfg: DictConfig, run: RunDir, state: dict | None,
             run.append("layers", [s.as_row() for s in record.stats.values()])
         run.append("decisions", changes)
         if max_skips and progress.consecutive_skips >= max_skips:
-            outcome = diverged(step, progress, ap.plan, record.loss, record.nonfinite_layer)
+            outcome = diverged(step, progress, record.plan, record.loss, record.nonfinite_layer)
             run.append("events", [{"step": step, "event": "diverged", "layer": outcome["culprit"],
                                    "message": outcome["error"]}])
             log_.error(outcome["error"])
@@ -148,13 +152,14 @@ def _loop(cfg: DictConfig, run: RunDir, state: dict | None,
             run.save_checkpoint({**checkpoint_state(cfg, step + 1, t, progress, elapsed_s()),
                                  "model_saver": saver.state_dict()})
         if preempted:
-            return preemption.outcome(preempted, step + 1, result(step + 1, progress, ap.plan, record.loss))
+            return preemption.outcome(preempted, step + 1, result(step + 1, progress, record.plan, record.loss))
         bar.set_postfix(loss=f"{record.loss:.3f}", **_quality_text(task.quality, progress.last_eval),
                         **{f: f"{v:.0%}" for f, v in shares.items()})
     bar.close()
     saved = saver.finished(model)
     train_loss = record.loss if record is not None else float("nan")
-    return {**result(max_steps, progress, ap.plan, train_loss), **saved,
+    ran = record.plan if record is not None else ap.plan  # the plan the last step ran
+    return {**result(max_steps, progress, ran, train_loss), **saved,
             **(meter.metrics() if meter else {}), **_measured_memory(device)}
 
 

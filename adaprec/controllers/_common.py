@@ -60,15 +60,19 @@ def allowed_formats(formats: Sequence[str], layer: str, context, cpu_fp16: bool 
     slow (a 512x512 Linear forward+backward measured ~5x slower than fp32 and ~13x slower than
     bf16 here; convolutions far worse). ``cpu_fp16=True`` keeps fp16 for non-convolution layers
     (small models, tests); convolutions never get it. Emulation-only formats (fp8) need a
-    non-native executor.
+    non-native executor. A format the executor cannot run for this layer
+    (``context.runs``) is never allowed.
     """
     types = context.layer_types or {}
     slow_fp16 = context.device_type == "cpu" and context.executor == "native"
+    runs = getattr(context, "runs", None)
     out = []
     for f in formats:
         if context.executor == "native" and not get_format(f).native:
             continue
         if f == "fp16" and slow_fp16 and (not cpu_fp16 or types.get(layer) in SLOW_FP16_TYPES):
+            continue
+        if runs is not None and not runs(layer, f):
             continue
         out.append(f)
     return out or ["fp32"]

@@ -46,8 +46,11 @@ class ControllerContext:
     plan, casts included), which budgets use; ``cheapness`` lists formats cheapest first. Both come from the cost model when
     one is configured, else from a documented default order. ``layer_types`` maps each layer
     to its module's class name (e.g. ``"Conv2d"``), ``executor`` names the executor, so a
-    controller can leave out formats the device cannot run fast. Controllers never see the
-    modules: what they measure comes through :class:`StepRecord`.
+    controller can leave out formats the device cannot run fast. ``runs(layer, fmt)`` says
+    whether the executor can run ``layer`` in ``fmt`` at all (the native executor probes each
+    layer type: ``nn.LSTM`` fails in bf16 on some CPUs; None: every format runs); controllers
+    never choose a format it refuses (:func:`~adaprec.controllers._common.allowed_formats`).
+    Controllers never see the modules: what they measure comes through :class:`StepRecord`.
     """
 
     layers: Sequence[str]
@@ -58,6 +61,7 @@ class ControllerContext:
     layer_types: Mapping[str, str] | None = None
     executor: str = "native"
     extra: dict[str, Any] = field(default_factory=dict)
+    runs: Callable[[str, str], bool] | None = None
 
 
 @runtime_checkable

@@ -88,10 +88,17 @@ class Threshold(Controller):
             self._fmt[layer] = first if first in allowed else self._order[layer][0]
             self._last_switch[layer] = -(10**9)
             self._clean[layer] = 0
-        self.reasons = {layer: f"threshold start ({self.start})" for layer in self._layers}
+        self.reasons = {layer: self._start_reason(layer) for layer in self._layers}
         if self.cost_budget is not None:
             self._budget = Budget(self.cost_budget, self._order, context)
             self._fit_budget(pinned=set(), windows={})
+
+    def _start_reason(self, layer: str) -> str:
+        """The start format as it really is (a start format the layer cannot use is replaced)."""
+        fmt = self._fmt[layer]
+        if self.start in ("cheapest", fmt):
+            return f"threshold start ({fmt})"
+        return f"threshold start ({fmt}; {self.start} is not available to this layer here)"
 
     def observe(self, record: StepRecord) -> None:
         self._scale = record.loss_scale

@@ -21,11 +21,15 @@ def discover_layers(model: nn.Module, extra: Iterable[str] = ()) -> list[str]:
     """Qualified names of the model's layers, in registration order.
 
     ``extra`` adds glob patterns of module names to treat as layers too; a pattern that names
-    no module is an error. The root module itself is never a layer: its region is the plan's
-    default.
+    no module is an error. The root module is a layer (named ``""``) only when it owns
+    parameters itself (``AdaptivePrecision(nn.LSTM(...))``: one layer); otherwise its region is
+    the plan's default.
     """
     names = [name for name, _ in model.named_modules() if name]
     chosen = {name for name, m in model.named_modules() if name and is_layer(m)}
+    if next(model.parameters(recurse=False), None) is not None:
+        names.insert(0, "")
+        chosen.add("")
     for pattern in extra:
         hits = fnmatch.filter(names, pattern)
         if not hits:

@@ -9,9 +9,10 @@ casts inputs to fp32 around the others), an
 layer in fp32 (so it rounds only the emulated ones). One pair of hooks per layer enters the
 native half, then the emulated half, and leaves them in reverse order.
 
-Decisions come from :func:`native_is_fast` by (format, layer family): native for fp32 and for
-bf16/fp16 where a capability probe says the device computes it fast (bf16 on an
-AMX/AVX512-BF16 CPU, fp16/bf16 on CUDA); emulated where it does not (fp16 on a CPU without
+Decisions come from :mod:`~adaprec.runtime.executors.capability`, per layer: native for fp32
+and for bf16/fp16 where the device computes the layer's family fast (bf16 on an
+AMX/AVX512-BF16 CPU, fp16/bf16 on CUDA) *and* a probe of the layer's type in that format ran
+(``nn.LSTM`` in bf16 fails on some CPUs); emulated elsewhere (fp16 on a CPU without
 AVX512-FP16/AMX-FP16, where convolution training takes minutes per step) and always for fp8.
 ``executor.choices`` and a log line per layer show it.
 """
@@ -22,11 +23,11 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Iterator
 
-import torch
 from torch import nn
 
 from adaprec.numerics.formats import FP32, Format, get_format
 from adaprec.runtime.executors.base import hook_layers
+from adaprec.runtime.executors.capability import layer_family, native_error, native_is_fast
 from adaprec.runtime.executors.emulated import EmulatedExecutor
 from adaprec.runtime.executors.native import NativeExecutor
 from adaprec.runtime.plan import Plan
@@ -34,47 +35,6 @@ from adaprec.runtime.plan import Plan
 __all__ = ["AutoExecutor", "native_is_fast", "layer_family"]
 
 log = logging.getLogger(__name__)
-
-
-def layer_family(module: nn.Module | None) -> str:
-    """``conv``, ``norm`` or ``matmul`` (everything else: linear layers, attention, embeddings)."""
-    if isinstance(module, nn.modules.conv._ConvNd):
-        return "conv"
-    if isinstance(module, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)):
-        return "norm"
-    return "matmul"
-
-
-def _cpu_has_fast(fmt: Format) -> bool:
-    # oneDNN's own capability checks: AVX512-BF16/AMX-BF16 for bf16, AVX512-FP16/AMX-FP16 for
-    # fp16. Without them torch's CPU kernels for that dtype are reference loops (fp16
-    # convolution training runs minutes per ResNet-18 step).
-    check = {"bf16": "_is_mkldnn_bf16_supported", "fp16": "_is_mkldnn_fp16_supported"}[fmt.name]
-    try:
-        return bool(getattr(torch.ops.mkldnn, check)())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def native_is_fast(fmt: Format, family: str, device_type: str) -> bool:
-    """Whether ``device_type`` computes ``family`` ops in ``fmt`` natively at full speed.
-
-    A capability probe, not a timing: timings of tiny ops on a shared CPU flip from run to run
-    (measured here: a probe called fp16 convolutions fast under load), and a run's execution
-    must not depend on the neighbours' load. fp32 always; fp8 never (no fp8 kernels here);
-    CUDA: fp16 always, bf16 where the GPU supports it; CPU: where oneDNN reports the ISA.
-    The rule is the same for every family today; ``family`` is there for per-family rules
-    (e.g. from a calibrated cost profile).
-    """
-    if fmt == FP32:
-        return True
-    if not fmt.native:
-        return False
-    if device_type == "cuda":
-        return fmt.name == "fp16" or torch.cuda.is_bf16_supported()
-    if device_type == "cpu":
-        return _cpu_has_fast(fmt)
-    return False
 
 
 class AutoExecutor:
@@ -95,6 +55,7 @@ class AutoExecutor:
         self.emulated = EmulatedExecutor(model, self.layers, device_type, hook_layers=False,
                                          **emulation)
         modules = dict(model.named_modules())
+        self._modules = {name: modules[name] for name in self.layers}
         self._families = {name: layer_family(modules[name]) for name in self.layers}
         self._formats: dict[str, Format] = {name: FP32 for name in self.layers}
         self._choices: dict[str, str] = {name: "native" for name in self.layers}
@@ -103,8 +64,14 @@ class AutoExecutor:
         self._handles = hook_layers(model, self.layers, self._enter, self._exit)
 
     # -- plan ---------------------------------------------------------------------------------
-    def _runs_native(self, fmt: Format, family: str) -> bool:
-        return native_is_fast(fmt, family, self.device_type)
+    def _runs_native(self, fmt: Format, family: str, module: nn.Module | None = None) -> bool:
+        if not native_is_fast(fmt, family, self.device_type):
+            return False
+        return module is None or native_error(module, fmt, self.device_type) is None
+
+    def runs(self, layer: str, fmt: Format) -> bool:
+        """Every format runs: what the device cannot run natively is emulated."""
+        return True
 
     def set_plan(self, plan: Plan) -> None:
         """Split ``plan`` into its native and emulated halves and apply both."""
@@ -116,10 +83,14 @@ class AutoExecutor:
         # fast; elsewhere it is emulated per layer, like any uniform plan
         root_native = self._runs_native(default, "matmul")
         region = plan.region if root_native else "layer"
+        if region == "global" and not all(self._runs_native(default, self._families[n], self._modules[n])
+                                          for n in self.layers):
+            region = "layer"  # a layer the device cannot run natively needs its own region
         native, emulated = {}, {}
         for name in self.layers:
             fmt = self._formats[name] = get_format(plan.format_of(name))
-            fast = region == "global" or self._runs_native(fmt, self._families[name])
+            fast = region == "global" or self._runs_native(fmt, self._families[name],
+                                                           self._modules[name])
             self._choices[name] = "native" if fast else "emulated"
             native[name], emulated[name] = (fmt.name, FP32.name) if fast else (FP32.name, fmt.name)
         self.native.set_plan(Plan(native, default=default.name if root_native else FP32.name,
@@ -149,6 +120,7 @@ class AutoExecutor:
         """The outermost region is the native half's: autocast in the plan's default format
         where that is fast, autocast off elsewhere; the emulated half's fp32 kernels for its
         16-bit layers."""
+        self.emulated.begin_forward()
         with self.native.region(), self.emulated.kernels():
             yield
 

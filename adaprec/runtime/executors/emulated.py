@@ -43,6 +43,7 @@ native executor, layer by layer.
 """
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -166,6 +167,28 @@ def _pass_tag(module, args, output):
     return None
 
 
+class _Remembered:
+    """An fp8 scaling state whose scales are also appended to ``scales``."""
+
+    def __init__(self, state: AmaxState, scales: deque):
+        self.state, self.scales = state, scales
+
+    def scale_for(self, amax: torch.Tensor) -> torch.Tensor:
+        scale = self.state.scale_for(amax)
+        self.scales.append(scale)
+        return scale
+
+
+class _Replayed:
+    """The scale a forward used, for its recomputation (records nothing)."""
+
+    def __init__(self, scale: torch.Tensor):
+        self.scale = scale
+
+    def scale_for(self, amax: torch.Tensor) -> torch.Tensor:
+        return self.scale
+
+
 class _OpRounding(TorchFunctionMode):
     """Rounds outputs of the ops in ``_ROUNDED_OPS`` while ``frame`` is the innermost region."""
 
@@ -229,6 +252,7 @@ class EmulatedExecutor:
         # what the plan says per layer, and what the rounding frames apply (fp32 for the layers
         # the autocast half runs)
         self._planned: dict[str, Format] = {name: FP32 for name in self.layers}
+        self._forward_scales: dict[tuple[str, str], deque] = {}  # see _forward_state
         self._formats: dict[str, Format] = {name: FP32 for name in self.layers}
         self._native = NativeExecutor(model, self.layers, device_type, hook_layers=False)
         # standalone, the autocast half opens every layer's region (fp32 and rounded layers run
@@ -303,6 +327,7 @@ class EmulatedExecutor:
     def region(self) -> Iterator[None]:
         """The outermost region (``ap.autocast()``): the plan's default where it runs as
         autocast (fp16/bf16), else autocast off; fp32 kernels for 16-bit ops."""
+        self.begin_forward()
         with self._native.region(), self.kernels():
             self._stack.append(_FP32_FRAME)
             try:
@@ -328,6 +353,11 @@ class EmulatedExecutor:
         return args, kwargs
 
     def _enter_emulated(self, frame: _Frame, module: nn.Module, args, kwargs):
+        # the rounding's own ops are not the enclosing layer's: its op rounding must not see them
+        with torch._C.DisableTorchFunction():
+            return self._round_inputs(frame, module, args, kwargs)
+
+    def _round_inputs(self, frame: _Frame, module: nn.Module, args, kwargs):
         rounder = self._rounder(frame)
         args = round_tree(args, rounder, "input")
         kwargs = round_tree(kwargs, rounder, "input")
@@ -345,8 +375,10 @@ class EmulatedExecutor:
             frame.op_mode.__exit__(None, None, None)
         for pname in frame.shadowed:
             module.__dict__.pop(pname, None)
-        rounded = (round_tree(output, self._rounder(frame, output=True), "output")
-                   if frame.kind == "emulated" else None)
+        rounded = None
+        if frame.kind == "emulated":
+            with torch._C.DisableTorchFunction():  # as in _enter_emulated
+                rounded = round_tree(output, self._rounder(frame, output=True), "output")
         # the autocast half casts the output to the dtype of the region it goes back to
         if not (self._standalone or self._autocast_layer[name]):
             return rounded
@@ -371,7 +403,7 @@ class EmulatedExecutor:
             if t.dtype in _LOW_DTYPES:  # from a native region: emulation works on fp32
                 t = t.float()
             if scaled:
-                fwd = self._state(name, role, fmt, t.device)
+                fwd = self._forward_state(name, role, fmt, t.device)
                 bwd = self._state(name, "grad_" + role, fmt, t.device)
                 out = ScaledRoundFn.apply(t, fmt, fwd, None if output else bwd)
                 if output and out.requires_grad:
@@ -396,7 +428,8 @@ class EmulatedExecutor:
         def one(f: Format, role: str, ax: int, grad: bool):
             key = ("grad_" if grad else "") + role
             if f.scaling == "per_tensor":
-                return lambda v: round_scaled(v, f, self._state(name, key, f, v.device))
+                state = self._state if grad else self._forward_state
+                return lambda v: round_scaled(v, f, state(name, key, f, v.device))
             if f.scaling in ("block", "tiles"):
                 return lambda v: f.fake_quantize(v, role=key, axis=ax, stochastic=sr and grad)
             return (lambda v: v) if f == FP32 else (lambda v: round_to(v, f))
@@ -436,6 +469,21 @@ class EmulatedExecutor:
                 _set_tag(out, (key, out._version))
             return out
         return fn
+
+    def begin_forward(self) -> None:
+        """A new forward begins (``ap.autocast()``): forget the previous one's fp8 scales."""
+        self._forward_scales.clear()
+
+    def _forward_state(self, layer: str, role: str, fmt: Format, device: torch.device):
+        """The scaling state of a forward tensor role. In a forward the scales it gives are kept
+        in call order; a recomputation during backward (activation checkpointing) gets those
+        scales back instead, without recording its amaxes a second time, so delayed scaling
+        computes exactly what it computed without checkpointing."""
+        state = self._state(layer, role, fmt, device)
+        scales = self._forward_scales.setdefault((layer, role), deque())
+        if torch._C._current_graph_task_id() != -1:  # inside backward: a recomputation
+            return _Replayed(scales.popleft()) if scales else state
+        return _Remembered(state, scales)
 
     def _state(self, layer: str, role: str, fmt: Format, device: torch.device) -> AmaxState:
         key = (layer, role)

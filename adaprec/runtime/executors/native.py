@@ -31,6 +31,7 @@ from torch import nn
 
 from adaprec.numerics.formats import FP32, Format, get_format
 from adaprec.runtime.executors.base import hook_layers as _hook_layers
+from adaprec.runtime.executors.capability import native_error
 from adaprec.runtime.plan import Plan
 
 __all__ = ["NativeExecutor", "cast_floating", "region_dtype", "planned_parents"]
@@ -67,11 +68,12 @@ def region_dtype(device_type: str) -> torch.dtype:
 def planned_parents(model: nn.Module, layers: Sequence[str]) -> dict[str, str | None]:
     """Each layer's nearest ancestor among ``layers`` in the module tree (None: the root's)."""
     chosen = set(layers)
+    root = "" if "" in chosen else None  # the root is a layer when it owns parameters itself
     out: dict[str, str | None] = {}
     for name in layers:
-        parts = name.split(".")
+        parts = name.split(".") if name else []
         out[name] = next((".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)
-                          if ".".join(parts[:i]) in chosen), None)
+                          if ".".join(parts[:i]) in chosen), root if name else None)
     return out
 
 
@@ -94,6 +96,8 @@ class NativeExecutor:
         self._default: Format = FP32
         self._global: Format | None = None
         self._parents = planned_parents(model, self.layers)
+        modules = dict(model.named_modules())
+        self._modules = {name: modules[name] for name in self.layers}
         # per thread (the autograd engine may recompute on its own): for each open layer, the
         # autocast context it entered (None: the region already matched) and the dtype of the
         # region it was called in. Only pairs pre-/post-hook; no format is read from it.
@@ -103,11 +107,27 @@ class NativeExecutor:
 
     # -- plan ---------------------------------------------------------------------------------
     def set_plan(self, plan: Plan) -> None:
-        """Apply ``plan`` from the next forward on (``plan.region``: per layer or global)."""
-        self._default = get_format(plan.default)
-        for name in self.layers:
-            self._formats[name] = get_format(plan.format_of(name))
+        """Apply ``plan`` from the next forward on (``plan.region``: per layer or global).
+
+        A layer in a format the device cannot run natively is an error naming both."""
+        formats = {name: get_format(plan.format_of(name)) for name in self.layers}
+        default = get_format(plan.default)
+        for name, fmt in formats.items():
+            if not self.runs(name, default if plan.region == "global" else fmt):
+                fmt = default if plan.region == "global" else fmt
+                raise ValueError(
+                    f"layer {name or '(the model)'!r} ({type(self._modules[name]).__name__}) cannot run "
+                    f"{fmt.name} natively on {self.device_type} "
+                    f"({native_error(self._modules[name], fmt, self.device_type)}); use executor=emulated "
+                    f"or executor=auto (it emulates only what the device cannot run), or another "
+                    f"format for that layer")
+        self._default, self._formats = default, formats
         self._global = self._default if plan.region == "global" else None
+
+    def runs(self, layer: str, fmt: Format) -> bool:
+        """Whether the device trains ``layer`` in ``fmt`` natively
+        (:func:`~adaprec.runtime.executors.capability.native_error`, probed once per layer type)."""
+        return native_error(self._modules[layer], fmt, self.device_type) is None
 
     def format_of(self, layer: str) -> Format:
         return self._formats[layer]
