@@ -283,11 +283,17 @@ class EmulatedExecutor:
         native = {}
         for name in self.layers:
             fmt = self._planned[name] = get_format(plan.format_of(name))
-            autocast = self._autocast_layer[name] = self._via_autocast(fmt)
+            # a layer whose 16-bit ops fail natively here (the capability probe: nn.LSTM on
+            # AVX2) is rounded at its boundaries instead: not every one of its ops has an fp32
+            # kernel in Fp32Kernels
+            autocast = self._autocast_layer[name] = (self._via_autocast(fmt)
+                                                     and self._native.runs(name, fmt))
             self._formats[name] = FP32 if autocast else fmt
             native[name] = fmt.name if autocast else FP32.name
         default = get_format(plan.default)
         root = default if self._via_autocast(default) else FP32
+        if plan.region == "global" and not all(self._autocast_layer.values()):
+            root = FP32  # some layer is rounded instead: emulate the global plan per layer
         self._native.set_plan(Plan(native, default=root.name,
                                    region=plan.region if root == default else "layer"))
         self._uses_kernels = root != FP32 or any(f != FP32.name for f in native.values())
