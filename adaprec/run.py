@@ -29,6 +29,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from adaprec.runtime.distributed import is_main_process, maybe_init_from_env
 from adaprec.runtime.ranges import ranges_of
 from adaprec.app import preemption
+from adaprec.app.closing import closing_summary
 from adaprec.app.objective import objective_value
 from adaprec.app.precheck import RunDirRefused, check_before_write
 from adaprec.app.rundir_lock import RunDirBusy, RunDirLock
@@ -77,6 +78,8 @@ def main(cfg: DictConfig) -> float | None:
     quality = {k: round(v, 4) for k, v in metrics.items() if k.startswith("val_")}
     log.info("done in %.1fs: %s, shares %s -> %s", metrics["wall_s"], quality,
              metrics["format_shares"], hc.runtime.output_dir)
+    if hc.mode != RunMode.MULTIRUN and is_main_process():  # a newcomer's first run ends here
+        print(closing_summary(metrics, out, cfg.dataset.get("task"), list(hc.overrides.task)), flush=True)
     return _objective(cfg, metrics)
 
 

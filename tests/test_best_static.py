@@ -139,3 +139,15 @@ def test_the_readme_commands_run(tmp_path):
         summaries = sorted(out.rglob("best_static.json"))
         assert summaries and all(json.loads(p.read_text())["plans_measured"] > 0 for p in summaries)
     assert {p.parent.name for p in (tmp_path / "sweep").rglob("best_static.json")} >= {"mixed_needs", "underflow"}
+
+
+def test_a_noise_level_gain_does_not_buy_a_place_on_the_front():
+    from adaprec.tools.best_static_search import Candidate
+    cands = [Candidate({"a": "fp32"}, 1.0, 0.5000, "ok", "reference"),
+             Candidate({"a": "bf16"}, 1.3, 0.4999, "ok", "exhaustive"),   # 0.02 % better, 30 % dearer
+             Candidate({"a": "fp16"}, 1.6, 0.4000, "ok", "exhaustive")]
+    assert [c.cost for c in pareto_front(cands, higher_is_better=False)] == [1.0, 1.3, 1.6]
+    assert [c.cost for c in pareto_front(cands, False, min_gain=1e-3)] == [1.0, 1.6]
+    acc = [Candidate({"a": "fp32"}, 1.0, 0.950, "ok", "reference"),
+           Candidate({"a": "bf16"}, 1.2, 0.9505, "ok", "exhaustive")]
+    assert len(pareto_front(acc, True, min_gain=1e-3, absolute_gain=True)) == 1

@@ -44,15 +44,16 @@ BAD = [  # (overrides, the one-line message)
     (["trainer.max_stepz=3"], "trainer.max_stepz: Key 'max_stepz' not in 'TrainerConfig' (known "
                               "keys: max_steps, batch_size, grad_accum, grad_clip, warmup_steps, "
                               "min_lr_ratio, eval_every, eval_batch_size, eval_batches, progress, overwrite, "
-                              "checkpoint_every, resume, max_consecutive_skips, num_threads, save_model)"),
+                              "checkpoint_every, resume, max_consecutive_skips, num_threads, save_model, "
+                              "parallel)"),
     (["monitor.every=-1"], "monitor.every=-1 is out of range; allowed: >= 0"),
     (["seed=1.5"], "seed: Value '1.5' of type 'float' could not be converted to Integer "
                    "(expected int >= 0)"),
     (["device=tpu"], "device: Invalid value 'tpu', expected one of [cpu, cuda]"),
     (["executor=magic"], "executor: Invalid value 'magic'"),
-    (["controller.format=fp17"],
+    (["controller=bf16", "controller.format=fp17"],
      f"controller.format='fp17' is out of range; allowed: a format name: {FORMATS}"),
-    (["controller.formatt=bf16"],
+    (["controller=bf16", "controller.formatt=bf16"],
      "controller.formatt: Key 'formatt' not in 'StaticSchema' (known keys: format)"),
     (["controller=autocast", "controller.dtype=fp32"],
      "controller.dtype='fp32' is out of range; allowed: one of bf16, fp16"),

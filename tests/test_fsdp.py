@@ -129,3 +129,30 @@ def test_unit_dtype_is_the_shared_16_bit_format_else_fp32():
     assert _unit_dtype("plan", [], plan) == torch.float32          # a unit holding no layer
     assert _unit_dtype("fp32", ["a"], plan) == torch.float32
     assert _unit_dtype("plan", ["e"], Plan({"a": "fp8_e4m3"}, default="fp8_e4m3")) == torch.float32
+
+
+def test_per_block_units_of_a_transformer_train_in_bf16_with_names_unchanged(one_rank_group):
+    from adaprec import AdaptivePrecision
+    from adaprec.controllers import Static
+    from adaprec.models.gpt import GPT
+    torch.manual_seed(0)
+    model = GPT(vocab_size=50, block_size=16, n_layer=2, n_head=4, n_embd=32)
+    names = discover_layers(model)
+    sharding = shard_model(model, ["blocks.*"], param_dtype="plan")  # "*": one name component
+    assert list(sharding.units) == ["blocks.0", "blocks.1", ""]
+    assert sharding.units["blocks.1"] == [n for n in names if n.startswith("blocks.1.")]
+    ap = AdaptivePrecision(model, controller=Static("bf16"), executor="emulated", monitor_every=1)
+    sharding.follow(ap.plan)
+    assert set(sharding.dtypes.values()) == {torch.bfloat16}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randint(0, 50, (4, 16))
+    losses = []
+    for _ in range(2):
+        with ap.autocast():
+            logits = model(x)
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 50), x.reshape(-1))
+        ap.backward(loss)
+        losses.append(ap.step(opt).loss)
+    assert logits.dtype == torch.float32  # the root casts the output back for the loss
+    assert losses[1] < losses[0] and discover_layers(model) == names
+    assert set(ap.last_record.stats) == set(names)

@@ -11,7 +11,7 @@ import torch
 pytest.importorskip("transformers")
 
 from adaprec.controllers import Bandit, Static, Threshold  # noqa: E402
-from benchmarks.real_models import MODELS, batches, tiny_model, train  # noqa: E402
+from benchmarks.real_models import LR, MODELS, batches, tiny_model, train  # noqa: E402
 
 pytestmark = pytest.mark.slow  # transformers models: seconds each on 2 cores
 
@@ -21,7 +21,7 @@ STEPS = 4
 def reference(name, dtype=None, steps=STEPS):
     """Plain training, optionally under one torch.autocast region (+ GradScaler for fp16)."""
     model = tiny_model(name)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=LR)
     scaler = torch.amp.GradScaler("cpu", enabled=dtype == torch.float16)
     losses = []
     for ids in batches(steps):

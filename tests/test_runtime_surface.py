@@ -71,6 +71,7 @@ def test_an_adaptive_controller_set_mid_run_decides_without_error():
     ap.controller = Threshold(interval=1, cpu_fp16=True)
     records = train_steps(model, ap, x, y, 3)
     assert all(r.stats is not None for r in records)
+    assert {r.plan.format_of("0") for r in records} == {"bf16"}  # Threshold's start, not fp32
     assert ap.state_dict()["controller"] == ap.controller.state_dict()
 
 

@@ -18,6 +18,8 @@ from adaprec.app.instantiate import instantiate
 from adaprec.cost import CostMeter, CostModel
 from adaprec.cost.optimizer import optimizer_spec
 from adaprec.precision import AdaptivePrecision
+from adaprec.runtime.distributed import init_process_group
+from adaprec.runtime.fsdp import Sharding, shard_model
 from adaprec.runtime.layers import discover_layers
 from adaprec.tasks import Task, get_task
 
@@ -36,6 +38,7 @@ class Training:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     ap: AdaptivePrecision
     meter: CostMeter | None
+    sharding: Sharding | None = None  # trainer.parallel=fsdp: the model's FSDP2 units
 
 
 def lr_lambda(warmup: int, total: int, min_ratio: float = 0.0):
@@ -71,12 +74,20 @@ def build(cfg: DictConfig, device: torch.device) -> Training:
     task = get_task(data.task)
     model = instantiate(cfg.model).to(device)
     optimizer = instantiate(cfg.optimizer)(params=model.parameters())
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(int(tc.warmup_steps), int(tc.max_steps), float(tc.min_lr_ratio)))
     controller = instantiate(cfg.controller)
     extra_layers = list(cfg.monitor.get("layers") or [])
     meter = _cost_meter(cfg, task, model, data, discover_layers(model, extra_layers), device,
-                        micro, accum, optimizer)
+                        micro, accum, optimizer)  # counted on the whole (unsharded) model
+    sharding = None
+    if config_value(tc.get("parallel", "ddp")) == "fsdp":
+        init_process_group(device.type)  # torchrun --nproc_per_node=1 too: FSDP2 needs a group
+        fc = cfg.fsdp
+        units = fc.units if isinstance(fc.units, str) else list(fc.units)
+        sharding = shard_model(model, units, param_dtype=config_value(fc.param_dtype), layers=extra_layers,
+                               reshard_after_forward=bool(fc.reshard_after_forward))
+        optimizer = instantiate(cfg.optimizer)(params=model.parameters())  # over the shards
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(int(tc.warmup_steps), int(tc.max_steps), float(tc.min_lr_ratio)))
     ap = AdaptivePrecision(model, controller=controller, device_type=device.type,
                            executor=config_value(cfg.executor), monitor_every=int(cfg.monitor.every),
                            layers=extra_layers,
@@ -86,7 +97,9 @@ def build(cfg: DictConfig, device: torch.device) -> Training:
                            scaler=dict(cfg.get("scaler") or {}),
                            executor_options=_executor_options(cfg),
                            monitor_exact=bool(cfg.monitor.get("exact", True)))
-    return Training(micro, accum, data, task, model, optimizer, scheduler, ap, meter)
+    if sharding is not None:
+        sharding.follow(ap.plan)  # the initial plan's all-gather dtypes, before the first forward
+    return Training(micro, accum, data, task, model, optimizer, scheduler, ap, meter, sharding)
 
 
 def _cost_meter(cfg: DictConfig, task: Task, model, data, layers: list[str], device: torch.device,

@@ -6,6 +6,7 @@ What each file holds is ``runlog``'s docstring; the checkpoint's content is ``tr
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,10 @@ from adaprec.app.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkp
 from adaprec.app.loggers import make_trackers
 from adaprec.app.precheck import read_status, refuse_finished
 from adaprec.app.runlog import RUN_FILES, RunLog, save_atomic, truncate_tables
+from adaprec.app.sharded_checkpoint import SHARDED_DIR, is_sharded_checkpoint
 from adaprec.app.training_state import check_resumable
 from adaprec.runtime.distributed import broadcast_object, is_main_process
+from adaprec.runtime.fsdp import full_state_dict
 
 __all__ = ["RunDir"]
 
@@ -43,6 +46,8 @@ class RunDir:
         state = load_checkpoint(source) if source is not None else None
         if state is not None:
             check_resumable(cfg, state)
+            if is_sharded_checkpoint(state):  # an FSDP run's index: its DCP directory is beside it
+                state["checkpoint_dir"] = str(source if Path(source).is_dir() else Path(source).parent)
             log_.info("resuming from %s at step %d (%s)", source, state["step"],
                       "trainer.resume" if cfg.trainer.get("resume") else "run dir holds a checkpoint")
         run = cls(path, writes=main, trackers=make_trackers(cfg, path) if main else None)
@@ -69,9 +74,11 @@ class RunDir:
             save_checkpoint(self.path / CHECKPOINT_NAME, state)
 
     def save_model(self, model: torch.nn.Module) -> None:
-        """The final weights, for ``adaprec.tools.deploy``."""
+        """The final weights, for ``adaprec.tools.deploy``; every rank calls it (an FSDP2
+        model's whole tensors are gathered from the shards, a collective)."""
+        state = full_state_dict(model)
         if self.writes:
-            save_atomic(model.state_dict(), self.path / "model.pt")
+            save_atomic(state, self.path / "model.pt")
 
 
 def _agree_on_source(cfg: DictConfig, out: Path, main: bool) -> Path | None:
@@ -123,3 +130,4 @@ def _resume_path(cfg: DictConfig, out: Path) -> Path | None:
 def _remove_run_files(out: Path) -> None:
     for name in RUN_FILES:
         (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / SHARDED_DIR, ignore_errors=True)

@@ -18,6 +18,7 @@ is the dataclass default below.
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from dataclasses import dataclass, field
 from enum import Enum
@@ -30,7 +31,7 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from adaprec.runtime.ranges import ConfigError, Rule, check_args, ranges_of, rule
 
 __all__ = ["AdaprecConfig", "TrainerConfig", "MonitorConfig", "ScalerConfig", "ObjectiveConfig",
-           "CostConfig", "EmulationConfig", "Rule", "rule", "register_schemas", "validate",
+           "CostConfig", "EmulationConfig", "FSDPConfig", "Rule", "rule", "register_schemas", "validate",
            "describe_key", "ConfigError"]
 
 
@@ -54,6 +55,16 @@ class SaveModel(str, Enum):
     final = "final"        # model.pt = the weights after the last step
     best = "best"          # model.pt = the weights at the best evaluation so far
     none = "none"          # no model.pt (sweeps that only need the tables)
+
+
+class Parallel(str, Enum):
+    ddp = "ddp"            # several ranks (torchrun): DistributedDataParallel; one process: none
+    fsdp = "fsdp"          # FSDP2 fully_shard: sharded fp32 master weights (fsdp.* sets the units)
+
+
+class FSDPParamDtype(str, Enum):
+    fp32 = "fp32"          # every unit all-gathers fp32 (plans still run their formats)
+    plan = "plan"          # a unit all-gathers in its layers' 16-bit plan format (bf16/fp16), following switches
 
 
 class FP8Scaling(str, Enum):
@@ -80,6 +91,7 @@ class TrainerConfig:
     max_consecutive_skips: int = _ruled(25, ge=0)  # non-finite steps in a row before the run stops as `diverged`; 0 = never
     num_threads: int = _ruled(0, ge=0)        # torch intra-op threads; 0 = torch's default (parallel sweep jobs: 1 each)
     save_model: SaveModel = SaveModel.final  # model.pt: final | best (by the task's quality metric) | none
+    parallel: Parallel = Parallel.ddp  # under torchrun: ddp (replicas) | fsdp (FSDP2 shards, see fsdp.*)
 
 
 @dataclass
@@ -114,6 +126,20 @@ class EmulationConfig:
     fp8_margin: int = _ruled(0, ge=0)         # scale = fp8_max / amax / 2^margin (headroom against growth)
 
 
+def _units_ok(v: Any) -> bool:
+    return v in ("layers", "root") or (isinstance(v, list) and bool(v) and all(isinstance(x, str) for x in v))
+
+
+@dataclass
+class FSDPConfig:
+    """trainer.parallel=fsdp: how the model is sharded (adaprec/runtime/fsdp.py)."""
+    # layers: every layer its own fully_shard unit | root: one unit | [globs]: e.g. ["blocks.*"] per block
+    units: Any = field(default="layers", metadata={"rule": rule(
+        ok=_units_ok, allowed="'layers', 'root' or a list of module-name globs such as ['blocks.*']")})
+    param_dtype: FSDPParamDtype = FSDPParamDtype.fp32  # plan: all-gather a 16-bit layer's weights in its format (half the bytes)
+    reshard_after_forward: bool = True  # false: keep unsharded weights from forward to backward (fewer all-gathers, more memory)
+
+
 @dataclass
 class CostConfig:
     """Modeled step cost (adaprec/cost): counted once, priced per plan."""
@@ -137,6 +163,7 @@ class AdaprecConfig:
     # native: per-layer torch.autocast regions everywhere; emulated: fp32 kernels on rounded values
     executor: Executor = Executor.auto
     emulation: EmulationConfig = field(default_factory=EmulationConfig)
+    fsdp: FSDPConfig = field(default_factory=FSDPConfig)
     dataset: Any = MISSING
     model: Any = MISSING
     optimizer: Any = MISSING
@@ -189,9 +216,18 @@ def validate(cfg: DictConfig) -> None:
     for key in cfg:
         _check_target(cfg[key], f"{key}.")
     tc = cfg.trainer
+    if str(getattr(tc.get("parallel"), "value", tc.get("parallel"))) == "fsdp" and not _launched():
+        raise ConfigError("trainer.parallel=fsdp shards over the processes of a launcher: run "
+                          "torchrun --nproc_per_node=N -m adaprec.run trainer.parallel=fsdp ... "
+                          "(or SLURM tasks via hydra/launcher=submitit_slurm)")
     if tc.batch_size % tc.grad_accum:
         raise ConfigError(f"trainer.batch_size={tc.batch_size} must be divisible by "
                           f"trainer.grad_accum={tc.grad_accum}")
+
+
+def _launched() -> bool:
+    """Whether torchrun (any number of processes) or a multi-task SLURM job started us."""
+    return "WORLD_SIZE" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) > 1
 
 
 def describe_key(full_key: str) -> str | None:

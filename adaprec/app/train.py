@@ -29,8 +29,9 @@ from adaprec.app.schema import validate
 from adaprec.app.summary import Summary, diverged, result
 from adaprec.app.training_state import Progress, checkpoint_state, restore
 from adaprec.numerics.formats import FORMATS
+from adaprec.app.sharded_checkpoint import is_sharded_checkpoint, load_sharded, save_sharded
 from adaprec.precision import needs_loss_scaling
-from adaprec.runtime.distributed import is_main_process, rank, world_size, wrap_ddp
+from adaprec.runtime.distributed import broadcast_object, is_main_process, rank, world_size, wrap_ddp
 from adaprec.tasks import evaluate
 
 __all__ = ["train"]
@@ -66,7 +67,9 @@ def _loop(cfg: DictConfig, run: RunDir, state: dict | None,
     seed_everything(int(cfg.seed))
     t = build(cfg, device)
     data, task, model, ap, meter = t.data, t.task, t.model, t.ap, t.meter
-    net = wrap_ddp(model, device)  # the model itself unless several ranks train together
+    # FSDP2 shards were made by build (before the optimizer); DDP wraps a replica when several
+    # ranks train together; one process trains the model itself
+    net = model if t.sharding is not None else wrap_ddp(model, device)
     accum, micro = t.grad_accum, t.micro_batch
     ranks, rank_id = world_size(), rank()
     if micro % ranks:
@@ -80,6 +83,8 @@ def _loop(cfg: DictConfig, run: RunDir, state: dict | None,
     if state is None:
         run.append("decisions", initial)
     else:  # the initial plan was logged by the interrupted run
+        if is_sharded_checkpoint(state):  # every rank reads its shards
+            state = load_sharded(state, Path(state["checkpoint_dir"]), model, t.optimizer)
         start = restore(state, t, progress)
         saver.load_state_dict(state.get("model_saver"))
         run.rewind(start)
@@ -93,6 +98,8 @@ def _loop(cfg: DictConfig, run: RunDir, state: dict | None,
     for step in bar:
         t_step, c_step = time.perf_counter(), time.process_time()
         t.optimizer.zero_grad(set_to_none=True)
+        if t.sharding is not None:
+            t.sharding.take_step_bytes()  # an evaluation's all-gathers are not this step's
 
         def forward_backward(step: int = step) -> None:
             for k in range(accum):  # gradient accumulation: `accum` micro-batches, one update
@@ -108,6 +115,9 @@ def _loop(cfg: DictConfig, run: RunDir, state: dict | None,
             ap.unscale_(t.optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), float(tc.grad_clip))
         record = ap.step(t.optimizer, replay=forward_backward)  # replayed on inf/NaN to name the culprit
+        gathered = t.sharding.take_step_bytes() if t.sharding is not None else None
+        if t.sharding is not None:  # between steps: the next all-gathers in the new plan's dtypes
+            t.sharding.follow(ap.plan)
         lr = t.scheduler.get_last_lr()[0]
         t.scheduler.step()
         step_ms = (time.perf_counter() - t_step) * 1000
@@ -128,7 +138,8 @@ def _loop(cfg: DictConfig, run: RunDir, state: dict | None,
                "plan_hash": record.plan.hash, **{f"share_{f}": shares.get(f, 0.0) for f in FORMATS},
                "culprit": record.nonfinite_layer or "",
                **(meter.update(record.plan) if meter else {}),  # counted on every rank, written by rank 0
-               **(meter.memory_columns(record.plan) if meter else {}), **_measured_memory(device)}
+               **(meter.memory_columns(record.plan) if meter else {}), **_measured_memory(device),
+               **({"allgather_bytes": gathered} if gathered is not None else {})}
         run.append("steps", [row])
         if record.skipped:
             run.append("events", [{"step": step, "event": "nonfinite_step", "layer": record.nonfinite_layer,
@@ -145,11 +156,15 @@ def _loop(cfg: DictConfig, run: RunDir, state: dict | None,
         is_last = step + 1 == max_steps
         if is_last or (eval_every > 0 and (step + 1) % eval_every == 0):
             progress.last_eval = evaluate(model, ap, data, int(tc.eval_batch_size), device, int(tc.eval_batches))
+            if t.sharding is not None:
+                t.sharding.forward_only_done()
             run.append("evals", [{"step": step + 1, **progress.last_eval}])
             saver.evaluated(model, step + 1, progress.last_eval)
         preempted = preemption.requested() if not is_last else None  # SIGTERM/SIGUSR1 seen
-        if (preempted or ckpt_every > 0 and (step + 1) % ckpt_every == 0 and not is_last) and run.writes:
-            run.save_checkpoint({**checkpoint_state(cfg, step + 1, t, progress, elapsed_s()),
+        if t.sharding is not None:  # every rank writes its shards: all act on rank 0's signal
+            preempted = broadcast_object(preempted)
+        if preempted or ckpt_every > 0 and (step + 1) % ckpt_every == 0 and not is_last:
+            _checkpoint(run, t, {**checkpoint_state(cfg, step + 1, t, progress, elapsed_s()),
                                  "model_saver": saver.state_dict()})
         if preempted:
             return preemption.outcome(preempted, step + 1, result(step + 1, progress, record.plan, record.loss))
@@ -161,6 +176,14 @@ def _loop(cfg: DictConfig, run: RunDir, state: dict | None,
     ran = record.plan if record is not None else ap.plan  # the plan the last step ran
     return {**result(max_steps, progress, ran, train_loss), **saved,
             **(meter.metrics() if meter else {}), **_measured_memory(device)}
+
+
+def _checkpoint(run: RunDir, t, state: dict[str, Any]) -> None:
+    """Rank 0 writes checkpoint.pt; under FSDP2 every rank writes its shards (DCP) beside it."""
+    if t.sharding is not None:
+        save_sharded(run.path, state, t.model, t.optimizer)
+    elif run.writes:
+        run.save_checkpoint(state)
 
 
 def _measured_memory(device: torch.device) -> dict[str, int]:

@@ -75,11 +75,13 @@ def checkpoint_state(cfg: DictConfig, step: int, t: Training, progress: Progress
 
 
 def restore(state: dict[str, Any], t: Training, progress: Progress) -> int:
-    """Load ``state`` into the freshly built objects and ``progress``; returns the steps done."""
-    t.model.load_state_dict(state["model"])
+    """Load ``state`` into the freshly built objects and ``progress``; returns the steps done.
+    (A sharded checkpoint's model and optimizer were loaded by ``sharded_checkpoint.load_sharded``.)"""
+    if "sharded" not in state:
+        t.model.load_state_dict(state["model"])
+        t.optimizer.load_state_dict(state["optimizer"])
     if t.meter is not None and state.get("cost_meter") is not None:
         t.meter.load_state_dict(state["cost_meter"])
-    t.optimizer.load_state_dict(state["optimizer"])
     t.scheduler.load_state_dict(state["scheduler"])
     t.ap.load_state_dict(state["precision"])
     c = state["counters"]

@@ -24,6 +24,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from adaprec.runtime.eager import eager
+
 __all__ = ["find_nonfinite_layer", "NonfiniteDiagnosis", "LOSS_CULPRIT"]
 
 LOSS_CULPRIT = "(loss)"
@@ -95,7 +97,7 @@ def find_nonfinite_layer(model: nn.Module, layers: Sequence[str]) -> Iterator[No
     modules = dict(model.named_modules())
     diagnosis = NonfiniteDiagnosis({name: list(modules[name].parameters(recurse=False))
                                     for name in layers})
-    handles = [modules[name].register_forward_hook(diagnosis._forward_hook(name))
+    handles = [modules[name].register_forward_hook(eager(diagnosis._forward_hook(name)))
                for name in layers]
     try:
         yield diagnosis

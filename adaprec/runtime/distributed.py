@@ -26,6 +26,7 @@ from adaprec.numerics.stats import combine_raw
 
 __all__ = ["is_distributed", "rank", "world_size", "is_main_process", "unwrap", "wrap_ddp",
            "reduce_loss_and_found_inf", "broadcast_object", "gather_objects", "maybe_init_from_env",
+           "export_submitit_env", "init_process_group",
            "local_tensor", "is_sharded", "combine_shard_stats"]
 
 
@@ -47,9 +48,16 @@ def is_main_process() -> bool:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a DDP / DataParallel wrapper (layer names then have no ``module.``)."""
-    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel,
-                                              nn.DataParallel)) else model
+    """The model inside DDP / DataParallel and ``torch.compile`` wrappers, in any nesting
+    (layer names then have no ``module.`` or ``_orig_mod.``). Hooks on the inner model still
+    run when the wrapper is called."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
+            return model
 
 
 def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
@@ -88,12 +96,38 @@ def gather_objects(obj: Any) -> list[Any]:
 
 
 def maybe_init_from_env(device_type: str = "cpu") -> bool:
-    """Initialise the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1):
-    gloo on CPU, nccl on CUDA. Returns whether this process is part of a multi-rank run."""
+    """Initialise the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1) or as one
+    of several SLURM tasks of a submitit job (Hydra's ``submitit_slurm`` launcher with
+    ``tasks_per_node``/``nodes``: :func:`export_submitit_env`): gloo on CPU, nccl on CUDA, each
+    rank on the GPU of its ``LOCAL_RANK``. Returns whether this process is one of several ranks."""
+    export_submitit_env()
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    init_process_group(device_type)
+    return True
+
+
+def init_process_group(device_type: str = "cpu") -> None:
+    """The default process group from torchrun's variables (also with one rank), unless one
+    exists: gloo on CPU, nccl on CUDA, this process on the GPU of its ``LOCAL_RANK``."""
+    if dist.is_initialized():
+        return
+    if device_type == "cuda" and torch.cuda.is_available():  # "cuda" then means this rank's GPU
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+
+
+def export_submitit_env() -> bool:
+    """Inside a multi-task submitit SLURM job that no ``torchrun`` started, set ``RANK``,
+    ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` from SLURM's variables
+    (submitit's ``TorchDistributedEnvironment``: the first node is the master). Returns whether
+    it did."""
+    if "WORLD_SIZE" in os.environ or os.environ.get("SUBMITIT_EXECUTOR") != "slurm" \
+            or int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
+        return False
+    from submitit.helpers import TorchDistributedEnvironment
+    # one GPU per task is SLURM's job (gpus_per_task / the launcher); LOCAL_RANK picks it otherwise
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
     return True
 
 

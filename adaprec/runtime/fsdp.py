@@ -33,7 +33,7 @@ from adaprec.numerics.formats import get_format
 from adaprec.runtime.layers import discover_layers
 from adaprec.runtime.plan import Plan
 
-__all__ = ["Sharding", "shard_model", "is_fsdp", "PARAM_DTYPES", "UNITS"]
+__all__ = ["Sharding", "shard_model", "is_fsdp", "full_state_dict", "PARAM_DTYPES", "UNITS"]
 
 PARAM_DTYPES = ("fp32", "plan")  # what a unit all-gathers: always fp32, or its plan's 16-bit format
 UNITS = ("layers", "root")       # or a list of module-name globs (e.g. "blocks.*": per block)
@@ -46,6 +46,15 @@ def is_fsdp(model: nn.Module) -> bool:
     return any(isinstance(m, FSDPModule) for m in model.modules())
 
 
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` with whole tensors: an FSDP2 model's shards are gathered (a
+    collective every rank joins) onto the CPU of rank 0 (other ranks get an empty dict)."""
+    if not is_fsdp(model):
+        return model.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
 def _unit_names(model: nn.Module, units: str | Sequence[str], layers: list[str]) -> list[str]:
     if units == "layers":
         return list(layers)
@@ -56,8 +65,8 @@ def _unit_names(model: nn.Module, units: str | Sequence[str], layers: list[str])
                          "module-name globs such as ['blocks.*']")
     names = [n for n, _ in model.named_modules() if n]
     chosen: list[str] = []
-    for pattern in units:
-        hits = fnmatch.filter(names, pattern)
+    for pattern in units:  # "*" stays within one name component: blocks.* = blocks.0, blocks.1
+        hits = [n for n in fnmatch.filter(names, pattern) if n.count(".") == pattern.count(".")]
         if not hits:
             raise ValueError(f"fsdp unit pattern {pattern!r} matches no module of {type(model).__name__}")
         chosen += [h for h in hits if h not in chosen]
@@ -65,21 +74,22 @@ def _unit_names(model: nn.Module, units: str | Sequence[str], layers: list[str])
 
 
 class _CountingAllGather:
-    """FSDP2's default all-gather, counting the bytes of every gathered (unsharded) buffer."""
+    """FSDP2's default all-gather (the ``AllGather`` comm of ``set_custom_all_gather``), counting
+    the bytes of every gathered (unsharded) buffer."""
 
     def __init__(self):
-        from torch.distributed.fsdp._fully_shard._fsdp_collectives import DefaultAllGather
-        self._inner = DefaultAllGather()
         self.bytes = 0
         self.calls = 0
 
-    def allocate(self, *args, **kwargs):
-        return self._inner.allocate(*args, **kwargs)
+    def allocate(self, size, *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        return torch.empty(*size, dtype=dtype, device=device)
 
     def __call__(self, output_tensor, input_tensor, group, async_op=False):
+        import torch.distributed as dist
         self.bytes += output_tensor.numel() * output_tensor.element_size()
         self.calls += 1
-        return self._inner(output_tensor, input_tensor, group=group, async_op=async_op)
+        gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # renamed in 2.13
+        return gather(output_tensor, input_tensor, group=group, async_op=async_op)
 
 
 class Sharding:
@@ -98,10 +108,22 @@ class Sharding:
             m.set_custom_all_gather(counter)
             self._counters[u] = counter
         self.dtypes: dict[str, torch.dtype] = {u: torch.float32 for u in units}
+        self._taken = 0
 
     def all_gathered_bytes(self) -> dict[str, int]:
         """Bytes all-gathered so far per unit (the unsharded buffer, as every rank receives it)."""
         return {u: c.bytes for u, c in self._counters.items()}
+
+    def forward_only_done(self) -> None:
+        """After forward passes without backward (evaluation): FSDP2 keeps their module order
+        for the next backward's prefetch, which would all-gather a unit once more; reset it."""
+        self.model.reset_iter_state()
+
+    def take_step_bytes(self) -> int:
+        """Bytes all-gathered (all units) since the last call: one step's, called once a step."""
+        total = sum(self.all_gathered_bytes().values())
+        step, self._taken = total - self._taken, total
+        return step
 
     def unit_dtype(self, plan: Plan, unit: str) -> torch.dtype:
         """The dtype ``unit`` all-gathers under ``plan`` (see :func:`_unit_dtype`)."""

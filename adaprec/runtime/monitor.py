@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from adaprec.runtime.distributed import combine_shard_stats, is_sharded, local_tensor
+from adaprec.runtime.eager import eager
 from adaprec.numerics.stats import KINDS, LayerStats, Probe, TensorStats, combine_rows, derive, probe, reduce_probes
 
 __all__ = ["Monitor"]
@@ -59,7 +60,7 @@ class Monitor:
         self._applied_scale = 1.0   # scale the backward actually ran at
         self.latest: dict[str, LayerStats] = {}
         self.history: deque[dict[str, LayerStats]] = deque(maxlen=history)
-        self._handles = [modules[name].register_forward_hook(self._forward_hook(name))
+        self._handles = [modules[name].register_forward_hook(eager(self._forward_hook(name)))
                          for name in self.layers]
 
     # -- step protocol --------------------------------------------------------------------------

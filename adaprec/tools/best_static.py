@@ -10,7 +10,8 @@ beside the adaptive controllers.
    quarter of the workload's) from the same seed, and its validation quality is read.
 3. **Search** (:mod:`adaprec.tools.best_static_search`): every plan when the plan space is at
    most ``--max-exhaustive`` plans (``4 ** 6``), else greedy on measured per-layer sensitivity.
-4. **Front**: the measured plans no other beats on both cost and quality. Up to ``--max-plans``
+4. **Front**: the measured plans no other beats on both cost and quality (a dearer plan must
+   gain more than ``--min-gain``, 0.1 %, over the cheaper one). Up to ``--max-plans``
    mixed plans of it (uniform plans are the ``fp32``/``bf16``/... baselines already;
    ``--include-uniform`` trains them too) train in full, one run directory per seed, labelled ``best_static@<modeled cost>`` (e.g.
    ``best_static@0.62``), so ``analysis`` draws them beside the controllers and counts them as
@@ -151,7 +152,7 @@ def find_best_static(overrides: Sequence[str], out: Path, profile: str = "h100",
                      formats: Sequence[str] = ("fp32", "bf16", "fp16"), seeds: Sequence[int] = (0,),
                      search_steps: int | None = None, max_exhaustive: int = 4 ** 6,
                      tolerance: float = 0.05, max_plans: int = 3,
-                     include_uniform: bool = False) -> dict[str, Any]:
+                     include_uniform: bool = False, min_gain: float = 1e-3) -> dict[str, Any]:
     """Search one workload (``overrides`` compose its training config), train the chosen plans
     for every seed into ``out``; returns what ``best_static.json`` holds."""
     formats = [get_format(f).name for f in formats]
@@ -172,7 +173,7 @@ def find_best_static(overrides: Sequence[str], out: Path, profile: str = "h100",
                  size, method, steps)
         measured = exhaustive(search) if method == "exhaustive" else greedy(search, tolerance)
     reference = next(c for c in measured if c.stage == "reference")
-    front = pareto_front(measured, task.higher_is_better)
+    front = pareto_front(measured, task.higher_is_better, min_gain, absolute_gain=task.higher_is_better)
     chosen = select_plans(front, reference, max_plans, tolerance, task.higher_is_better,
                           task.higher_is_better, skip_uniform=not include_uniform)
     _write_search(out / "search.csv", measured, front, task.quality)
@@ -192,6 +193,7 @@ def find_best_static(overrides: Sequence[str], out: Path, profile: str = "h100",
     summary = {"workload": choices.get("experiment"), "overrides": list(overrides), "profile": profile,
                "formats": formats, "layers": layers, "search": method, "plan_space": size,
                "plans_measured": len(measured), "search_steps": steps, "tolerance": tolerance,
+               "min_gain": min_gain,
                "quality_metric": task.quality, "higher_is_better": task.higher_is_better,
                "reference": {"plan": reference.plan, "quality": reference.quality},
                "front": [{"plan": c.plan, "rel_cost": c.cost, "quality": c.quality} for c in front],
@@ -231,6 +233,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--tolerance", type=float, default=0.05,
                    help="quality drop vs the reference (accuracy: absolute; else relative)")
     p.add_argument("--max-plans", type=int, default=3, help="front plans trained in full per workload")
+    p.add_argument("--min-gain", type=float, default=1e-3,
+                   help="quality gain a dearer front plan must add (accuracy: absolute; else relative)")
     p.add_argument("--include-uniform", action="store_true",
                    help="train uniform front plans too (they duplicate the fp32/bf16/... baselines)")
     p.add_argument("--out", default=None, help="output folder (default: the sweep dir, else runs/best_static)")
@@ -245,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         out = root / experiment if experiment else root
         summary = find_best_static(ovr, out, args.profile, formats, seeds, args.search_steps,
                                    args.max_exhaustive, args.tolerance, args.max_plans,
-                                   args.include_uniform)
+                                   args.include_uniform, args.min_gain)
         front = ", ".join(f"{c['rel_cost']:.2f}: {c['quality']:.4g}" for c in summary["front"])
         print(f"{summary['workload'] or ' '.join(ovr)}: {summary['plans_measured']} plans measured "
               f"({summary['search']}); front (cost: {summary['quality_metric']}) {front}; "

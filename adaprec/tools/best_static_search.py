@@ -127,13 +127,21 @@ def greedy(search: Search, tolerance: float) -> list[Candidate]:
     return list(search.measured.values())
 
 
-def pareto_front(candidates: Sequence[Candidate], higher_is_better: bool) -> list[Candidate]:
+def pareto_front(candidates: Sequence[Candidate], higher_is_better: bool, min_gain: float = 0.0,
+                 absolute_gain: bool = False) -> list[Candidate]:
     """The measured plans no other ok plan beats on both cost and quality, cheapest first
-    (failed plans are never on it)."""
+    (failed plans are never on it). A dearer plan joins only if it improves on the last one
+    by more than ``min_gain`` (absolute, or relative to the last one's quality), so noise-level
+    gains do not buy cost."""
     sign = 1.0 if higher_is_better else -1.0
     front: list[Candidate] = []
     for c in sorted((c for c in candidates if c.ok), key=lambda c: (c.cost, -sign * c.quality)):
-        if not front or sign * c.quality > sign * front[-1].quality:
+        if not front:
+            front.append(c)
+            continue
+        last = front[-1].quality
+        gain = sign * (c.quality - last) / (1.0 if absolute_gain else abs(last) or 1.0)
+        if gain > min_gain:
             front.append(c)
     return front
 

@@ -14,6 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 from torch import nn
 
 from adaprec.numerics.formats import Format
+from adaprec.runtime.eager import eager
 from adaprec.runtime.plan import Plan
 
 __all__ = ["Executor", "LayerRegions", "hook_layers"]
@@ -70,7 +71,7 @@ def hook_layers(model: nn.Module, layers: Sequence[str],
     for name in layers:
         mod = modules[name]
         handles.append(mod.register_forward_pre_hook(
-            lambda m, a, k, name=name: enter(name, m, a, k), with_kwargs=True))
+            eager(lambda m, a, k, name=name: enter(name, m, a, k)), with_kwargs=True))
         handles.append(mod.register_forward_hook(
-            lambda m, a, o, name=name: exit(name, m, o), always_call=True))
+            eager(lambda m, a, o, name=name: exit(name, m, o)), always_call=True))
     return handles

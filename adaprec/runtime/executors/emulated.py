@@ -59,6 +59,7 @@ from adaprec.numerics.emulation import (AmaxState, FakeQuantFn, FP8Config, Fp32K
                                        RoundedSoftmaxFn, RoundFn, ScaledRoundFn, round_scaled, round_to,
                                        round_tree)
 from adaprec.numerics.formats import FP32, Format, get_format
+from adaprec.runtime.eager import eager
 from adaprec.runtime.executors.base import hook_layers as _hook_layers
 from adaprec.runtime.executors.native import NativeExecutor
 from adaprec.runtime.plan import Plan
@@ -270,7 +271,7 @@ class EmulatedExecutor:
         if skip_rounded:
             for name, mod in modules.items():
                 if isinstance(mod, _GRID_PRESERVING) and name not in self._modules:
-                    self._handles.append(mod.register_forward_hook(_pass_tag))
+                    self._handles.append(mod.register_forward_hook(eager(_pass_tag)))
 
     # -- plan ---------------------------------------------------------------------------------
     def _via_autocast(self, fmt: Format) -> bool:
