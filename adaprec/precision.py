@@ -19,7 +19,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -203,7 +203,8 @@ class AdaptivePrecision:
         recorded loss is the sum of what is passed here)."""
         if self._diagnosing:  # a culprit replay: plain scaled backward, nothing recorded
             self._diagnosis.check_loss(loss)
-            self.scaler.scale_loss(loss).backward(**kwargs)
+            with self._backward_region():
+                self.scaler.scale_loss(loss).backward(**kwargs)
             return
         if self._optimizers.stepped:
             self._finish_unfinished_step()
@@ -211,8 +212,15 @@ class AdaptivePrecision:
         detached = loss.detach().float()
         self._loss_sum = detached if self._loss_sum is None else self._loss_sum + detached
         self._micro_batches += 1
-        self.scaler.scale_loss(loss).backward(**kwargs)
+        with self._backward_region():
+            self.scaler.scale_loss(loss).backward(**kwargs)
         self.monitor.end_backward()
+
+    def _backward_region(self):
+        """The executor's context for backward (the emulated one computes 16-bit kernels in
+        fp32 there too); executors without one need none."""
+        region = getattr(self.executor, "backward_region", None)
+        return region() if region is not None else nullcontext()
 
     def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
         """Divide ``optimizer``'s gradients by the loss scale in place, as

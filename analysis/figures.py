@@ -18,7 +18,8 @@ from matplotlib.colors import BoundaryNorm, ListedColormap, LogNorm, Normalize
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
-from .style import COLUMN_WIDTH_IN, FORMAT_COLORS, FORMAT_ORDER, cost_label, paper_rc, policy_styles
+from .style import (COLUMN_WIDTH_IN, FORMAT_COLORS, FORMAT_ORDER, cost_label, format_color, formats_in,
+                    paper_rc, policy_styles)
 
 __all__ = ["quality_cost_scatter", "precision_timeline", "fp16_rates", "training_curves",
            "flop_share_bars", "loss_scale_trace", "deploy_sensitivity", "save_figure",
@@ -154,22 +155,23 @@ def precision_timeline(table: pd.DataFrame, switches: pd.DataFrame | None = None
     the sampling interval, stated on the x axis (inferred from the steps when omitted).
     ``table``: :func:`analysis.prep.timeline_table` (``step, layer, format``)."""
     _need(table, ["step", "layer", "format"], "precision_timeline")
-    unknown = sorted(set(table["format"]) - set(FORMAT_ORDER))
-    if unknown:
-        raise ValueError(f"unknown formats {unknown} in timeline; known: {', '.join(FORMAT_ORDER)}")
+    try:
+        order = formats_in(table["format"])  # registered formats, then per-role entries
+    except ValueError as exc:
+        raise ValueError(f"{exc} (in timeline)") from None
     layers = list(dict.fromkeys(table["layer"]))
     steps = np.sort(table["step"].unique())
     codes = timeline_codes(table)
     row_in = 0.085 if len(layers) > 30 else 0.12
     fig, ax = _axes(ax, height=min(9.0, max(1.6, 0.7 + row_in * len(layers))))
-    cmap = ListedColormap([FORMAT_COLORS[f] for f in FORMAT_ORDER])
-    norm = BoundaryNorm(np.arange(len(FORMAT_ORDER) + 1) - 0.5, len(FORMAT_ORDER))
+    cmap = ListedColormap([format_color(f) for f in order])
+    norm = BoundaryNorm(np.arange(len(order) + 1) - 0.5, len(order))
     ax.set_facecolor("0.92")  # not sampled: the hatched background shows through
     ax.add_patch(Rectangle((0, 0), 1, 1, transform=ax.transAxes, fill=False, hatch="////",
                            edgecolor="0.75", lw=0, zorder=0))
     ax.pcolormesh(_edges(steps), np.arange(len(layers) + 1) - 0.5, np.ma.masked_invalid(codes),
                   cmap=cmap, norm=norm, gid="timeline", rasterized=codes.size > _VECTOR_CELLS, zorder=1)
-    handles = [Patch(color=FORMAT_COLORS[f], label=f) for f in FORMAT_ORDER if f in set(table["format"])]
+    handles = [Patch(color=format_color(f), label=f) for f in order if f in set(table["format"])]
     if np.isnan(codes).any():
         handles.append(Patch(facecolor="0.92", hatch="////", edgecolor="0.75", label="not sampled"))
     if switches is not None and len(switches):
@@ -202,10 +204,11 @@ def _sampling_interval(steps: np.ndarray) -> int | None:
 
 
 def timeline_codes(table: pd.DataFrame) -> np.ndarray:
-    """The (layers × sorted steps) matrix of format indices into ``FORMAT_ORDER`` that
-    :func:`precision_timeline` draws (NaN where a layer was not sampled)."""
+    """The (layers × sorted steps) matrix of format indices into ``FORMAT_ORDER`` (per-role
+    entries after it: :func:`~analysis.style.formats_in`) that :func:`precision_timeline`
+    draws (NaN where a layer was not sampled)."""
     layers = list(dict.fromkeys(table["layer"]))
-    code = table["format"].map({f: i for i, f in enumerate(FORMAT_ORDER)}).astype(float)
+    code = table["format"].map({f: i for i, f in enumerate(formats_in(table["format"]))}).astype(float)
     grid = pd.DataFrame({"layer": table["layer"], "step": table["step"], "code": code})
     grid = grid.pivot_table(index="layer", columns="step", values="code", aggfunc="last")
     return grid.reindex(index=layers, columns=np.sort(table["step"].unique())).to_numpy(dtype=float)

@@ -21,6 +21,7 @@ import matplotlib as mpl
 from adaprec import FORMATS
 
 __all__ = ["FORMAT_COLORS", "FORMAT_ORDER", "COLUMN_WIDTH_IN", "RC", "paper_rc", "format_color",
+           "formats_in",
            "format_order", "policy_styles", "controller_styles", "cost_label", "LINESTYLES",
            "MARKERS"]
 
@@ -96,12 +97,35 @@ def paper_rc() -> Iterator[None]:
         yield
 
 
-def format_color(name: str) -> str:
-    """The fixed colour of format ``name`` (any registered format)."""
+def _is_per_role(name: str) -> bool:
+    """Whether ``name`` is a per-role plan entry (``fprop=bf16,dgrad=fp16,wgrad=bf16``)."""
+    from adaprec import get_format
     try:
+        return "=" in name and get_format(name).has_roles
+    except ValueError:
+        return False
+
+
+def format_color(name: str) -> str:
+    """The fixed colour of format ``name`` (any registered format; a per-role entry gets a
+    stable colour of its own)."""
+    if name in FORMAT_COLORS:
         return FORMAT_COLORS[name]
-    except KeyError:
-        raise ValueError(f"unknown format {name!r}; known formats: {', '.join(FORMAT_ORDER)}") from None
+    if _is_per_role(str(name)):
+        return _stable_pick(name, _TOL_MUTED)
+    raise ValueError(f"unknown format {name!r}; known formats: {', '.join(FORMAT_ORDER)}")
+
+
+def formats_in(names: Iterable[str]) -> list[str]:
+    """Legend/code order for the formats a table holds: every registered format (registry
+    order), then the per-role entries present, sorted. An unknown name raises."""
+    present = {str(n) for n in names}
+    extra = sorted(n for n in present - set(FORMAT_ORDER) if _is_per_role(n))
+    unknown = sorted(present - set(FORMAT_ORDER) - set(extra))
+    if unknown:
+        raise ValueError(f"unknown formats {unknown}; known: {', '.join(FORMAT_ORDER)} "
+                         "and per-role entries (fprop=..,dgrad=..,wgrad=..)")
+    return [*FORMAT_ORDER, *extra]
 
 
 def policy_styles(policies: Iterable[str]) -> dict[str, dict]:

@@ -1,12 +1,19 @@
-"""Largest differences between emulated and native (torch.autocast) execution, per layer type.
+"""Largest differences between emulated and native (torch.autocast) execution, per layer type,
+and training fidelity on models nobody here wrote.
 
-    python benchmarks/emulated_fidelity.py            # Linear, Conv2d, attention core; bf16, fp16
+    python -m benchmarks.emulated_fidelity                    # Linear, Conv2d, attention core; bf16, fp16
+    python -m benchmarks.emulated_fidelity --models --steps 30  # + HF Llama, GPT-2, BERT (tiny) training
 
 One forward and backward of a single layer under ``executor=native`` and ``executor=emulated``
 on identical inputs, weights and output gradients; prints, for the output and each gradient,
 the largest difference in units in the last place of the format, the largest absolute
 difference and how many elements differ at all. Native fp16 convolution on CPU runs torch's
 reference kernels, so the conv case is kept small.
+
+``--models``: tiny random-init Hugging Face Llama, GPT-2 and BERT (``benchmarks.real_models``)
+trained ``--steps`` steps per format under native autocast, the emulated executor, and the
+emulated executor's earlier boundary rounding (``sixteen_bit="boundary"``); prints first -> last
+loss, skipped steps and the largest per-step loss difference to native.
 """
 from __future__ import annotations
 
@@ -70,9 +77,41 @@ def ulps(a: torch.Tensor, b: torch.Tensor, fmt) -> torch.Tensor:
     return (a - b).abs() / torch.ldexp(torch.ones_like(mag), e - 1 - fmt.mantissa_bits)
 
 
+ARMS = {"native": ("native", {}), "emulated": ("emulated", {}),
+        "boundary": ("emulated", {"executor_options": {"sixteen_bit": "boundary"}})}
+
+
+def train_fidelity(model: str, fmt: str, steps: int) -> dict[str, tuple[list[float], list[bool]]]:
+    """``{arm: (losses, skipped)}`` for ``model`` trained ``steps`` steps in ``fmt`` per arm."""
+    from .real_models import batches, tiny_model, train
+    data = batches(steps)
+    out = {}
+    for arm, (executor, options) in ARMS.items():
+        losses, skipped, ap = train(tiny_model(model), Static(fmt), executor, data,
+                                    monitor_every=5, **options)
+        ap.remove()
+        out[arm] = (losses, skipped)
+    return out
+
+
+def print_models(steps: int) -> None:
+    print(f"| model | format | executor | first -> last loss | skipped | max abs loss diff to native |")
+    print("|---|---|---|---|---|---|")
+    for model in ("llama", "gpt2", "bert"):
+        for fmt in ("fp16", "bf16"):
+            runs = train_fidelity(model, fmt, steps)
+            ref = runs["native"][0]
+            for arm, (losses, skipped) in runs.items():
+                diff = max(abs(a - b) for a, b in zip(losses, ref))
+                print(f"| {model} | {fmt} | {arm} | {losses[0]:.4f} -> {losses[-1]:.4f} | "
+                      f"{sum(skipped)} | {diff:.2e} |", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--models", action="store_true", help="also train tiny HF Llama, GPT-2, BERT")
+    p.add_argument("--steps", type=int, default=30)
     args = p.parse_args()
     print(f"{'case':<10}{'fmt':<6}{'tensor':<10}{'max ulps':>9}{'max abs':>12}{'differ':>14}")
     for case in CASES:
@@ -89,6 +128,8 @@ def main() -> None:
                     worst[name] = (max(old[0], u), max(old[1], d), old[2] + n, old[3] + tot)
             for name, (u, d, n, tot) in worst.items():
                 print(f"{case:<10}{fmt:<6}{name:<10}{u:>9.2f}{d:>12.3g}{n:>7}/{tot:<7}")
+    if args.models:
+        print_models(args.steps)
 
 
 if __name__ == "__main__":

@@ -36,8 +36,8 @@ for model in $models; do
   python -m benchmarks.controllers_end_to_end --model "$model" --batch "$batch" --reps "$creps" --warmup 1 --steps "$steps" --device "$device"
 done
 if [ "$quick" = 0 ]; then
-  echo "## emulated fp16 vs fp32 (resnet18)"
-  python -m benchmarks.emulated_vs_fp32 --reps 8 --device "$device"
+  echo "## emulated bf16/fp16/fp8/mxfp8 vs fp32 (resnet18, gpt; one thread: stable on a shared CPU)"
+  python -m benchmarks.emulated_vs_fp32 --reps 5 --threads 1 --device "$device"
 fi
 python -m benchmarks.report "$results" --out "$out/results.md"
 [ "$readme" = 1 ] && python -m benchmarks.report "$results" --readme README.md

@@ -155,6 +155,18 @@ def test_computed_rounding_equals_torch_cast(element):
     assert bits_equal(element._round_computed(xs, False, None), xs.to(element.dtype).float())
 
 
+@pytest.mark.parametrize("element", [E4M3, E5M2], ids=lambda e: e.name)
+def test_fp8_bit_rounding_equals_torch_cast_on_random_bit_patterns(element):
+    """fp8 elements round by integer arithmetic on the fp32 bits (torch's CPU fp8 casts are
+    element by element): the same values as torch's cast on a million random fp32 bit patterns
+    (every exponent, subnormals, inf, NaN) and the documented edge cases."""
+    g = torch.Generator().manual_seed(8)
+    pats = torch.randint(-2**31, 2**31 - 1, (1_000_000,), generator=g, dtype=torch.int64).to(torch.int32)
+    xs = torch.cat([pats.view(torch.float32), *(c.flatten() * 64 for c in CASES.values())])
+    ref = (xs.clamp(-element.max, element.max) if element.saturate else xs).to(element.dtype).float()
+    assert bits_equal(element.round(xs), ref)
+
+
 # -- stochastic rounding ----------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["bf16", "fp8_e5m2", "mxfp4", "nvfp4"])
 def test_stochastic_rounding_lands_on_the_two_neighbours_and_is_unbiased(name):

@@ -168,3 +168,33 @@ def test_cli_run_records_per_role_entries_in_its_tables(tmp_path, cli_run):
     assert {r["format"] for r in rows if r["layer"] == "net.1"} == {entry}
     metrics = json.loads((run / "metrics.json").read_text())
     assert entry in json.dumps(metrics)
+
+
+# -- downstream: analysis, cost -------------------------------------------------------------------
+def test_timeline_draws_per_role_entries_after_the_registered_formats():
+    import pandas as pd
+    from matplotlib.colors import to_hex
+    from analysis.figures import precision_timeline, timeline_codes
+    from analysis.style import FORMAT_ORDER, format_color
+    entry = per_role(HYBRID16).name
+    table = pd.DataFrame({"step": [0, 0, 10, 10], "layer": ["a", "b", "a", "b"],
+                          "format": ["bf16", entry, "bf16", "fp16"]})
+    fig, ax = precision_timeline(table)
+    n = len(FORMAT_ORDER)
+    idx = {f: i for i, f in enumerate(FORMAT_ORDER)}
+    assert timeline_codes(table).tolist() == [[idx["bf16"], idx["bf16"]], [n, idx["fp16"]]]
+    mesh = next(c for c in ax.collections if c.get_gid() == "timeline")
+    assert to_hex(mesh.cmap(mesh.norm(n))) == format_color(entry).lower()
+    assert entry in [t.get_text() for t in ax.get_legend().get_texts()]
+    with pytest.raises(ValueError, match="unknown formats"):
+        precision_timeline(table.assign(format=["bf16", "fprop=bf16,dgrad=fp17", "bf16", "fp16"]))
+
+
+def test_cost_model_prices_a_per_role_entry_as_its_input_format():
+    from adaprec.cost import CostModel
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    cm = CostModel.count(model, torch.randn(3, 8), optimizer="none")
+    entry = per_role({"fprop": "fp8_e4m3", "dgrad": "fp8_e5m2"}).name
+    for profile in ("h100", "local"):
+        assert cm.total(Plan({"0": entry, "2": entry}), profile) == \
+            cm.total(Plan({"0": "fp8_e4m3", "2": "fp8_e4m3"}), profile)

@@ -19,6 +19,12 @@ A format may name other formats for some tensor roles (``Format.weight``/``dgrad
 e.g. ``fp8_hybrid``: TE's HYBRID recipe, e4m3 forward, e5m2 gradients); those roles round
 through :class:`RoleRoundFn` with the role's own format and scaling state. Delayed-scaling histories
 are updated on every use, evaluation forwards included.
+
+:class:`Fp32Kernels` emulates torch's own 16-bit kernels instead of rounding around them: under
+it, tensors really are fp16/bf16 (torch.autocast cast them by its own op lists), and the ops
+whose 16-bit CPU kernels are slow (:data:`FP32_KERNEL_OPS`) run as fp32 kernels on the upcast
+values with the result rounded back (RNE) -- what the native kernels compute (they accumulate
+in fp32 too) at fp32 speed.
 """
 from __future__ import annotations
 
@@ -26,12 +32,13 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from adaprec.numerics.formats import Format
 
 __all__ = ["FP8Config", "AmaxState", "round_to", "round_scaled", "RoundFn", "ScaledRoundFn",
            "FakeQuantFn", "RoleRoundFn", "RoundedSoftmaxFn",
-           "SCALINGS", "round_tree"]
+           "SCALINGS", "round_tree", "Fp32Kernels", "FP32_KERNEL_OPS"]
 
 SCALINGS = ("current", "delayed")
 
@@ -115,7 +122,7 @@ def round_scaled(x: torch.Tensor, fmt: Format, state: AmaxState) -> torch.Tensor
     """Scale, saturate and round ``x`` to fp8 ``fmt``, then unscale (values stay fp32)."""
     amax = x.detach().abs().amax().float() if x.numel() else torch.zeros((), device=x.device)
     scale = state.scale_for(amax)
-    y = (x * scale).clamp_(-fmt.max, fmt.max).to(fmt.dtype).to(x.dtype).div_(scale)
+    y = fmt.round((x * scale).clamp_(-fmt.max, fmt.max)).div_(scale)
     # clamp saturates inf to max: put inf back so found_inf still sees it (NaN survives clamp)
     return torch.where(torch.isinf(x), x, y)
 
@@ -216,3 +223,68 @@ def round_tree(obj: Any, fn: Callable[[torch.Tensor, str], torch.Tensor], role: 
     if isinstance(obj, dict):
         return {k: round_tree(v, fn, f"{role}{'.' if ':' in role else ':'}{k}") for k, v in obj.items()}
     return obj
+
+
+_aten = torch.ops.aten
+_LOW = (torch.float16, torch.bfloat16)
+# aten ops (as autograd dispatches them, forward and backward) whose fp16/bf16 CPU kernels are
+# slow without AVX512-BF16/FP16 or AMX: GEMMs and convolutions (35-40x fp32 measured on AVX2),
+# attention, and the elementwise ops measured >2x fp32 (GPT-style gelu, masked_fill). Their
+# native kernels compute in fp32 and round once, so upcast + fp32 kernel + RNE cast back gives
+# the same values (GEMMs: up to fp32 accumulation order). Everything else runs torch's own
+# 16-bit kernel: batch norm, layer norm, softmax, adds and activations are as fast as fp32.
+FP32_KERNEL_OPS = frozenset({
+    _aten.mm.default, _aten.addmm.default, _aten.bmm.default, _aten.baddbmm.default,
+    _aten.addbmm.default, _aten.mv.default, _aten.addmv.default,
+    _aten.convolution.default, _aten.convolution_backward.default,
+    _aten._scaled_dot_product_flash_attention_for_cpu.default,
+    _aten._scaled_dot_product_flash_attention_for_cpu_backward.default,
+    _aten.gelu.default, _aten.gelu_backward.default,
+    _aten.masked_fill.Scalar, _aten.masked_fill.Tensor,
+})
+# in-place variants: computed out of place in fp32, written back with one rounding copy
+_INPLACE = {_aten.masked_fill_.Scalar: _aten.masked_fill.Scalar,
+            _aten.masked_fill_.Tensor: _aten.masked_fill.Tensor}
+
+
+def _out_dtypes(func, args, kwargs) -> tuple:
+    """Floating output dtypes the 16-bit kernel would give (from its meta kernel, cached by the
+    input dtypes): a GEMM's output is its inputs' dtype, flash attention's logsumexp fp32."""
+    key = (func, tuple(a.dtype if isinstance(a, torch.Tensor) else type(a) for a in args))
+    got = _OUT_DTYPES.get(key)
+    if got is None:
+        meta = [a.to("meta") if isinstance(a, torch.Tensor) else a for a in args]
+        out = func(*meta, **kwargs)
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        got = _OUT_DTYPES[key] = tuple(o.dtype if isinstance(o, torch.Tensor) else None for o in outs)
+    return got
+
+
+_OUT_DTYPES: dict[tuple, tuple] = {}
+
+
+class Fp32Kernels(TorchDispatchMode):
+    """While active, :data:`FP32_KERNEL_OPS` with fp16/bf16 operands compute in fp32 and return
+    their 16-bit results rounded (RNE); other ops run as usual. Enter it around the forward
+    (inside ``torch.autocast``) and around backward, whose kernels are 16-bit too."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        inplace = _INPLACE.get(func)
+        if func not in FP32_KERNEL_OPS and inplace is None:
+            return func(*args, **kwargs)
+        if not any(isinstance(a, torch.Tensor) and a.dtype in _LOW for a in args):
+            return func(*args, **kwargs)
+        if inplace is not None:
+            target = args[0]
+            if target.dtype not in _LOW:
+                return func(*args, **kwargs)
+            up = [a.float() if isinstance(a, torch.Tensor) and a.dtype in _LOW else a for a in args]
+            return target.copy_(inplace(*up, **kwargs))
+        dtypes = _out_dtypes(func, args, kwargs)
+        up = [a.float() if isinstance(a, torch.Tensor) and a.dtype in _LOW else a for a in args]
+        out = func(*up, **kwargs)
+        if isinstance(out, torch.Tensor):
+            return out.to(dtypes[0]) if dtypes[0] is not None and out.dtype != dtypes[0] else out
+        return type(out)(o.to(d) if isinstance(o, torch.Tensor) and d is not None and o.dtype != d else o
+                         for o, d in zip(out, dtypes))

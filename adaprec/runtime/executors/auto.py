@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
-from typing import Any
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, Iterator
 
 from torch import nn
 
@@ -115,11 +115,18 @@ class AutoExecutor:
         return dict(self._choices)
 
     # -- regions ------------------------------------------------------------------------------
-    def region(self) -> AbstractContextManager[None]:
+    @contextmanager
+    def region(self) -> Iterator[None]:
         """The outermost region is the native half's: autocast in the plan's default format
-        where that is fast, autocast off elsewhere (the emulated half needs none)."""
+        where that is fast, autocast off elsewhere; the emulated half's fp32 kernels for its
+        16-bit layers."""
         self.emulated.begin_forward()
-        return self.native.region()
+        with self.native.region(), self.emulated.kernels():
+            yield
+
+    def backward_region(self) -> AbstractContextManager[None]:
+        """The emulated half's backward context (its 16-bit layers' kernels in fp32)."""
+        return self.emulated.backward_region()
 
     def _enter(self, name: str, module: nn.Module, args: tuple, kwargs: dict):
         changed = self.native.enter_layer(name, module, args, kwargs)

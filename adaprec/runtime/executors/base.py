@@ -26,7 +26,9 @@ class Executor(Protocol):
 
     ``set_plan(plan)`` takes effect from the next forward; ``region()`` is the outermost
     region (``ap.autocast()``); ``state_dict()`` holds run state a bit-exact resume needs
-    (tensors and plain values only, ``torch.load(weights_only=True)``-safe).
+    (tensors and plain values only, ``torch.load(weights_only=True)``-safe). Optional:
+    ``backward_region()``, a context ``ap.backward`` enters around ``loss.backward()`` (the
+    emulated executor computes backward's 16-bit kernels in fp32 there).
     """
 
     name: str

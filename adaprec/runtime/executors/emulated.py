@@ -1,7 +1,21 @@
-"""The emulated executor: a layer's format applied by rounding fp32 values.
+"""The emulated executor: a layer's format applied by fp32 kernels on format-exact values.
 
-:class:`EmulatedExecutor` runs every layer in fp32 kernels. For a layer in a narrower format
-its floating inputs and its own parameters are rounded to the format before the layer's ops,
+fp16 and bf16 layers follow torch.autocast's op semantics exactly, because they *are* autocast:
+the executor opens the same per-layer autocast regions as the native executor (it composes a
+:class:`~adaprec.runtime.executors.native.NativeExecutor`), so autocast's own op lists decide
+which ops run in the layer's format (its lower-precision list: matmuls, convolutions, linear,
+attention), which stay fp32 (its fp32 list) and which follow their inputs (promote ops, and
+every other op by type promotion); a model's explicit upcasts (LlamaRMSNorm's ``.float()``
+variance) stay fp32 and ``x.dtype`` reads as it would natively. What is emulated is the
+kernels: under :class:`~adaprec.numerics.emulation.Fp32Kernels` (a dispatch mode entered with
+``ap.autocast()`` and around ``ap.backward``) the ops whose 16-bit CPU kernels are slow compute
+in fp32 on the upcast operands and round their result back, as the native kernels do
+internally. Tensors between ops are real fp16/bf16, so gradients, loss scaling and overflow
+behave as natively. ``sixteen_bit="boundary"`` keeps the earlier emulation of 16-bit layers
+(rounding at layer boundaries, described next for the formats that always use it).
+
+Every other format (fp8, block and tile formats, per-role entries) runs in fp32 kernels. For
+a layer in such a format its floating inputs and its own parameters are rounded to the format before the layer's ops,
 its floating outputs after them, and the gradients flowing back through those tensors are
 rounded the same way (:class:`~adaprec.numerics.emulation.RoundFn`). Matmuls and convolutions thus see
 format-exact operands and accumulate in fp32, as tensor cores and AMX do, and the rounded output
@@ -31,7 +45,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Iterator
@@ -41,14 +55,18 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from adaprec.numerics.emulation import (AmaxState, FakeQuantFn, FP8Config, RoleRoundFn, RoundedSoftmaxFn,
-                                       RoundFn, ScaledRoundFn, round_scaled, round_to, round_tree)
+from adaprec.numerics.emulation import (AmaxState, FakeQuantFn, FP8Config, Fp32Kernels, RoleRoundFn,
+                                       RoundedSoftmaxFn, RoundFn, ScaledRoundFn, round_scaled, round_to,
+                                       round_tree)
 from adaprec.numerics.formats import FP32, Format, get_format
 from adaprec.runtime.eager import eager
 from adaprec.runtime.executors.base import hook_layers as _hook_layers
+from adaprec.runtime.executors.native import NativeExecutor
 from adaprec.runtime.plan import Plan
 
-__all__ = ["EmulatedExecutor", "GRID_PRESERVING"]
+__all__ = ["EmulatedExecutor", "GRID_PRESERVING", "SIXTEEN_BIT"]
+
+SIXTEEN_BIT = ("autocast", "boundary")  # how fp16/bf16 layers are emulated (module docstring)
 
 _LOW_DTYPES = (torch.float16, torch.bfloat16)
 _TAG = "_adaprec_rounded"
@@ -207,24 +225,43 @@ class EmulatedExecutor:
             instead of to nearest even.
         hook_layers: register the per-layer hooks (False: a composing executor calls
             :meth:`enter_layer`/:meth:`exit_layer` itself).
+        sixteen_bit: ``"autocast"`` (default): fp16/bf16 layers run autocast's regions with
+            fp32 kernels (:class:`~adaprec.numerics.emulation.Fp32Kernels`), exactly autocast's
+            op semantics; ``"boundary"``: the earlier emulation, rounding at layer boundaries
+            like every other format (ops outside every layer then compute in fp32).
 
-    A global-region plan is emulated per layer: a uniform plan rounds every layer, which is
-    what it means; ops outside every layer compute in fp32.
+    With ``"autocast"``, a global-region plan in fp16/bf16 is one autocast region, like the
+    ``autocast`` baseline natively, and ops outside every layer run in the plan's default
+    region as natively; other formats are emulated per layer.
     """
 
     name = "emulated"
 
     def __init__(self, model: nn.Module, layers: Sequence[str], device_type: str = "cpu",
                  fp8: FP8Config | dict | None = None, skip_rounded: bool = True,
-                 hook_layers: bool = True, stochastic_grads: bool = False):
+                 hook_layers: bool = True, stochastic_grads: bool = False,
+                 sixteen_bit: str = "autocast"):
+        if sixteen_bit not in SIXTEEN_BIT:
+            raise ValueError(f"sixteen_bit must be one of {', '.join(SIXTEEN_BIT)}, got {sixteen_bit!r}")
         self.device_type = device_type
+        self.sixteen_bit = sixteen_bit
         self.stochastic_grads = bool(stochastic_grads)
         self.layers = list(layers)
         self.fp8 = fp8 if isinstance(fp8, FP8Config) else FP8Config(**(fp8 or {}))
         self.skip_rounded = skip_rounded
         self._fp8_states: dict[tuple[str, str], AmaxState] = {}
+        # what the plan says per layer, and what the rounding frames apply (fp32 for the layers
+        # the autocast half runs)
+        self._planned: dict[str, Format] = {name: FP32 for name in self.layers}
         self._forward_scales: dict[tuple[str, str], deque] = {}  # see _forward_state
         self._formats: dict[str, Format] = {name: FP32 for name in self.layers}
+        self._native = NativeExecutor(model, self.layers, device_type, hook_layers=False)
+        # standalone, the autocast half opens every layer's region (fp32 and rounded layers run
+        # with autocast off); composed (auto), the composer's native half does that and this
+        # one opens only the regions of the 16-bit layers it emulates
+        self._standalone = hook_layers
+        self._autocast_layer: dict[str, bool] = {name: False for name in self.layers}
+        self._uses_kernels = False
         self._stack: list[_Frame] = []
         modules = dict(model.named_modules())
         self._modules = {name: modules[name] for name in self.layers}
@@ -237,13 +274,43 @@ class EmulatedExecutor:
                     self._handles.append(mod.register_forward_hook(eager(_pass_tag)))
 
     # -- plan ---------------------------------------------------------------------------------
+    def _via_autocast(self, fmt: Format) -> bool:
+        """fp16/bf16 (one plain format) runs as autocast with fp32 kernels."""
+        return self.sixteen_bit == "autocast" and fmt.native and fmt != FP32 and not fmt.has_roles
+
     def set_plan(self, plan: Plan) -> None:
-        """Apply ``plan`` from the next forward on."""
+        """Apply ``plan`` from the next forward on: fp16/bf16 layers to the autocast half,
+        every other format to the rounding frames."""
+        native = {}
         for name in self.layers:
-            self._formats[name] = get_format(plan.format_of(name))
+            fmt = self._planned[name] = get_format(plan.format_of(name))
+            # a layer whose 16-bit ops fail natively here (the capability probe: nn.LSTM on
+            # AVX2) is rounded at its boundaries instead: not every one of its ops has an fp32
+            # kernel in Fp32Kernels
+            autocast = self._autocast_layer[name] = (self._via_autocast(fmt)
+                                                     and self._native.runs(name, fmt))
+            self._formats[name] = FP32 if autocast else fmt
+            native[name] = fmt.name if autocast else FP32.name
+        default = get_format(plan.default)
+        root = default if self._via_autocast(default) else FP32
+        if plan.region == "global" and not all(self._autocast_layer.values()):
+            root = FP32  # some layer is rounded instead: emulate the global plan per layer
+        self._native.set_plan(Plan(native, default=root.name,
+                                   region=plan.region if root == default else "layer"))
+        self._uses_kernels = root != FP32 or any(f != FP32.name for f in native.values())
 
     def format_of(self, layer: str) -> Format:
-        return self._formats[layer]
+        return self._planned[layer]
+
+    def kernels(self):
+        """The dispatch mode that gives 16-bit ops fp32 kernels (a no-op context when the plan
+        has no fp16/bf16 layer); ``region()`` enters it, and so must backward."""
+        return Fp32Kernels() if self._uses_kernels else nullcontext()
+
+    def backward_region(self):
+        """Context for ``loss.backward()``: backward's 16-bit kernels computed in fp32 too
+        (``ap.backward`` enters it; without it they run torch's slow 16-bit CPU kernels)."""
+        return self.kernels()
 
     # -- run state ----------------------------------------------------------------------------
     @property
@@ -265,9 +332,10 @@ class EmulatedExecutor:
     # -- regions ------------------------------------------------------------------------------
     @contextmanager
     def region(self) -> Iterator[None]:
-        """The outermost region (``ap.autocast()``): nothing outside a layer runs under autocast."""
+        """The outermost region (``ap.autocast()``): the plan's default where it runs as
+        autocast (fp16/bf16), else autocast off; fp32 kernels for 16-bit ops."""
         self.begin_forward()
-        with torch.autocast(self.device_type, enabled=False):
+        with self._native.region(), self.kernels():
             self._stack.append(_FP32_FRAME)
             try:
                 yield
@@ -275,7 +343,12 @@ class EmulatedExecutor:
                 self._stack.pop()
 
     def enter_layer(self, name: str, module: nn.Module, args: tuple, kwargs: dict):
-        """Open layer ``name``'s region (forward pre-hook): round its inputs and parameters."""
+        """Open layer ``name``'s region (forward pre-hook): its autocast region (fp16/bf16, or
+        autocast off), then for the other formats round its inputs and parameters."""
+        if self._standalone or self._autocast_layer[name]:
+            changed = self._native.enter_layer(name, module, args, kwargs)
+            if changed is not None:
+                args, kwargs = changed
         fmt = self._formats[name]
         frame = _Frame(name, fmt, "fp32" if fmt == FP32 else "emulated", module=module)
         if frame.kind == "emulated":
@@ -309,10 +382,15 @@ class EmulatedExecutor:
             frame.op_mode.__exit__(None, None, None)
         for pname in frame.shadowed:
             module.__dict__.pop(pname, None)
+        rounded = None
         if frame.kind == "emulated":
             with torch._C.DisableTorchFunction():  # as in _enter_emulated
-                return round_tree(output, self._rounder(frame, output=True), "output")
-        return None
+                rounded = round_tree(output, self._rounder(frame, output=True), "output")
+        # the autocast half casts the output to the dtype of the region it goes back to
+        if not (self._standalone or self._autocast_layer[name]):
+            return rounded
+        changed = self._native.exit_layer(name, module, output if rounded is None else rounded)
+        return changed if changed is not None else rounded
 
     # -- rounding -----------------------------------------------------------------------------
     def _rounder(self, frame: _Frame, output: bool = False):
