@@ -151,11 +151,13 @@ def test_output_gradient_is_judged_before_the_layers_own_rounding_flushes_it():
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 1))
-    ap = AdaptivePrecision(model, controller=Static("fp16"), executor="emulated", monitor_every=1,
-                           scaler={"init_scale": 1.0, "growth_interval": 1000})
+    from adaprec.controllers import FixedPlan
+    # layers in fp16, the code around them (the loss) in fp32
+    ap = AdaptivePrecision(model, controller=FixedPlan({"*": "fp16"}, default="fp32"), executor="emulated",
+                           monitor_every=1, scaler={"init_scale": 1.0, "growth_interval": 1000})
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     with ap.autocast():
-        loss = model(torch.randn(16, 8)).sum() * 1e-9  # output gradients ~6e-11: fp16 flushes them
+        loss = model(torch.randn(16, 8)).sum() * 1e-9  # output gradients 1e-9: fp16 flushes them
     ap.backward(loss)
     g = ap.step(opt).stats["1"].grad
     assert g.absmax == pytest.approx(1e-9, rel=1e-3) and g.formats["fp16"].underflow == 1.0
