@@ -68,7 +68,7 @@ def test_an_adaptive_controller_set_mid_run_decides_without_error():
     model, (x, y) = mlp(), batch()
     ap = AdaptivePrecision(model, controller=Static("fp32"), monitor_every=1)
     train_steps(model, ap, x, y, 2)
-    ap.controller = Threshold(interval=1, cpu_fp16=True)
+    ap.controller = Threshold(interval=1, cpu_fp16=True, start="cheapest")  # no fp32 warm-up
     records = train_steps(model, ap, x, y, 3)
     assert all(r.stats is not None for r in records)
     assert {r.plan.format_of("0") for r in records} == {"bf16"}  # Threshold's start, not fp32
@@ -155,7 +155,7 @@ def test_auto_emulates_a_layer_its_device_cannot_run(no_bf16_probe, monkeypatch)
     assert all(torch.isfinite(torch.tensor(r.loss)) for r in records)
 
 
-@pytest.mark.parametrize("make", [lambda: Threshold(interval=1, rounding_err_max=1.0, cpu_fp16=True),
+@pytest.mark.parametrize("make", [lambda: Threshold(interval=1, rounding_err_max=1.0, cpu_fp16=True, start="cheapest"),
                                   lambda: Bandit(interval=1, cpu_fp16=True)], ids=["threshold", "bandit"])
 def test_controllers_never_choose_a_format_the_executor_cannot_run(no_bf16_probe, make):
     model, (x, y) = with_failing_layer(), batch()
