@@ -47,6 +47,7 @@ def test_unknown_key_names_the_fix(tmp_path, make_run):
         ablation_table(runs, "monitor.evry")
 
 
+@pytest.mark.slow
 def test_report_cli_writes_the_ablation(tmp_path, make_run, capsys):
     root = _ablation_sweep(tmp_path, make_run)
     out = tmp_path / "rep"

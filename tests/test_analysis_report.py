@@ -47,6 +47,7 @@ def test_cli_sweep_writes_figures_tables_and_reports_the_failed_run(tmp_path, ti
     assert sorted(scatter["controller"]) == ["fp16", "fp32"] and (scatter["n"] == 2).all()
 
 
+@pytest.mark.slow
 def test_tables_only_writes_the_same_tables_and_no_figure(tmp_path, tiny_sweep):
     full, lean = tmp_path / "full", tmp_path / "lean"
     assert main([str(tiny_sweep), "--out", str(full), "--no-per-run"]) == 0

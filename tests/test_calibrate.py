@@ -28,6 +28,7 @@ def test_calibrate_writes_a_profile_that_prices_plans(tmp_path):
     assert cost.total > 0 and cost.unit == "s"
 
 
+@pytest.mark.slow
 def test_auto_calibrates_what_the_auto_executor_runs(tmp_path):
     from adaprec.numerics.formats import FORMATS, get_format
     from adaprec.runtime.executors.auto import native_is_fast

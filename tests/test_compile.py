@@ -78,6 +78,7 @@ def test_compiled_training_is_eager_training_bit_for_bit(executor):
     assert ap.scaler.active  # fp16 in the plan: loss scaling on, as in eager mode
 
 
+@pytest.mark.slow
 def test_sampled_steps_and_plan_switches_do_not_recompile_per_step():
     """The monitor samples every other step and the plan flips every 2 steps: after each plan
     has been seen once, no step compiles a new graph (hooks run outside the graph)."""

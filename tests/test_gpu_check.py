@@ -28,6 +28,7 @@ def test_gpu_check_dry_run_writes_one_results_file(tmp_path):
     assert "avx2" in text  # the machine line names the CPU flags
 
 
+@pytest.mark.slow
 def test_gpu_check_refuses_a_missing_gpu_with_one_line():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")

@@ -50,6 +50,7 @@ def test_regret_on_a_stationary_problem_grows_sublinearly(name):
     assert cum[1999] < 0.25 * 2000 * 0.2  # under a quarter of always-second-best (0.2 per round)
 
 
+@pytest.mark.slow
 def test_after_a_change_point_windowed_and_discounted_ucb_beat_ucb1():
     # the best arm becomes the worst after 1500 rounds; exploration c=0.15 suits noise sd 0.1
     swap = lambda t: [0.3, 0.5, 0.8] if t < 1500 else [0.8, 0.5, 0.3]

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 # -- refused runs write nothing --------------------------------------------------------------
+@pytest.mark.slow
 def test_a_refused_rerun_into_a_finished_run_dir_changes_no_file(tmp_path, cli_run):
     run = tmp_path / "run"
     code, _, err = cli_run(*TINY, "controller=bf16", f"hydra.run.dir={run}")
