@@ -75,3 +75,13 @@ def test_budget_unit_fit_order():
     assert moved[6:] and set(moved[6:]) == {"big"} and b.relative(plan) <= 0.6
     loose = {n: "fp32" for n in COSTS}
     assert "big" not in {t[0] for t in Budget(0.85, orders, ctx).fit(loose, pinned={"big"})}
+
+
+def test_root_code_never_runs_fp16_while_a_layer_needs_bf16_range():
+    """The overflowing layer moved to bf16 feeds the code between layers: an fp16 default would
+    cast its ~1e5 outputs back to fp16 (inf), so the default is bf16 then (here: the budget test's
+    only plan under 0.48 diverged at the last step with an fp16 default)."""
+    from adaprec.controllers._common import root_format
+    assert root_format({"inp": "fp16", "big": "bf16", "norm": "fp16", "out": "fp16"}) == "bf16"
+    assert root_format({"inp": "fp16", "big": "fp32", "norm": "fp16"}) == "fp16"
+    assert root_format({"a": "bf16", "b": "bf16", "c": "fp16"}) == "bf16"
