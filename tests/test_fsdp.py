@@ -35,10 +35,19 @@ def _gathered_bytes_per_step(dtypes: dict[str, str]) -> int:
     return 2 * total
 
 
-def _assert_stats_close(a, b, rtol):
-    for field in dataclasses.fields(a):
-        x, y = getattr(a, field.name), getattr(b, field.name)
-        assert math.isclose(x, y, rel_tol=rtol, abs_tol=1e-12), (field.name, x, y)
+def _assert_stats_close(a, b, rtol, where=""):
+    """Every number of two statistics records close, recursing into the per-format records."""
+    if dataclasses.is_dataclass(a):
+        for field in dataclasses.fields(a):
+            _assert_stats_close(getattr(a, field.name), getattr(b, field.name), rtol, f"{where}.{field.name}")
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _assert_stats_close(a[k], b[k], rtol, f"{where}[{k}]")
+    elif a is None or b is None:
+        assert a is None and b is None, where
+    else:
+        assert math.isclose(a, b, rel_tol=rtol, abs_tol=1e-12), (where, a, b)
 
 
 @pytest.mark.slow

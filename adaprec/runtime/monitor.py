@@ -273,10 +273,11 @@ class Monitor:
                 return None
             self._pending.append((name, "act", self._probe(t, name, "act", exact_absmax=self.exact)))
             x = self._shadow_in.pop(name, None)
-            # parameters not in fp32 (FSDP all-gathers them in the plan's format): no fp32
+            # parameters not in fp32 (FSDP all-gathers them in the plan's format) or already
+            # resharded (FSDP2's post-forward hook ran first: DTensor shards): no fp32
             # reference to recompute against, so no shadow
             if x is not None and isinstance(output, torch.Tensor) and all(
-                    p.dtype == torch.float32 for p in module.parameters(recurse=False)):
+                    p.dtype == torch.float32 and not is_sharded(p) for p in module.parameters(recurse=False)):
                 sums, y32 = _shadow_sums(module, x, output)
                 self._shadows.append((name, sums))
                 # the fp32 output judged in every candidate: what holding it in each would cost
