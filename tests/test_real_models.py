@@ -55,7 +55,7 @@ def test_emulated_fp32_is_plain_training_and_bf16_is_close_to_native(name):
 
 
 @pytest.mark.parametrize("executor", ["native", "emulated"])
-@pytest.mark.parametrize("make", [lambda: Threshold(interval=2, cpu_fp16=True, rounding_err_max=1.0),
+@pytest.mark.parametrize("make", [lambda: Threshold(interval=2, cpu_fp16=True, rounding_err_max=1.0, warmup=2),
                                   lambda: Bandit(interval=2, cpu_fp16=True)], ids=["threshold", "bandit"])
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_adaptive_controllers_train_through_mixed_plans(name, make, executor):
