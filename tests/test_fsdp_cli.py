@@ -79,7 +79,11 @@ def test_sigkill_during_an_fsdp_run_then_resume_from_dcp_is_bit_identical(tmp_pa
             "trainer.checkpoint_every=1", f"trainer.max_steps={steps}"]
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     run(torchrun(*args, f"hydra.run.dir={ref}"))
-    kill_after = random.randrange(2, steps - 3)
+    # killed after the plan left bf16: the resumed run must all-gather in the restored plan's
+    # dtypes (fp32), not the initial plan's
+    switched = pd.read_csv(ref / "decisions.csv").query("step > 0").step.min()
+    assert switched <= steps - 4, "the reference run must switch early enough to kill after it"
+    kill_after = random.randrange(int(switched) + 2, steps - 1)
     cmd = torchrun(*args, f"hydra.run.dir={killed}")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

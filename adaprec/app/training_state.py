@@ -84,6 +84,8 @@ def restore(state: dict[str, Any], t: Training, progress: Progress) -> int:
         t.meter.load_state_dict(state["cost_meter"])
     t.scheduler.load_state_dict(state["scheduler"])
     t.ap.load_state_dict(state["precision"])
+    if t.sharding is not None:  # the restored plan's all-gather dtypes, not the initial plan's
+        t.sharding.follow(t.ap.plan)
     c = state["counters"]
     progress.skipped, progress.plan_changes = c["skipped"], c["plan_changes"]
     progress.consecutive_skips = c["consecutive_skips"]
