@@ -63,10 +63,12 @@ def stdlib_documents(root: str | os.PathLike | None = None) -> list[Document]:
 def split_by_document(docs: list[Document], val_fraction: float) -> tuple[bytes, bytes]:
     """``(train, val)``: whole documents, each side concatenated in name order.
 
-    Validation takes the documents whose name hashes lowest (CRC-32, the same on every machine
-    and Python) until it holds ``val_fraction`` of the bytes; so no document is cut in two, the
-    validation files are spread over the whole library, and a document's side depends on its own
-    name (a build that lacks a package only loses that package's files from both sides)."""
+    Validation takes the documents whose names hash lowest (CRC-32, the same on every machine
+    and Python) until it holds ``val_fraction`` of the bytes. So no document is cut in two (no
+    window mixes train and validation text), the validation files are spread over the whole
+    library rather than its alphabetical tail, and the order in which files join validation
+    depends on their names alone: a build that lacks a package changes the split by that
+    package's files and, at the margin, the file or two that fill the quota."""
     docs = sorted(docs)
     total = sum(len(body) for _, body in docs)
     is_val, held = set(), 0
