@@ -129,12 +129,13 @@ def test_monitor_measures_gemm_operands_before_casts_and_a_shadow_equal_to_fp32_
     # the head's input comes out of a bf16 layer: already on the grid, bf16 is exact on it
     assert s2.input.formats["bf16"].rel_err == 0.0
     # shadow: the head's bf16 output against fp32 recomputed on the same (raw) input
+    rows = ap.monitor.shadow_rows
     with torch.no_grad():
-        h = torch.relu(model[0](captured["x"][:8]).bfloat16().float())  # what layer 2 received
-        y32 = Fn.linear(h[:8], model[2].weight, model[2].bias).double()
-    y = out[:8].detach().double()
+        h = torch.relu(model[0](captured["x"][:rows]).bfloat16().float())  # what layer 2 received
+        y32 = Fn.linear(h[:rows], model[2].weight, model[2].bias).double()
+    y = out[:rows].detach().double()
     rmse = ((y - y32) ** 2).mean().sqrt().item()
-    assert s2.shadow.numel == 8
+    assert s2.shadow.numel == rows
     assert s2.shadow.rmse == pytest.approx(rmse, rel=1e-9)
     assert s2.shadow.rel_err == pytest.approx(((y - y32).norm() / y32.norm()).item(), rel=1e-9)
     assert s2.shadow.spread == pytest.approx(y32.std(unbiased=False).item(), rel=1e-6)
