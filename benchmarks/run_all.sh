@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Every side-by-side benchmark behind the README's performance table, in one go:
-#   bash benchmarks/run_all.sh [--device cuda] [--quick] [--reps N] [--out DIR] [--readme]
+#   bash benchmarks/run_all.sh [--device cuda] [--quick] [--reps N] [--e2e-models "gpt"] [--out DIR] [--readme]
 # writes DIR/results.jsonl (the machine, then one line per candidate) and DIR/results.md (the
 # table: ratio medians with min..max, machine and CPU flags); --readme also regenerates the
 # README's performance block from it. --quick: 2 repetitions, small batches (a smoke test, not
 # a measurement); --reps N: N timed repetitions per candidate (default 8; fewer on a slow or
-# shared machine). The per-layer-regions-vs-global-autocast comparison runs only where this
+# shared machine); --e2e-models: the models of the end-to-end controller comparison (default
+# both; its ResNet-18 part is 160 steps, long on a shared CPU). The per-layer-regions-vs-global-autocast comparison runs only where this
 # device runs bf16 natively fast (on an AVX2-only CPU both sides would run torch's reference
 # bf16 loops, ~20x fp32, for no information). Ratios are measured interleaved within each
 # script; absolute times depend on the machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-device=cpu; quick=0; out=benchmarks/results; readme=0; nreps=
+device=cpu; quick=0; out=benchmarks/results; readme=0; nreps=; e2e_models=
 while [ $# -gt 0 ]; do
   case "$1" in
     --device) device=$2; shift 2 ;;
@@ -19,7 +20,8 @@ while [ $# -gt 0 ]; do
     --out) out=$2; shift 2 ;;
     --readme) readme=1; shift ;;
     --reps) nreps=$2; shift 2 ;;
-    *) echo "run_all.sh: unknown option $1 (options: --device D, --quick, --reps N, --out DIR, --readme)" >&2; exit 2 ;;
+    --e2e-models) e2e_models=$2; shift 2 ;;
+    *) echo "run_all.sh: unknown option $1 (options: --device D, --quick, --reps N, --e2e-models LIST, --out DIR, --readme)" >&2; exit 2 ;;
   esac
 done
 mkdir -p "$out"
@@ -42,6 +44,7 @@ for model in $models; do
   else
     echo "## per-layer regions vs global autocast ($model): skipped, bf16 is not native-fast on this $device"
   fi
+  case " ${e2e_models:-$models} " in *" $model "*) ;; *) echo "## adaptive controllers vs static ($model): not asked for (--e2e-models)"; continue ;; esac
   echo "## adaptive controllers vs static ($model)"
   python -m benchmarks.controllers_end_to_end --model "$model" --batch "$batch" --reps "$creps" --warmup 1 --steps "$steps" --device "$device"
 done
