@@ -36,6 +36,7 @@ from adaprec.runtime.layers import discover_layers
 from adaprec.runtime.monitor import Monitor
 from adaprec.runtime.plan import Plan
 from adaprec.numerics.scaler import LossScaler
+from adaprec.numerics.stats import DEFAULT_SAMPLE
 
 __all__ = ["AdaptivePrecision", "EXECUTORS", "needs_loss_scaling", "candidate_formats"]
 
@@ -91,6 +92,8 @@ class AdaptivePrecision:
             estimates it from the fixed-size sample too, for cheap every-step statistics.
         monitor_shadow: on sampled steps, recompute single-op layers in fp32 on a slice of
             their input and report the output error (``LayerStats.shadow``).
+        monitor_sample: elements per tensor behind the rates and errors (a strided sample;
+            absmax and presence of inf/overflow stay exact); smaller is cheaper and noisier.
         layers: extra glob patterns of module names to treat as layers.
         scaler: keyword arguments for :class:`~adaprec.numerics.scaler.LossScaler`.
         layer_costs / plan_cost / cheapness: cost information handed to the controller's
@@ -102,7 +105,8 @@ class AdaptivePrecision:
                  layers: Sequence[str] = (), scaler: dict | None = None,
                  layer_costs: dict | None = None, cheapness: Sequence[str] | None = None,
                  executor_options: dict | None = None, monitor_exact: bool = True,
-                 plan_cost: Callable[[Plan], float] | None = None, monitor_shadow: bool = True):
+                 plan_cost: Callable[[Plan], float] | None = None, monitor_shadow: bool = True,
+                 monitor_sample: int = DEFAULT_SAMPLE):
         if executor not in EXECUTORS:
             raise ValueError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
         model = unwrap(model)
@@ -114,7 +118,7 @@ class AdaptivePrecision:
         self.executor: Executor = EXECUTORS[executor](model, self.layers, device_type,
                                                       **(executor_options or {}))
         self.monitor = Monitor(model, self.layers, monitor_every, exact=monitor_exact,
-                               shadow=monitor_shadow)
+                               shadow=monitor_shadow, sample=monitor_sample)
         # a model may own no parameters (only parameterless adaprec_layer blocks)
         device = next(model.parameters(), torch.empty(0)).device
         self.scaler = LossScaler(device=device, **(scaler or {}))

@@ -47,6 +47,7 @@ BAD = [  # (overrides, the one-line message)
                               "checkpoint_every, resume, max_consecutive_skips, num_threads, save_model, "
                               "grad_schedule, parallel)"),
     (["monitor.every=-1"], "monitor.every=-1 is out of range; allowed: >= 0"),
+    (["monitor.sample=8"], "monitor.sample=8 is out of range; allowed: >= 64"),
     (["seed=1.5"], "seed: Value '1.5' of type 'float' could not be converted to Integer "
                    "(expected int >= 0)"),
     (["device=tpu"], "device: Invalid value 'tpu', expected one of [cpu, cuda]"),

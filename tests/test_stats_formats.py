@@ -129,12 +129,13 @@ def test_monitor_measures_gemm_operands_before_casts_and_a_shadow_equal_to_fp32_
     # the head's input comes out of a bf16 layer: already on the grid, bf16 is exact on it
     assert s2.input.formats["bf16"].rel_err == 0.0
     # shadow: the head's bf16 output against fp32 recomputed on the same (raw) input
+    rows = ap.monitor.shadow_rows
     with torch.no_grad():
-        h = torch.relu(model[0](captured["x"][:8]).bfloat16().float())  # what layer 2 received
-        y32 = Fn.linear(h[:8], model[2].weight, model[2].bias).double()
-    y = out[:8].detach().double()
+        h = torch.relu(model[0](captured["x"][:rows]).bfloat16().float())  # what layer 2 received
+        y32 = Fn.linear(h[:rows], model[2].weight, model[2].bias).double()
+    y = out[:rows].detach().double()
     rmse = ((y - y32) ** 2).mean().sqrt().item()
-    assert s2.shadow.numel == 8
+    assert s2.shadow.numel == rows
     assert s2.shadow.rmse == pytest.approx(rmse, rel=1e-9)
     assert s2.shadow.rel_err == pytest.approx(((y - y32).norm() / y32.norm()).item(), rel=1e-9)
     assert s2.shadow.spread == pytest.approx(y32.std(unbiased=False).item(), rel=1e-6)
@@ -225,3 +226,28 @@ def test_monitoring_never_changes_training(executor):
 
     (off, p_off), (on, p_on) = losses(0), losses(1)
     assert off == on and all(torch.equal(a, b) for a, b in zip(p_off, p_on))
+
+
+def test_monitor_sample_sets_the_elements_behind_rates_while_absmax_stays_exact():
+    """``monitor.sample``: a smaller strided sample estimates the rates (within its standard
+    error) and errors; absmax, and so the presence of an overflow, still sees every element."""
+    from torch import nn
+
+    from adaprec.runtime.monitor import Monitor
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 1024, generator=g) * 2.0 ** -13  # ~37% below fp16's smallest normal
+    x[17, 5] = 1e6  # one fp16 overflow, off the sample's stride
+    layer = nn.Linear(1024, 4)
+    mon = Monitor(nn.Sequential(layer), ["0"], every=1, sample=512, shadow=False)
+    mon.begin_step(0, 1.0, 1.0)
+    layer(x)
+    got = mon.collect(0, lambda _: "fp32")["0"].input
+    whole = tensor_stats(x, exact_norm=False)
+    assert got.absmax == whole.absmax == 1e6
+    assert got.fp16_overflow > 0  # presence kept although the sample missed it
+    p = whole.fp16_underflow
+    assert abs(got.fp16_underflow - p) < 4 * (p * (1 - p) / 512) ** 0.5
+    assert got.fp16_underflow != p  # estimated from 512 elements, not all 65536
+    with pytest.raises(ValueError, match="monitor.sample must be >= 64"):
+        Monitor(nn.Sequential(nn.Linear(2, 2)), ["0"], sample=8)

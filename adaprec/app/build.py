@@ -22,6 +22,7 @@ from adaprec.runtime.distributed import init_process_group
 from adaprec.runtime.fsdp import Sharding, shard_model
 from adaprec.runtime.layers import discover_layers
 from adaprec.tasks import Task, get_task
+from adaprec.numerics.stats import DEFAULT_SAMPLE
 
 __all__ = ["Training", "build", "lr_lambda", "seed_everything", "config_value"]
 
@@ -97,7 +98,8 @@ def build(cfg: DictConfig, device: torch.device) -> Training:
                            scaler=dict(cfg.get("scaler") or {}),
                            executor_options=_executor_options(cfg),
                            monitor_exact=bool(cfg.monitor.get("exact", True)),
-                           monitor_shadow=bool(cfg.monitor.get("shadow", True)))
+                           monitor_shadow=bool(cfg.monitor.get("shadow", True)),
+                           monitor_sample=int(cfg.monitor.get("sample", DEFAULT_SAMPLE)))
     if sharding is not None:
         sharding.follow(ap.plan)  # the initial plan's all-gather dtypes, before the first forward
     return Training(micro, accum, data, task, model, optimizer, scheduler, ap, meter, sharding)

@@ -29,6 +29,7 @@ from hydra.utils import get_object
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from adaprec.runtime.ranges import ConfigError, Rule, check_args, ranges_of, rule
+from adaprec.numerics.stats import DEFAULT_SAMPLE
 
 __all__ = ["AdaprecConfig", "TrainerConfig", "MonitorConfig", "ScalerConfig", "ObjectiveConfig",
            "CostConfig", "EmulationConfig", "GradScheduleConfig", "FSDPConfig", "Rule", "rule", "register_schemas", "validate",
@@ -109,6 +110,7 @@ class MonitorConfig:
     layers: list[str] = field(default_factory=list)  # extra module-name globs treated as layers
     exact: bool = True              # absmax over every element (never misses an inf); false: from the sample (for every=1)
     shadow: bool = True             # recompute single-op layers in fp32 on a slice of each sampled step: output error
+    sample: int = _ruled(DEFAULT_SAMPLE, ge=64)  # elements per tensor behind rates and errors (smaller: cheaper, noisier; 2048 for every=1)
 
 
 @dataclass

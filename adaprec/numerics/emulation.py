@@ -28,17 +28,19 @@ in fp32 too) at fp32 speed.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import (TorchDispatchMode, _disable_current_modes,
+                                          _get_current_dispatch_mode_stack)
 
 from adaprec.numerics.formats import Format
 
 __all__ = ["FP8Config", "AmaxState", "round_to", "round_scaled", "RoundFn", "ScaledRoundFn",
            "FakeQuantFn", "RoleRoundFn", "RoundedSoftmaxFn",
-           "SCALINGS", "round_tree", "Fp32Kernels", "FP32_KERNEL_OPS"]
+           "SCALINGS", "round_tree", "Fp32Kernels", "FP32_KERNEL_OPS", "fp32_kernels_paused"]
 
 SCALINGS = ("current", "delayed")
 
@@ -261,6 +263,18 @@ def _out_dtypes(func, args, kwargs) -> tuple:
 
 
 _OUT_DTYPES: dict[tuple, tuple] = {}
+
+
+@contextmanager
+def fp32_kernels_paused():
+    """Run the body outside an active :class:`Fp32Kernels` (the monitor's own reductions: fp32
+    ops it would pass through unchanged, each paying a Python dispatch). Modes beneath it on the
+    stack are paused too; with no Fp32Kernels active this does nothing."""
+    if not any(isinstance(m, Fp32Kernels) for m in _get_current_dispatch_mode_stack()):
+        yield
+        return
+    with _disable_current_modes():
+        yield
 
 
 class Fp32Kernels(TorchDispatchMode):

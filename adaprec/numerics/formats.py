@@ -200,6 +200,12 @@ class Format:
 
 FORMATS: dict[str, Format] = {}
 _BY_ALIAS: dict[str, Format] = {}
+_GENERATION = [0]  # bumped by every (un)registration: caches keyed on it never go stale
+
+
+def registry_generation() -> int:
+    """A number that changes whenever the registry does (a cache key for derived facts)."""
+    return _GENERATION[0]
 
 
 def _key(name: str) -> str:
@@ -226,6 +232,7 @@ def register(fmt: Format, replace: bool = False) -> Format:
     FORMATS[fmt.name] = fmt
     for k in keys:
         _BY_ALIAS[k] = fmt
+    _GENERATION[0] += 1
     return fmt
 
 
@@ -234,6 +241,7 @@ def unregister(name: str) -> None:
     fmt = FORMATS.pop(get_format(name).name)
     for k in [k for k, f in _BY_ALIAS.items() if f is fmt]:
         del _BY_ALIAS[k]
+    _GENERATION[0] += 1
 
 
 def format_names() -> list[str]:

@@ -31,7 +31,8 @@ from adaprec.runtime.distributed import combine_shard_stats, is_sharded, local_t
 # layer skips rounding it exactly as it would skip the original
 from adaprec.runtime.executors.emulated import _set_tag, _tag_of
 from adaprec.runtime.eager import eager
-from adaprec.numerics.stats import (DEFAULT_FORMATS, KINDS, FormatError, LayerStats, Probe, ShadowStats,
+from adaprec.numerics.emulation import fp32_kernels_paused
+from adaprec.numerics.stats import (DEFAULT_FORMATS, DEFAULT_SAMPLE, KINDS, FormatError, LayerStats, Probe, ShadowStats,
                                     TensorStats, chunk_for, combine_rows, derive, probe, reduce_probes)
 from adaprec.numerics.formats import get_format
 
@@ -77,11 +78,14 @@ class Monitor:
 
     def __init__(self, model: nn.Module, layers: Sequence[str], every: int = 10,
                  history: int = 100, exact: bool = True, formats: Sequence[str] = DEFAULT_FORMATS,
-                 shadow: bool = True, shadow_rows: int = 8):
+                 shadow: bool = True, shadow_rows: int = 2, sample: int = DEFAULT_SAMPLE):
         if every < 0:
             raise ValueError(f"monitor.every must be >= 0 (0 = off), got {every}")
         if shadow_rows < 1:
             raise ValueError(f"monitor shadow_rows must be >= 1, got {shadow_rows}")
+        if sample < 64:
+            raise ValueError(f"monitor.sample must be >= 64 elements, got {sample}")
+        self.sample = int(sample)  # elements per tensor behind rates and errors
         self.every = every
         # exact: absmax (so the presence of inf/overflow) over every element of activations
         # and gradients; False estimates it from the sample too (cheap enough for every step)
@@ -134,7 +138,8 @@ class Monitor:
 
     def _probe(self, x: torch.Tensor, name: str, kind: str, **kw) -> Probe:
         weight = kind in ("weight", "wgrad")
-        return probe(x, chunk=self._chunk, axis=-1 if weight else self._axis[name], weight=weight, **kw)
+        return probe(x, sample=self.sample, chunk=self._chunk, axis=-1 if weight else self._axis[name],
+                     weight=weight, **kw)
 
     def measure_parameters(self) -> None:
         """Reduce weights and (still scaled) weight gradients of every layer."""
@@ -225,8 +230,9 @@ class Monitor:
             if not self._forward_armed or not self._counts(name, peek=True):
                 return None
             # torch-function modes off: a parent layer's op-level rounding must not see (and
-            # round) the monitor's own reductions
-            with torch._C.DisableTorchFunction():
+            # round) the monitor's own reductions; nor the emulated kernels' dispatch mode,
+            # whose Python dispatch per op cost more than the reductions themselves
+            with torch._C.DisableTorchFunction(), fp32_kernels_paused():
                 return measure(module, args)
 
         def measure(module, args):
@@ -264,7 +270,7 @@ class Monitor:
         def hook(module, args, output):
             if not self._forward_armed or not self._counts(name):
                 return None
-            with torch._C.DisableTorchFunction():  # see _input_hook
+            with torch._C.DisableTorchFunction(), fp32_kernels_paused():  # see _input_hook
                 return measure(module, output)
 
         def measure(module, output):
@@ -297,11 +303,15 @@ class Monitor:
     def _grad_hook(self, name: str):
         def hook(grad):
             if self._sampled:
-                self._pending.append((name, "grad", self._probe(
-                    grad, name, "grad", scale=self._grad_scale, prescaled=self._applied_scale,
-                    exact_absmax=self.exact)))
+                with fp32_kernels_paused():  # see _input_hook
+                    self._measure_grad(name, grad)
             return None
         return hook
+
+    def _measure_grad(self, name: str, grad: torch.Tensor) -> None:
+        self._pending.append((name, "grad", self._probe(
+            grad, name, "grad", scale=self._grad_scale, prescaled=self._applied_scale,
+            exact_absmax=self.exact)))
 
     def state_dict(self) -> dict:
         """Latest and recent statistics as plain dicts (``torch.load(weights_only=True)``-safe),
