@@ -114,11 +114,11 @@ CASES = bad_overrides()
 SAMPLE = CASES[::25]  # the default suite's share; the slow test runs every case
 
 
-def _check(tmp_path, monkeypatch, cli_run, overrides, key, what):
+def _check(tmp_path, monkeypatch, cli_run, overrides, key, what, base=TINY):
     monkeypatch.chdir(tmp_path)  # a stray outputs/ would land here
     run = tmp_path / "run"
     run_dir = [] if any(o.startswith("hydra.run.dir=") for o in overrides) else [f"hydra.run.dir={run}"]
-    code, out, err = cli_run(*TINY, *overrides, *run_dir)
+    code, out, err = cli_run(*base, *overrides, *run_dir)
     lines = err.splitlines()
     assert code != 0, f"{overrides} ({what}) was accepted"
     assert len(lines) == 1 and lines[0].startswith("adaprec: error: "), err
@@ -139,6 +139,16 @@ def test_the_generator_covers_every_kind_of_mistake():
 def test_a_bad_override_is_one_line_naming_key_and_fix_and_writes_nothing(
         tmp_path, monkeypatch, cli_run, overrides, key, what):
     _check(tmp_path, monkeypatch, cli_run, overrides, key, what)
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (("dataset.corpus=pep8",), "dataset.corpus"),
+    (("dataset.corpus=stdlib", "dataset.stdlib_dir=/no/such/lib"), "dataset.stdlib_dir")])
+def test_a_bad_text_corpus_is_refused_before_anything_is_written(
+        tmp_path, monkeypatch, cli_run, overrides, key):
+    # TINY shapes the digits data set; the text one is sized here
+    _check(tmp_path, monkeypatch, cli_run, overrides, key, "bad corpus",
+           base=["experiment=language", "trainer.max_steps=2", "trainer.progress=false"])
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ formats, the clear errors for missing or corrupt data, and every dataset config.
 import gzip
 import pickle
 import socket
+import zlib
 from pathlib import Path
 
 import hydra
@@ -13,6 +14,7 @@ from omegaconf import OmegaConf
 
 from adaprec.data import DataBundle, DataError, load_cifar10, load_digits, load_mnist, load_text
 from adaprec.data.cifar10 import CIFAR10_MEAN, CIFAR10_STD
+from adaprec.data.corpus import help_topics, split_by_document, stdlib_documents
 from adaprec.data.mnist import MNIST_MEAN, MNIST_STD
 
 from tests.conftest import CONF
@@ -101,10 +103,13 @@ def test_text_on_a_file(tmp_path):
 def test_text_default_ships_with_python():
     b = load_text(max_chars=20_000)
     assert len(b.train_x) + len(b.val_x) == 20_000
+    assert b.train_x.dtype == torch.uint8  # bytes stay bytes; batches widen to int64
     assert int(b.train_x.max()) < 256 and int(b.train_x.min()) >= 0
     full = load_text()
     assert len(full.train_x) + len(full.val_x) > 400_000
     assert b"statement" in bytes(full.train_x[:5000].tolist())
+    # max_chars keeps the head of each split: a short run validates on the full run's text
+    assert torch.equal(b.train_x, full.train_x[:18_000]) and torch.equal(b.val_x, full.val_x[:2000])
 
 
 def test_text_errors(tmp_path):
@@ -115,6 +120,93 @@ def test_text_errors(tmp_path):
         load_text(path=str(tmp_path / "short.txt"))
     with pytest.raises(ValueError, match="val_fraction"):
         load_text(val_fraction=1.0)
+
+
+# A small library tree of real Python files, written out of name order.
+_TREE = {
+    "zipfile_like.py": "import zlib\n\ndef crc(data: bytes) -> int:\n    return zlib.crc32(data)\n",
+    "pkg/sub/deep.py": "class Deep:\n    depth = 3\n\n    def __repr__(self):\n        return 'Deep()'\n",
+    "alpha.py": '"""Alpha."""\n\nALPHA = [i * i for i in range(10)]\n',
+    "pkg/__init__.py": "from pkg.mod import run\n\n__all__ = ['run']\n",
+    "pkg/mod.py": "import sys\n\n\ndef run(argv=None):\n    return len(argv or sys.argv)\n",
+    "Beta.py": "def beta(x):\n    if x > 0:\n        return -x\n    return x\n",
+}
+_SKIPPED = {  # test suites, third-party packages, bytecode, build-specific files, non-Python files
+    "test/test_alpha.py": "import unittest\n", "pkg/tests/test_mod.py": "assert True\n",
+    "site-packages/other/__init__.py": "x = 1\n", "__pycache__/alpha.py": "y = 2\n",
+    "_sysconfigdata__linux.py": "build_time_vars = {}\n", "pydoc_data/topics.py": "topics = {}\n",
+    "config-3.11-x86_64-linux-gnu/python-config.py": "z = 3\n", "README.txt": "not code\n",
+}
+
+
+def _write_tree(root: Path, files: dict[str, str]) -> None:
+    for rel, body in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(body, encoding="utf-8")
+
+
+def _val_names(docs, train: bytes, val: bytes) -> set[str]:
+    """The names of the documents in ``val``, checking that ``train`` and ``val`` hold every
+    document whole, on one side, in name order."""
+    names, t, v = set(), 0, 0
+    for name, body in sorted(docs):
+        if train[t:t + len(body)] == body:
+            t += len(body)
+        else:
+            assert val[v:v + len(body)] == body, f"{name} is on neither side, or cut in two"
+            v += len(body)
+            names.add(name)
+    assert (t, v) == (len(train), len(val))
+    return names
+
+
+def test_stdlib_corpus_reads_a_library_tree_in_name_order(tmp_path):
+    _write_tree(tmp_path, {**_SKIPPED, **_TREE})
+    docs = stdlib_documents(tmp_path)
+    assert [name for name, _ in docs] == sorted(_TREE)  # POSIX relative paths, sorted
+    assert all(body == _TREE[name].encode() for name, body in docs)
+    assert stdlib_documents(str(tmp_path)) == docs
+
+
+def test_stdlib_corpus_splits_by_whole_files_deterministically(tmp_path):
+    _write_tree(tmp_path, _TREE)
+    docs = stdlib_documents(tmp_path)
+    train, val = split_by_document(docs, 0.3)
+    assert split_by_document(docs[::-1], 0.3) == (train, val)  # the input's order does not matter
+    val_names = _val_names(docs, train, val)
+    assert len(val) >= 0.3 * (len(train) + len(val)) and train
+    by_hash = sorted(_TREE, key=lambda n: (zlib.crc32(n.encode()), n))
+    assert val_names == set(by_hash[:len(val_names)])  # the lowest hashes validate
+    assert 0 < len(split_by_document(docs, 0.05)[1]) < len(val)
+
+
+def test_stdlib_corpus_loads_with_the_help_topics_and_max_chars(tmp_path):
+    _write_tree(tmp_path, _TREE)
+    full = load_text(corpus="stdlib", stdlib_dir=str(tmp_path), block_size=8)
+    assert full.train_x.dtype == torch.uint8
+    tree_bytes = sum(len(body.encode()) for body in _TREE.values())
+    assert len(full.train_x) + len(full.val_x) == len(help_topics()) + tree_bytes
+    b = load_text(corpus="stdlib", stdlib_dir=str(tmp_path), block_size=8, max_chars=1000)
+    assert torch.equal(b.train_x, full.train_x[:900]) and torch.equal(b.val_x, full.val_x[:100])
+
+
+def test_stdlib_corpus_errors(tmp_path):
+    with pytest.raises(DataError, match="not a directory; set dataset.stdlib_dir"):
+        load_text(corpus="stdlib", stdlib_dir=str(tmp_path / "missing"))
+    _write_tree(tmp_path, _SKIPPED)  # only files the corpus never reads
+    with pytest.raises(DataError, match="no .py files under .*dataset.corpus=help_topics"):
+        load_text(corpus="stdlib", stdlib_dir=str(tmp_path))
+    with pytest.raises(DataError, match="dataset.corpus must be one of help_topics, stdlib, got 'pep8'"):
+        load_text(corpus="pep8")
+
+
+def test_stdlib_corpus_of_this_python_is_over_ten_megabytes():
+    cfg = OmegaConf.load(CONF / "dataset" / "text.yaml")
+    cfg.corpus = "stdlib"
+    b = hydra.utils.instantiate(cfg, _convert_="all")
+    total = len(b.train_x) + len(b.val_x)
+    assert total > 10_000_000 and len(b.val_x) >= cfg.val_fraction * total
+    assert b"def " in bytes(b.val_x[:100_000].tolist())
 
 
 # ---------------------------------------------------------------- bundle

@@ -73,6 +73,18 @@ def test_evaluate_matches_the_whole_split_computed_at_once():
     assert q["val_perplexity"] == math.exp(q["val_loss"])
 
 
+def test_lm_evaluation_sample_spreads_over_the_whole_split():
+    data, model = _example("lm")  # 9 non-overlapping validation windows
+    task = get_task("lm")
+    assert torch.equal(torch.cat(task.eval_indices(data, 4, 0)), torch.arange(9) * 8)  # all of them
+    sample = torch.cat(task.eval_indices(data, 2, 2))  # 4 of 9 windows: first, last, two between
+    assert torch.equal(sample, torch.tensor([0, 2, 5, 8]) * 8)
+    x, y = data.get_lm_batch("val", sample)
+    ce = F.cross_entropy(model(x).reshape(-1, 11), y.reshape(-1)).item()
+    q = evaluate(model, None, data, batch_size=2, device=CPU, max_batches=2)
+    torch.testing.assert_close(q["val_loss"], ce, rtol=1e-6, atol=0)
+
+
 def test_quality_directions_in_one_place():
     assert quality_metrics() == (("val_accuracy", True), ("val_perplexity", False),
                                  ("val_rmse", False), ("val_loss", False))

@@ -122,10 +122,24 @@ def _check_paths(cfg: DictConfig) -> None:
         raise ConfigError(f"cost.profiles: no cost profile {spec!r}; allowed: "
                           f"{', '.join(sorted(names))}, or the path of a YAML written by "
                           "`python -m adaprec.tools.calibrate`")
-    path = cfg.get("dataset", {}).get("path") if isinstance(cfg.get("dataset"), DictConfig) else None
+    data = cfg.get("dataset") if isinstance(cfg.get("dataset"), DictConfig) else {}
+    path = data.get("path")
     if path is not None and not Path(str(path)).expanduser().exists():
         raise ConfigError(f"dataset.path={path}: no such file or directory; point it at the "
                           "folder that holds the data set")
+    if path is None and data.get("corpus") is not None:
+        _check_corpus(str(data.corpus), data.get("stdlib_dir"))
+
+
+def _check_corpus(corpus: str, stdlib_dir: Any) -> None:
+    from adaprec.data.text import CORPORA
+
+    if corpus not in CORPORA:
+        raise ConfigError(f"dataset.corpus={corpus}: no such corpus; allowed: {', '.join(CORPORA)} "
+                          "(or dataset.path=<file>)")
+    if corpus == "stdlib" and stdlib_dir is not None and not Path(str(stdlib_dir)).expanduser().is_dir():
+        raise ConfigError(f"dataset.stdlib_dir={stdlib_dir}: not a directory; point it at a Python "
+                          "library folder, or null for this interpreter's")
 
 
 def _check_run_dir(run_dir: Path) -> None:

@@ -23,8 +23,8 @@ class DataBundle:
 
     classification: ``*_x`` float32 ``[N, C, H, W]`` (or ``[N, D]``), ``*_y`` int64 ``[N]``.
     regression: ``*_x`` as for classification, ``*_y`` float targets ``[N]`` or ``[N, k]``.
-    lm: ``*_x`` an int64 token stream ``[T]``, ``*_y`` None; windows of ``block_size`` tokens
-    are cut from it by :meth:`get_lm_batch`.
+    lm: ``*_x`` an integer token stream ``[T]`` (uint8 for bytes, int64 for larger vocabularies),
+    ``*_y`` None; windows of ``block_size`` tokens are cut from it by :meth:`get_lm_batch`.
     """
 
     task: str
@@ -82,7 +82,7 @@ class DataBundle:
 
     def get_lm_batch(self, split: str, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Windows ``stream[s : s+block_size]`` as ``x`` and the same shifted by one as ``y``,
-        both ``[len(starts), block_size]``; valid starts are ``0 .. num_examples(split) - 1``."""
+        both int64 ``[len(starts), block_size]``; valid starts are ``0 .. num_examples(split) - 1``."""
         if not self._stream:
             raise ValueError(f"get_lm_batch is for token streams; a {self.task} bundle is row "
                              "data: use get_batch")
@@ -92,7 +92,7 @@ class DataBundle:
             raise ValueError(f"window starts must lie in [0, {self.num_examples(split)}) "
                              f"for split {split!r}")
         idx = starts[:, None] + torch.arange(self.block_size, device=stream.device)
-        return stream[idx], stream[idx + 1]
+        return stream[idx].long(), stream[idx + 1].long()  # a uint8 stream widens per batch only
 
     def to(self, device: torch.device | str) -> DataBundle:
         """A copy with every tensor on ``device`` (put it there once, not per batch)."""

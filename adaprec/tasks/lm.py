@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 
 from adaprec.tasks.base import Task, eval_batches
@@ -12,7 +13,7 @@ from adaprec.tasks.registry import register_task
 
 @register_task
 class LanguageModelling(Task):
-    """``x`` one int64 token stream ``[T]``; a batch is windows of ``block_size`` tokens and,
+    """``x`` one integer token stream ``[T]`` (uint8 bytes or int64 ids); a batch is windows of ``block_size`` tokens and,
     as targets, the same windows shifted by one; the model returns logits ``[B, T, V]``."""
 
     name = "lm"
@@ -31,8 +32,12 @@ class LanguageModelling(Task):
 
     def eval_indices(self, data, batch_size, max_batches):
         n = (data.val_x.numel() - 1) // data.block_size
-        # non-overlapping windows: every validation token is predicted once
-        return [idx * data.block_size for idx in eval_batches(n, batch_size, max_batches)]
+        # non-overlapping windows: every validation token is predicted at most once
+        windows = torch.arange(n)
+        if 0 < max_batches * batch_size < n:  # a sample: spread evenly over the whole split,
+            windows = torch.linspace(0, n - 1, max_batches * batch_size).long()  # not its head
+        return [windows[idx] * data.block_size
+                for idx in eval_batches(len(windows), batch_size, max_batches)]
 
     def loss(self, output, y):
         return F.cross_entropy(output.reshape(-1, output.size(-1)), y.reshape(-1))
