@@ -37,6 +37,7 @@ from torch.utils._python_dispatch import (TorchDispatchMode, _disable_current_mo
                                           _get_current_dispatch_mode_stack)
 
 from adaprec.numerics.formats import Format
+from adaprec.numerics.recipes import scaled_round, tensor_amax
 
 __all__ = ["FP8Config", "AmaxState", "round_to", "round_scaled", "RoundFn", "ScaledRoundFn",
            "FakeQuantFn", "RoleRoundFn", "RoundedSoftmaxFn",
@@ -122,11 +123,9 @@ def round_to(x: torch.Tensor, fmt: Format) -> torch.Tensor:
 
 def round_scaled(x: torch.Tensor, fmt: Format, state: AmaxState) -> torch.Tensor:
     """Scale, saturate and round ``x`` to fp8 ``fmt``, then unscale (values stay fp32)."""
-    amax = x.detach().abs().amax().float() if x.numel() else torch.zeros((), device=x.device)
-    scale = state.scale_for(amax)
-    y = fmt.round((x * scale).clamp_(-fmt.max, fmt.max)).div_(scale)
-    # clamp saturates inf to max: put inf back so found_inf still sees it (NaN survives clamp)
-    return torch.where(torch.isinf(x), x, y)
+    amax = tensor_amax(x)
+    # saturates to +-max; inf stays inf so found_inf still sees it, NaN stays NaN
+    return scaled_round(x, fmt.element, state.scale_for(amax), amax)
 
 
 class RoundFn(torch.autograd.Function):

@@ -171,6 +171,9 @@ class Format:
                 flat = self.recipe.fake_quantize(x.reshape(x.shape[0], -1), self.element, role=role,
                                                  stochastic=stochastic, generator=generator)
                 return flat.reshape(x.shape)
+            if isinstance(self.recipe, Block):  # blocks over any axis, in place (no moved copy)
+                return self.recipe.fake_quantize(x, self.element, role=role, stochastic=stochastic,
+                                                 generator=generator, axis=axis)
             if axis not in (-1, x.dim() - 1) and x.dim() > 1:
                 moved = self.recipe.fake_quantize(x.movedim(axis, -1), self.element, role=role,
                                                   stochastic=stochastic, generator=generator)

@@ -102,6 +102,38 @@ def pow2_scale(fmt_max: float, amax: torch.Tensor, margin: int = 0) -> torch.Ten
     return torch.exp2(torch.floor(torch.log2(fmt_max / amax)) - margin)
 
 
+def tensor_amax(x: torch.Tensor) -> torch.Tensor:
+    """``max |x|`` as a 0-d fp32 tensor (NaN if ``x`` has one, 0 if empty), in one reading pass
+    (``x.abs().amax()`` writes an ``|x|`` temporary first)."""
+    if not x.numel():
+        return torch.zeros((), dtype=torch.float32, device=x.device)
+    lo, hi = torch.aminmax(x.detach())
+    return torch.maximum(hi, lo.neg()).float()
+
+
+def block_amax(blocks: torch.Tensor, dim: int) -> torch.Tensor:
+    """``max |blocks|`` over ``dim`` (kept), NaN where a block has one; as ``abs().amax(dim)``
+    without the ``|x|`` temporary (``aminmax`` over a dimension is slower than the two)."""
+    return torch.maximum(blocks.amax(dim, keepdim=True), blocks.amin(dim, keepdim=True).neg_())
+
+
+def scaled_round(x: torch.Tensor, element: ElementFormat, scale: torch.Tensor,
+                 amax: torch.Tensor | None = None, stochastic: bool = False,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """``x * scale`` saturated to the element's +-max, rounded, divided by ``scale`` (a power
+    of two: exact); inf in ``x`` stays inf (so a loss scaler still sees it), NaN stays NaN.
+    ``amax``: ``x``'s, if known: on the CPU a finite one skips the inf pass."""
+    y = torch.mul(x, scale)
+    if stochastic:
+        y = element.round(y.clamp_(-element.max, element.max), True, generator)
+    else:
+        element.round_(y, x, saturate=True)
+    y.div_(scale)
+    if x.device.type == "cpu" and amax is not None and bool(torch.isfinite(amax)):
+        return y  # no inf in x (reading a CPU tensor costs no sync)
+    return torch.where(torch.isinf(x), x, y)
+
+
 @dataclass(frozen=True)
 class PerTensor(Recipe):
     """One power-of-two scale per tensor (see :mod:`adaprec.numerics.emulation` for the
@@ -117,17 +149,15 @@ class PerTensor(Recipe):
             raise ValueError(f"per-tensor amax must be one of {', '.join(AMAX_MODES)}, got {self.amax!r}")
 
     def fake_quantize(self, x, element, *, role="input", stochastic=False, generator=None, scale=None):
+        amax = None
         if scale is None:
-            amax = x.detach().abs().amax().float() if x.numel() else torch.zeros((), device=x.device)
+            amax = tensor_amax(x)
             scale = pow2_scale(element.max, amax, self.margin)
             scale = torch.where(torch.isfinite(scale) & (amax > 0), scale, torch.ones_like(scale))
-        y = (x * scale).clamp_(-element.max, element.max)
-        y = element.round(y, stochastic, generator).div_(scale)
-        # clamp saturates inf to max: put inf back so a loss scaler still sees it
-        return torch.where(torch.isinf(x), x, y)
+        return scaled_round(x, element, scale, amax, stochastic, generator)
 
     def quantize(self, x: torch.Tensor, element: ElementFormat, fmt_name: str) -> Quantized:
-        amax = x.detach().abs().amax().float() if x.numel() else torch.zeros((), device=x.device)
+        amax = tensor_amax(x)
         scale = pow2_scale(element.max, amax, self.margin)
         scale = torch.where(torch.isfinite(scale) & (amax > 0), scale, torch.ones_like(scale))
         data = element.round((x.float() * scale).clamp_(-element.max, element.max))
@@ -171,8 +201,8 @@ class Block(Recipe):
             raise ValueError("a per-tensor scale goes with e4m3 block scales (NVFP4)")
 
     # scales: (divisor or multiplier applied before rounding, dequantization multiplier, codes)
-    def _mx_scales(self, blocks: torch.Tensor, element: ElementFormat):
-        amax = blocks.abs().amax(-1, keepdim=True).float()
+    def _mx_scales(self, blocks: torch.Tensor, element: ElementFormat, dim: int = -1):
+        amax = block_amax(blocks, dim).float()
         exp = ((amax.view(torch.int32) >> 23) & 0xFF) - 127 - element.emax
         biased = exp.clamp_(-127, 128) + 127
         biased = torch.where(torch.isnan(amax), torch.full_like(biased, 255), biased)
@@ -182,8 +212,8 @@ class Block(Recipe):
         deq = torch.where(biased == 255, torch.full_like(deq, float("nan")), deq)
         return 1.0 / div, deq, biased.to(torch.uint8).view(torch.float8_e8m0fnu)
 
-    def _nv_scales(self, blocks: torch.Tensor, element: ElementFormat, tensor_scale):
-        amax = blocks.abs().amax(-1, keepdim=True).float()
+    def _nv_scales(self, blocks: torch.Tensor, element: ElementFormat, tensor_scale, dim: int = -1):
+        amax = block_amax(blocks, dim).float()
         block_scale = amax / element.max
         if not self.tensor_scale:
             s8 = block_scale.clamp(min=E4M3.smallest_normal, max=E4M3.max).to(torch.float8_e4m3fn)
@@ -191,27 +221,46 @@ class Block(Recipe):
             return 1.0 / s32, s32, s8, None
         t = tensor_scale
         if t is None:
-            tamax = blocks.abs().amax().float()
+            tamax = tensor_amax(blocks)
             t = tamax / (E4M3.max * element.max)
             t = torch.where(tamax == 0, torch.ones_like(t), t)
         s8 = (block_scale / t).clamp(min=E4M3.smallest_normal, max=E4M3.max).to(torch.float8_e4m3fn)
         s32 = s8.float()
         return (1.0 / t) / s32, t * s32, s8, t
 
+    def _scales(self, blocks: torch.Tensor, element: ElementFormat, scale, dim: int = -1):
+        if self.scale_element == E8M0:
+            return (*self._mx_scales(blocks, element, dim), None)
+        return self._nv_scales(blocks, element, scale, dim)
+
     def _scaled(self, x: torch.Tensor, element: ElementFormat, scale):
         blocks = _blocks(x.float(), self.size)
-        if self.scale_element == E8M0:
-            mul, deq, codes = self._mx_scales(blocks, element)
-            t = None
-        else:
-            mul, deq, codes, t = self._nv_scales(blocks, element, scale)
-        return blocks, mul, deq, codes, t
+        return (blocks, *self._scales(blocks, element, scale))
 
-    def fake_quantize(self, x, element, *, role="input", stochastic=False, generator=None, scale=None):
+    def fake_quantize(self, x, element, *, role="input", stochastic=False, generator=None, scale=None,
+                      axis: int = -1):
+        """Blocks run over ``axis`` (default the last dimension). Where its length is a whole
+        number of blocks, the blocks are a view of ``x`` (no padding, no moved copy) and the
+        result keeps ``x``'s layout; otherwise the padding rule applies (module docstring)."""
+        x = x.float()
+        if x.dim() and x.shape[axis] % self.size == 0:
+            ax = axis % x.dim()
+            blocks = x.reshape(*x.shape[:ax], -1, self.size, *x.shape[ax + 1:])
+            mul, deq, _, _ = self._scales(blocks, element, scale, dim=ax + 1)
+            y = torch.mul(blocks, mul)
+            if stochastic:
+                y = element.round(y.clamp_(-element.max, element.max), True, generator)
+            else:
+                element.round_(y, blocks, saturate=True)
+            return y.mul_(deq).reshape(x.shape)
+        if axis not in (-1, x.dim() - 1) and x.dim() > 1:
+            moved = self.fake_quantize(x.movedim(axis, -1), element, role=role, stochastic=stochastic,
+                                       generator=generator, scale=scale)
+            return moved.movedim(-1, axis)
         blocks, mul, deq, _, _ = self._scaled(x, element, scale)
         y = (blocks * mul).clamp_(-element.max, element.max)
         y = element.round(y, stochastic, generator).mul_(deq)
-        return _unblock(y, x.shape).to(x.dtype)
+        return _unblock(y, x.shape)
 
     def quantize(self, x: torch.Tensor, element: ElementFormat, fmt_name: str) -> Quantized:
         blocks, mul, _, codes, t = self._scaled(x, element, None)
