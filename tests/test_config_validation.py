@@ -45,7 +45,7 @@ BAD = [  # (overrides, the one-line message)
                               "keys: max_steps, batch_size, grad_accum, grad_clip, warmup_steps, "
                               "min_lr_ratio, eval_every, eval_batch_size, eval_batches, progress, overwrite, "
                               "checkpoint_every, resume, max_consecutive_skips, num_threads, save_model, "
-                              "parallel)"),
+                              "grad_schedule, parallel)"),
     (["monitor.every=-1"], "monitor.every=-1 is out of range; allowed: >= 0"),
     (["monitor.sample=8"], "monitor.sample=8 is out of range; allowed: >= 64"),
     (["seed=1.5"], "seed: Value '1.5' of type 'float' could not be converted to Integer "

@@ -46,6 +46,7 @@ SWEEP_CUTS = {"sweep=headline": ["hydra.sweeper.params.seed=0", "hydra.sweeper.p
               "sweep=smoke": ["hydra.sweeper.params.experiment=mixed_needs"],  # the full grid: test_experiments
               "sweep=mixed_needs": ["hydra.sweeper.params.seed=0"],
               "sweep=underflow": ["hydra.sweeper.params.seed=0"],
+              "sweep=time_varying": ["hydra.sweeper.params.seed=0"],
               "sweep=best_static": ["hydra.sweeper.params.seed=0", "hydra.sweeper.params.experiment=mixed_needs"],
               "sweep=tune_": ["hydra.sweeper.n_trials=2"],
               "sweep=ablation_": ["hydra.sweeper.params.seed=0"]}

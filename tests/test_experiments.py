@@ -1,4 +1,4 @@
-"""The four workloads, the regression task, loss-scaling off, and the sweeps under each launcher."""
+"""The five workloads, the regression task, loss-scaling off, and the sweeps under each launcher."""
 import json
 import subprocess
 import sys
@@ -29,8 +29,8 @@ def _sweep_params(name: str) -> dict[str, list[str]]:
     return {k: [v.strip() for v in str(params[k]).split(",")] for k in SWEEP_AXES}
 
 
-def test_the_four_workloads_exist():
-    assert EXPERIMENTS == ["image", "language", "mixed_needs", "underflow"]
+def test_the_five_workloads_exist():
+    assert EXPERIMENTS == ["image", "language", "mixed_needs", "time_varying", "underflow"]
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

@@ -32,7 +32,7 @@ from adaprec.runtime.ranges import ConfigError, Rule, check_args, ranges_of, rul
 from adaprec.numerics.stats import DEFAULT_SAMPLE
 
 __all__ = ["AdaprecConfig", "TrainerConfig", "MonitorConfig", "ScalerConfig", "ObjectiveConfig",
-           "CostConfig", "EmulationConfig", "FSDPConfig", "Rule", "rule", "register_schemas", "validate",
+           "CostConfig", "EmulationConfig", "GradScheduleConfig", "FSDPConfig", "Rule", "rule", "register_schemas", "validate",
            "describe_key", "ConfigError"]
 
 
@@ -74,6 +74,14 @@ class FP8Scaling(str, Enum):
 
 
 @dataclass
+class GradScheduleConfig:
+    """Gradients that shrink late in training (``adaprec.app.gradient_schedule``); off by default."""
+    start: int = _ruled(0, ge=0)        # first step whose gradients are scaled
+    steps: int = _ruled(0, ge=0)        # geometric ramp from 1 to `final` over this many steps (0: at once)
+    final: float = _ruled(1.0, gt=0)    # the gradient multiplier from start + steps on; 1.0 = off
+
+
+@dataclass
 class TrainerConfig:
     max_steps: int = _ruled(60, ge=1)         # optimizer steps
     batch_size: int = _ruled(64, ge=1)        # examples per optimizer step (split over grad_accum)
@@ -92,6 +100,7 @@ class TrainerConfig:
     max_consecutive_skips: int = _ruled(25, ge=0)  # non-finite steps in a row before the run stops as `diverged`; 0 = never
     num_threads: int = _ruled(0, ge=0)        # torch intra-op threads; 0 = torch's default (parallel sweep jobs: 1 each)
     save_model: SaveModel = SaveModel.final  # model.pt: final | best (by the task's quality metric) | none
+    grad_schedule: GradScheduleConfig = field(default_factory=GradScheduleConfig)  # shrinking gradients by step
     parallel: Parallel = Parallel.ddp  # under torchrun: ddp (replicas) | fsdp (FSDP2 shards, see fsdp.*)
 
 

@@ -22,6 +22,7 @@ from adaprec.app.batching import train_batch_indices
 from adaprec.app.environment import run_environment
 from adaprec.app.build import build, config_value, seed_everything
 from adaprec.app.footprint import describe, run_footprint
+from adaprec.app.gradient_schedule import gradient_factor, scale_gradient, unscale_gradients
 from adaprec.app.model_saving import ModelSaver
 from adaprec.app.rundir import RunDir
 from adaprec.app.rundir_lock import RunDirLock
@@ -90,6 +91,8 @@ def _loop(cfg: DictConfig, run: RunDir, state: dict | None,
         run.rewind(start)
         run.append("events", [{"step": start, "event": "resumed", "from_step": start}])
     max_steps, max_skips = int(tc.max_steps), int(tc.max_consecutive_skips)
+    gs = tc.grad_schedule
+    grad_schedule = {"start": int(gs.start), "steps": int(gs.steps), "final": float(gs.final)}
     eval_every, ckpt_every = int(tc.eval_every), int(tc.checkpoint_every)
     bar = tqdm(range(start, max_steps), disable=not tc.progress or not run.writes,
                dynamic_ncols=True, leave=False)
@@ -102,13 +105,15 @@ def _loop(cfg: DictConfig, run: RunDir, state: dict | None,
             t.sharding.take_step_bytes()  # an evaluation's all-gathers are not this step's
 
         def forward_backward(step: int = step) -> None:
+            factor = gradient_factor(step, **grad_schedule)  # 1.0 unless the workload shrinks gradients
             for k in range(accum):  # gradient accumulation: `accum` micro-batches, one update
                 idx = train_batch_indices(data.num_train_examples, micro, int(cfg.seed), step * accum + k)
                 idx = idx.chunk(ranks)[rank_id]  # DDP: each rank its share of the micro-batch
                 x, y = task.batch(data, "train", idx, device)
                 with ap.autocast():
-                    loss = task.loss(net(x), y) / accum
+                    loss = task.loss(scale_gradient(net(x), factor), y) / accum
                 ap.backward(loss)
+            unscale_gradients(model.parameters(), factor)  # the update sees the true gradients
 
         forward_backward()
         if tc.grad_clip > 0:  # clip true gradients: unscale first (step then does not again)

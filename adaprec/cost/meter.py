@@ -111,15 +111,17 @@ class CostMeter:
 
     @property
     def controller_profile(self) -> DeviceProfile:
-        """The profile controllers see: the first configured one that prices in seconds."""
-        return next((p for p in self.profiles if p.metric == "seconds"), self.profiles[0])
+        """The profile controllers see: the first configured one (``cost.profiles[0]``; a workload
+        whose roofline is launch-bound may put ``bitops`` first to decide on arithmetic)."""
+        return self.profiles[0]
 
     def layer_format_costs(self, profile: str | DeviceProfile | None = None) -> dict[str, dict[str, float]]:
         """``{layer: {fmt: cost of one pass}}`` on ``profile`` (default :attr:`controller_profile`)."""
         return self.cost_model.layer_format_costs(profile if profile is not None else self.controller_profile)
 
     def plan_cost(self, plan: Plan) -> float:
-        """Modeled seconds of one pass under ``plan`` on :attr:`controller_profile`: the cost
+        """Modeled cost of one pass (seconds, or bit operations) under ``plan`` on
+        :attr:`controller_profile`: the cost
         model's pricing function, which controllers and budgets call."""
         return self.cost_model.total(plan, self.controller_profile)
 
