@@ -4,7 +4,7 @@
     python -m benchmarks.cost_validation --profile /tmp/local.yaml --threads 1 --clock process
     python -m benchmarks.cost_validation --device cuda --profile h100       # on a GPU (wall clock)
 
-For each model (``--models``: the SmallCNN at 32x32 and the language workload's GPT by
+For each model (``--models``: the SmallCNN at 32x32 and the benchmark GPT by
 default; ``resnet18`` at ``--image-size``) it draws ``--plans`` random per-layer plans (each
 plan first draws the share of its layers that leave fp32, then a format per such layer from
 ``--formats``), plus all-fp32 and all-bf16, and runs every plan with AdaptivePrecision and the

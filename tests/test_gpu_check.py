@@ -102,3 +102,12 @@ def test_bad_results_files_fail_with_one_line(tmp_path, capsys):
     readme.write_text("no markers\n")
     assert report.main([str(_results(tmp_path)), "--readme", str(readme)]) == 2
     assert readme.read_text() == "no markers\n"  # untouched
+
+
+def test_readme_performance_block_is_generated_from_the_committed_results():
+    """The README states only measured figures: its block is exactly the committed results."""
+    results = ROOT / "benchmarks" / "results" / "results.jsonl"
+    text = (ROOT / "README.md").read_text()
+    assert text.count(report.BEGIN) == text.count(report.END) == 1
+    block = text.split(report.BEGIN)[1].split(report.END)[0].strip("\n")
+    assert block == report.render(*report.load(results)).strip("\n")
