@@ -34,6 +34,7 @@ NOT_RUN = {
     "python -m pytest": "the test suite itself (CI runs it)",
     "hydra/launcher=submitit_slurm": "needs a SLURM cluster",
     "bash benchmarks/run_all.sh": "benchmarks time the machine for minutes; run by hand",
+    "bash benchmarks/gpu_check.sh": "needs a GPU; tests/test_gpu_check.py runs its CPU dry run",
     "torchrun": "multi-process launch: tests/test_readme_distributed.py runs the README's torchrun commands as written",
     "python -m benchmarks.": "benchmarks time the machine for minutes, printing ratios; run by hand",
     "python -m adaprec.tools.calibrate": "times this machine for minutes; tests/test_calibrate.py runs it small",
