@@ -15,6 +15,8 @@ never identified by parsing folder names. Every fact comes from the files themse
   and every other Hydra group choice from ``metrics.json["choices"]`` under its group name
   (a choice whose name clashes with a metrics key is stored as ``choice.<group>``). Runs without
   ``metrics.json`` take their choices from ``.hydra/hydra.yaml`` (``hydra.runtime.choices``).
+  An ``autocast`` run whose format ran emulated here (``environment.executors``) is labelled
+  ``autocast (emulated)``.
 - ``seed``: from ``metrics.json``, else ``cfg.seed``.
 - ``status``: ``"ok"`` | ``"failed"`` | ``"diverged"`` as the trainer wrote it, or
   ``"incomplete"`` for a run with a config but no (readable) ``metrics.json``, or whose
@@ -172,6 +174,12 @@ def _run_row(root: Path, run_dir: Path) -> dict[str, Any]:
     if row["controller"] is not None and budget is not None:
         # a budgeted controller is its own point on the Pareto plots, not a seed of the other
         row["controller"] = f"{row['controller']}@{budget:g}"
+    if row["controller"] == "autocast":
+        # the autocast baseline where the device runs its format slowly ran emulated (one
+        # autocast region, fp32 kernels): labelled so, never passed off as native kernels
+        how = row.get(f"environment.executors.{row.get('cfg.controller.dtype')}")
+        if isinstance(how, str) and "emulated" in how:
+            row["controller"] = "autocast (emulated)"
     known = row["model"] is not None or row["dataset"] is not None
     row["workload"] = row["experiment"] or (f"{row['model']}/{row['dataset']}" if known else None)
     overrides = _read_yaml(run_dir / ".hydra" / "overrides.yaml")

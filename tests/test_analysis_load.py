@@ -159,3 +159,16 @@ def test_budget_runs_get_their_own_controller_label(tmp_path):
         (d / "config_resolved.yaml").write_text(f"seed: 0\ncontroller:\n  cost_budget: {'null' if budget is None else budget}\n")
     runs = load_runs(tmp_path).set_index("run_id")
     assert runs.loc["a", "controller"] == "threshold" and runs.loc["b", "controller"] == "threshold@0.6"
+
+
+def test_an_emulated_autocast_baseline_is_labelled_so(tmp_path):
+    from analysis.load import load_runs
+    for name, how in (("native", "native"), ("emulated", "emulated"), ("mixed", "matmul: native, conv: emulated")):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "metrics.json").write_text(json.dumps({
+            "status": "ok", "seed": 0, "val_accuracy": 0.9, "choices": {"controller": "autocast"},
+            "environment": {"executors": {"fp32": "native", "bf16": how, "fp16": "emulated"}}}))
+        (d / "config_resolved.yaml").write_text("seed: 0\ncontroller:\n  dtype: bf16\n")
+    labels = load_runs(tmp_path).set_index("run_id")["controller"].to_dict()
+    assert labels == {"native": "autocast", "emulated": "autocast (emulated)", "mixed": "autocast (emulated)"}

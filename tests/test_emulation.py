@@ -379,6 +379,47 @@ def test_auto_with_global_autocast_controller_is_native_where_fast(monkeypatch):
     assert train(mlp(), x, y, 3, Autocast("bf16"), executor="auto")[0] == ref
 
 
+class _OutsideOps(nn.Module):
+    """Two planned Linear layers and, between them, matmuls of activations: ops outside every
+    layer (like attention's functional q @ kᵀ), which only a global autocast region runs in
+    16 bits."""
+
+    def __init__(self, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.fc1, self.fc2 = nn.Linear(16, 32), nn.Linear(32, 5)
+        self.seen = set()
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x))
+        h = (h @ h.transpose(0, 1)) @ h / 32
+        self.seen.add(h.dtype)
+        return self.fc2(h)
+
+
+def test_auto_with_global_autocast_where_slow_is_one_emulated_autocast_region(monkeypatch, caplog):
+    from adaprec.runtime.executors import capability
+    from adaprec.controllers import Autocast
+    monkeypatch.setattr(capability, "_cpu_has_fast", lambda fmt: False)  # as on an AVX2-only CPU
+    x, y = data((16,), 5)
+    with caplog.at_level("INFO", logger="adaprec.runtime.executors.auto"):
+        auto_model = _OutsideOps()
+        auto, _, ap = train(auto_model, x, y, 3, Autocast("bf16"), executor="auto")
+    assert ap.executor.choices == {"fc1": "emulated", "fc2": "emulated"}
+    assert any("fc1 (matmul) runs bf16 emulated" in r.message for r in caplog.records)
+    assert auto_model.seen == {torch.bfloat16}  # the op outside the layers ran under autocast
+    # the same region as the emulated executor's global plan, bit for bit
+    assert auto == train(_OutsideOps(), x, y, 3, Autocast("bf16"), executor="emulated")[0]
+    # ... and not the per-layer uniform plan, where the outside op computes in fp32
+    per_layer_model = _OutsideOps()
+    per_layer = train(per_layer_model, x, y, 3, Static("bf16"), executor="auto")[0]
+    assert per_layer_model.seen == {torch.float32} and per_layer != auto
+    # real torch.autocast with bf16 kernels (slow here, fine for a tiny model) agrees closely:
+    # the emulation computes each 16-bit op in fp32 and rounds its result
+    native = train(_OutsideOps(), x, y, 3, Autocast("bf16"), executor="native")[0]
+    assert native == pytest.approx(auto, rel=1e-2)
+
+
 # -- config and the training loop ------------------------------------------------------------------
 from tests.conftest import compose_config as compose  # noqa: E402
 

@@ -79,8 +79,12 @@ class AutoExecutor:
             return
         self._plan = plan
         default = get_format(plan.default)
+        if plan.region == "global" and self._global_emulated(default):
+            self._set_global_emulated(plan)
+            return
         # a global region (the autocast baseline) stays one native region where that format is
-        # fast; elsewhere it is emulated per layer, like any uniform plan
+        # fast; where it is not, the emulated half runs it as one region (above); other formats
+        # in a global plan (none registered today) are emulated per layer like a uniform plan
         root_native = self._runs_native(default, "matmul")
         region = plan.region if root_native else "layer"
         if region == "global" and not all(self._runs_native(default, self._families[n], self._modules[n])
@@ -96,6 +100,22 @@ class AutoExecutor:
         self.native.set_plan(Plan(native, default=default.name if root_native else FP32.name,
                                   region=region))
         self.emulated.set_plan(Plan(emulated))
+        self._log_choices()
+
+    def _global_emulated(self, default: Format) -> bool:
+        """A global plan (the autocast baseline) in a 16-bit format the device does not run
+        fast: the emulated half runs it as one ``torch.autocast`` region with fp32 kernels, so
+        autocast's own op lists decide per op — also for the ops outside every layer — exactly
+        as natively, only the arithmetic is emulated (recorded per layer as ``emulated``)."""
+        return (not self._runs_native(default, "matmul") and self.emulated.runs_as_autocast(default)
+                and all(self.emulated.autocast_runs(n, default) for n in self.layers))
+
+    def _set_global_emulated(self, plan: Plan) -> None:
+        for name in self.layers:
+            self._formats[name] = get_format(plan.default)
+            self._choices[name] = "emulated"
+        self.native.set_plan(plan)     # the one torch.autocast region (its layer hooks idle)
+        self.emulated.set_plan(plan)   # fp32 kernels for every 16-bit op in it, no rounding frames
         self._log_choices()
 
     def _log_choices(self) -> None:

@@ -302,6 +302,15 @@ class EmulatedExecutor:
     def format_of(self, layer: str) -> Format:
         return self._planned[layer]
 
+    def runs_as_autocast(self, fmt: Format) -> bool:
+        """Whether ``fmt`` (one plain fp16/bf16 format) runs as autocast with fp32 kernels."""
+        return self._via_autocast(fmt)
+
+    def autocast_runs(self, layer: str, fmt: Format) -> bool:
+        """Whether ``layer``'s ops run under autocast in ``fmt`` here (the capability probe:
+        a layer whose 16-bit ops fail natively is rounded at its boundaries instead)."""
+        return self._native.runs(layer, fmt)
+
     def kernels(self):
         """The dispatch mode that gives 16-bit ops fp32 kernels (a no-op context when the plan
         has no fp16/bf16 layer); ``region()`` enters it, and so must backward."""
