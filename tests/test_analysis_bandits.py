@@ -202,3 +202,19 @@ def test_a_real_bandit_run_end_to_end(tmp_path):
     table = bandits.bandit_table(runs, summaries)
     assert table["policy"].tolist() == ["bandit_ucb"] and table["seeds"].tolist() == [1]
     assert table.filter(like="share_").sum(axis=1).iloc[0] == pytest.approx(1.0)
+
+
+def test_sweep_report_adds_the_bandit_section_for_workloads_with_bandit_runs(tmp_path, make_run):
+    from analysis.report import sweep_report
+
+    sweep = tmp_path / "sweep"
+    for seed in (0, 1):
+        make_run(sweep / f"fp32_{seed}", controller="fp32", seed=seed)
+        run = make_run(sweep / f"ucb_{seed}", controller="bandit_ucb", seed=seed)
+        (run / "controller.json").write_text(json.dumps(hand_example()))
+    text = sweep_report(sweep, tmp_path / "out", per_run=False, draw=False)
+    assert "Bandits: regret against each layer's best fixed arm" in text
+    assert "| bandit_ucb | 2 | 3 | 0.700 | [0.700, 0.700] | 0.233 |" in text
+    table = pd.read_csv(tmp_path / "out" / "mlp_digits" / "bandits.csv")
+    assert table["policy"].tolist() == ["bandit_ucb"] and table["seeds"].tolist() == [2]
+    assert not list((tmp_path / "out").rglob("bandit_*.png"))  # tables only
