@@ -116,8 +116,9 @@ def _ablation(runs: pd.DataFrame, key: str, wl_dir: Path, styles, draw: bool) ->
 
 
 def _bandits(runs: pd.DataFrame, workload: str, wl_dir: Path, styles, draw: bool) -> str:
-    """The bandit runs' regret and pull-share tables (``bandits.csv``), and with ``draw`` their
-    pull-share, cumulative-regret and reward-trace figures; "" without bandit runs."""
+    """The bandit runs' regret and pull-share tables (``bandits.csv``, ``bandits.md``), and
+    with ``draw`` their pull-share, cumulative-regret and reward-trace figures; "" without
+    bandit runs."""
     summaries = bandits.bandit_summaries(runs)
     if not summaries:
         return ""
@@ -151,7 +152,9 @@ def _bandits(runs: pd.DataFrame, workload: str, wl_dir: Path, styles, draw: bool
                                   ("reward", bandits.reward_plot, "bandit_reward")):
                 curve = bandits.policy_curve(curves, y)
                 figures.save_figure(plot(curve, styles=styles, title=title)[0], wl_dir / stem, data=curve)
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    (wl_dir / "bandits.md").write_text(text)  # beside the figures in index.html
+    return text
 
 
 def _ttq_table(ttq: pd.DataFrame, baseline: str) -> str:

@@ -166,7 +166,7 @@ def test_report_section_writes_table_and_figures_and_notes_untraced_runs(tmp_pat
     for stem in ("bandit_pulls", "bandit_regret", "bandit_reward"):
         for ext in ("csv", "pdf", "png"):
             assert (out / f"{stem}.{ext}").stat().st_size > 0
-    assert len(pd.read_csv(out / "bandits.csv")) == 3
+    assert len(pd.read_csv(out / "bandits.csv")) == 3 and (out / "bandits.md").read_text() == text
     # only runs from before the trace: table and pull shares, no trace figures, a note
     (tmp_path / "runs_b").mkdir()
     old = runs_table(tmp_path / "runs_b", [("bandit_thompson", untraced(1.0, {"fp32": 3, "bf16": 1, "fp16": 0}))])
