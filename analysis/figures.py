@@ -271,33 +271,40 @@ def rates_matrix(table: pd.DataFrame, column: str) -> np.ndarray:
 @_paper
 def training_curves(table: pd.DataFrame, *, group: str = "controller", ylabel: str = "loss",
                     styles: dict | None = None, log_y: bool | None = None, title: str | None = None,
-                    ax=None):
-    """One line per policy (mean over seeds) with its 95% t band where defined; each policy
-    has its own colour, line style and marker (markers on every point of sparse series such as
-    evaluations, on every tenth of dense ones). ``log_y=None`` picks a log axis when the means
-    span two decades. ``table``: :func:`analysis.prep.curve_table` (``controller, step, mean, lo, hi``)."""
-    _need(table, [group, "step", "mean", "lo", "hi"], "training_curves")
+                    y: str = "mean", xlabel: str = "step", ax=None):
+    """One line per policy (column ``y``: the mean over seeds) with its 95% band (``lo``,
+    ``hi``) where defined; each policy has its own colour, line style and marker (markers on
+    every point of sparse series such as evaluations, on every tenth of dense ones).
+    ``log_y=None`` picks a log axis when the values span two decades. ``table``:
+    :func:`analysis.prep.curve_table` (``controller, step, mean, lo, hi``) or any frame with
+    those columns (``analysis.bandits`` draws IQM curves with ``y="iqm"``)."""
+    _need(table, [group, "step", y, "lo", "hi"], "training_curves")
     fig, ax = _axes(ax, height=2.4)
     styles = styles or policy_styles(table[group])
     for name, part in table.groupby(group, sort=True):
         part = part.sort_values("step")
         st = styles[str(name)]
         every = 1 if len(part) <= 20 else max(1, len(part) // 10)
-        ax.plot(part["step"], part["mean"], color=st["color"], ls=st["linestyle"], marker=st["marker"],
+        ax.plot(part["step"], part[y], color=st["color"], ls=st["linestyle"], marker=st["marker"],
                 markevery=every, markersize=3, markeredgecolor=st["edgecolor"], label=str(name),
                 gid=f"curve:{name}")
         band = np.isfinite(part["lo"]) & np.isfinite(part["hi"])
         if band.any():
             ax.fill_between(part["step"], part["lo"], part["hi"], where=band, color=st["color"],
                             alpha=0.15, lw=0)
-    ax.set_xlabel("step")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
-    if log_y or (log_y is None and _spans_decades(table["mean"])):
+    if log_y or (log_y is None and _spans_decades(table[y])):
         ax.set_yscale("log")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
     return fig, ax
+
+
+_SHARE_LABELS = {"flop_share": "share of FLOPs\n(averaged over steps)",
+                 "format_share": "share of layers\n(end-of-run plan)",
+                 "pull_share": "share of layer-windows\n(arm pulls, mean over seeds)"}
 
 
 @_paper
@@ -305,8 +312,9 @@ def flop_share_bars(table: pd.DataFrame, *, group: str = "controller", title: st
     """Stacked bars: each policy's share per format, only formats with a non-zero share
     anywhere. FLOP shares are averaged over the run's steps (time-weighted: a format that ran
     half the run at full share counts 0.5), so they differ from end-of-run plan shares; the
-    y label says which basis is drawn. ``table``: :func:`analysis.prep.share_table`
-    (``controller, format, share``)."""
+    y label says which basis is drawn (``basis``: ``flop_share``, ``format_share``, or
+    ``pull_share``, a bandit's arm pulls per layer-window). ``table``:
+    :func:`analysis.prep.share_table` (``controller, format, share``)."""
     _need(table, [group, "format", "share"], "flop_share_bars")
     wide = table.pivot_table(index=group, columns="format", values="share", aggfunc="first")
     names = list(wide.index)
@@ -322,8 +330,7 @@ def flop_share_bars(table: pd.DataFrame, *, group: str = "controller", title: st
     ax.set_xticks(range(len(names)), [str(n) for n in names], rotation=90)
     ax.set_xlabel("policy")
     basis = table["basis"].iloc[0] if "basis" in table and len(table) else "flop_share"
-    ax.set_ylabel("share of FLOPs\n(averaged over steps)" if basis == "flop_share"
-                  else "share of layers\n(end-of-run plan)")
+    ax.set_ylabel(_SHARE_LABELS.get(basis, _SHARE_LABELS["format_share"]))
     ax.set_ylim(0, max(1.0, float(bottom.max()) if len(bottom) else 1.0))
     if title:
         ax.set_title(title)

@@ -6,7 +6,8 @@
     python -m analysis.report --run runs/<sweep>/<n> --out <dir>   # one run's own figures
 
 Writes each figure as ``<name>.pdf`` + ``<name>.png`` beside ``<name>.csv`` (its data), the
-summary tables as Markdown and LaTeX, an ``index.html`` that shows every figure and table of
+summary tables as Markdown and LaTeX, for workloads with bandit runs their regret and arm-pull
+tables (``bandits.csv``) and figures (:mod:`analysis.bandits`), an ``index.html`` that shows every figure and table of
 the folder (relative links: it opens offline, straight from the disk), and prints the Markdown
 summary. Runs that failed, diverged or never finished are listed with their error and left out
 of every aggregate.
@@ -22,7 +23,7 @@ from pathlib import Path
 import matplotlib
 import pandas as pd
 
-from . import figures, prep, tables
+from . import bandits, figures, prep, tables
 from .load import load_decisions, load_evals, load_layers, load_runs, load_steps, ok_runs
 from .html_index import write_index
 from .stats import aggregate, cost_columns, improvement_probabilities, pareto_front, welch_tests
@@ -76,6 +77,7 @@ def sweep_report(sweep: str | Path, out: str | Path, per_run: bool = True,
         sections.append(_ttq_table(ttq[ttq["workload"] == workload], baseline))
         for key in ablations:
             sections.append(_ablation(runs[runs["workload"] == workload], key, wl_dir, styles, draw))
+        sections.append(_bandits(runs[runs["workload"] == workload], workload, wl_dir, styles, draw))
         if draw:
             _workload_figures(workload, agg, front, steps, evals, wl_dir, styles)
     if per_run and draw:
@@ -111,6 +113,48 @@ def _ablation(runs: pd.DataFrame, key: str, wl_dir: Path, styles, draw: bool) ->
               f"{tables.sig(r.quality)} | [{tables.sig(r.lo)}, {tables.sig(r.hi)}] | {tables.sig(r.cost)} | "
               f"{tables.sig(r.skipped_steps)} | {tables.sig(r.plan_changes)} |" for r in table.itertuples(index=False)]
     return "\n".join(lines) + "\n"
+
+
+def _bandits(runs: pd.DataFrame, workload: str, wl_dir: Path, styles, draw: bool) -> str:
+    """The bandit runs' regret and pull-share tables (``bandits.csv``, ``bandits.md``), and
+    with ``draw`` their pull-share, cumulative-regret and reward-trace figures; "" without
+    bandit runs."""
+    summaries = bandits.bandit_summaries(runs)
+    if not summaries:
+        return ""
+    table = bandits.bandit_table(runs, summaries)
+    wl_dir.mkdir(parents=True, exist_ok=True)
+    table.to_csv(wl_dir / "bandits.csv", index=False)
+    sig = tables.sig
+    lines = ["Bandits: regret against each layer's best fixed arm in hindsight, summed over layers "
+             "(reward units; IQM over seeds, 95% bootstrap CI; per window: total / decision windows):", "",
+             "| policy | seeds | windows | regret | CI | regret per window |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r.policy} | {r.seeds} | {r.windows} | {sig(r.regret)} | [{sig(r.regret_lo)}, "
+              f"{sig(r.regret_hi)}] | {sig(r.regret_per_window)} |" for r in table.itertuples(index=False)]
+    shares = [c for c in table.columns if c.startswith("share_") and (table[c] > 0).any()]
+    lines += ["", "Arm pulls: share of layer-windows per format (mean over seeds):", "",
+              "| policy | " + " | ".join(c[len("share_"):] for c in shares) + " |",
+              "|---|" + "---|" * len(shares)]
+    lines += [f"| {r['policy']} | " + " | ".join(sig(r[c]) for c in shares) + " |"
+              for r in table.to_dict("records")]
+    untraced = int((table["seeds"] - table["traced"]).sum())
+    if untraced:
+        lines += ["", f"Note: {untraced} bandit run(s) have no complete per-window trace in "
+                      "controller.json (written before the trace existed): table and pull shares "
+                      "only; no regret or reward traces for them."]
+    if draw:
+        title = f"workload: {workload}"
+        figures.save_figure(bandits.pull_share_bars(bandits.share_frame(table), title=title)[0],
+                            wl_dir / "bandit_pulls", data=bandits.share_frame(table))
+        curves = bandits.regret_curves(bandits.window_table(runs, summaries))
+        if not curves.empty:
+            for y, plot, stem in (("regret", bandits.regret_plot, "bandit_regret"),
+                                  ("reward", bandits.reward_plot, "bandit_reward")):
+                curve = bandits.policy_curve(curves, y)
+                figures.save_figure(plot(curve, styles=styles, title=title)[0], wl_dir / stem, data=curve)
+    text = "\n".join(lines) + "\n"
+    (wl_dir / "bandits.md").write_text(text)  # beside the figures in index.html
+    return text
 
 
 def _ttq_table(ttq: pd.DataFrame, baseline: str) -> str:

@@ -192,3 +192,65 @@ def test_cost_is_priced_at_plan_level_with_the_casts_a_switch_causes():
     from adaprec.controllers._window import Window
     clean = Window(samples=1)
     assert c._reward("b", "bf16", clean, 0.0, all32) < c._reward("b", "fp32", clean, 0.0, all32)
+
+
+def test_the_trace_has_one_entry_per_window_and_sums_to_the_regret_totals():
+    c = make(algorithm="ucb1", min_dwell=1, interval=3)
+    run(c, 45, wobbly, LAYERS)
+    summary = c.summary()
+    for layer, v in summary["layers"].items():
+        t = v["trace"]
+        assert len(t["step"]) == len(t["played"]) == sum(v["pulls"].values()) == 15  # 45 steps / 3
+        assert t["step"] == list(range(3, 46, 3))  # the decision that closed each window
+        assert {f: t["played"].count(f) for f in v["arms"]} == v["pulls"]
+        for f in v["arms"]:  # the same values the regret summed, in the same order: exact
+            assert sum(t["rewards"][f]) == c._cum[layer][f]
+            assert len(t["rewards"][f]) == 15
+        earned = sum(t["rewards"][f][i] for i, f in enumerate(t["played"]))
+        assert earned == pytest.approx(v["earned"], abs=1e-12)
+        best = v["best_fixed_arm"]
+        assert sum(t["rewards"][best]) - earned == pytest.approx(v["regret"], abs=1e-12)
+    assert len({f for v in summary["layers"].values() for f in v["trace"]["played"]}) > 1
+    summary["layers"]["a"]["trace"]["step"].clear()  # the summary is a copy
+    assert len(c.summary()["layers"]["a"]["trace"]["step"]) == 15
+
+
+@pytest.mark.parametrize("algorithm", sorted(POLICIES))
+def test_the_trace_changes_no_decision(algorithm, monkeypatch):
+    """The same run with the trace recording switched off: identical plans, policy states,
+    regret bookkeeping and generator state (the trace only copies values)."""
+    traced = make(algorithm=algorithm, interval=3, min_dwell=1)
+    plans = run(traced, 60, wobbly, LAYERS)
+    monkeypatch.setattr(Bandit, "_record", lambda *a, **k: None)
+    plain = make(algorithm=algorithm, interval=3, min_dwell=1)
+    assert run(plain, 60, wobbly, LAYERS) == plans
+    assert len({p.hash for p in plans}) > 1
+    a, b = traced.state_dict(), plain.state_dict()
+    assert len(a.pop("trace")["a"]["step"]) == 20 and b.pop("trace")["a"]["step"] == []
+    rng_a, rng_b = a.pop("rng"), b.pop("rng")
+    assert torch.equal(rng_a, rng_b) and a == b
+
+
+def test_a_resumed_bandit_keeps_its_complete_trace(tmp_path):
+    full = make(algorithm="thompson", interval=3, min_dwell=1)
+    run(full, 90, wobbly, LAYERS)
+    first = make(algorithm="thompson", interval=3, min_dwell=1)
+    run(first, 43, wobbly, LAYERS)  # stop mid-window
+    torch.save(first.state_dict(), tmp_path / "ctl.pt")
+    resumed = make(algorithm="thompson", interval=3, min_dwell=1)
+    resumed.load_state_dict(torch.load(tmp_path / "ctl.pt", weights_only=True))
+    assert len(resumed.summary()["layers"]["a"]["trace"]["step"]) == 14  # windows closed by step 42
+    run(resumed, 90, wobbly, LAYERS, start=43)
+    assert resumed.summary() == full.summary()  # trace, pulls and regret: the uninterrupted run's
+    assert len(full.summary()["layers"]["a"]["trace"]["step"]) == 30
+
+
+def test_a_checkpoint_from_before_the_trace_still_loads():
+    c = make(algorithm="ucb1", interval=3)
+    run(c, 30, wobbly, LAYERS)
+    state = c.state_dict()
+    del state["trace"]
+    resumed = make(algorithm="ucb1", interval=3)
+    resumed.load_state_dict(state)
+    v = resumed.summary()["layers"]["a"]
+    assert v["trace"]["step"] == [] and sum(v["pulls"].values()) == 10  # incomplete, visibly

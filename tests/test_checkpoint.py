@@ -36,6 +36,8 @@ def comparable(run_dir: Path) -> dict:
     out["layers"] = pd.read_csv(run_dir / "layers.csv.gz")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     out["metrics"] = {k: v for k, v in metrics.items() if k not in ("wall_s", "cpu_s", "resumed_from")}
+    summary = run_dir / "controller.json"  # a bandit's pulls, regret and per-window trace
+    out["controller"] = json.loads(summary.read_text()) if summary.exists() else None
     return out
 
 
@@ -44,6 +46,7 @@ def assert_same_run(a: Path, b: Path) -> None:
     for key in ("steps.csv", "evals.csv", "decisions.csv", "layers"):
         pd.testing.assert_frame_equal(ca[key], cb[key], check_exact=True, obj=key)
     assert ca["metrics"] == cb["metrics"]
+    assert ca["controller"] == cb["controller"]
 
 
 def test_rng_state_round_trips_through_weights_only_load(tmp_path):
@@ -111,7 +114,9 @@ def test_truncate_tables_drops_torn_lines_and_later_rows(tmp_path):
     ["controller=bf16"], ["controller=fp16"],
     # fp8 with delayed scaling: the executor's amax histories are run state too
     ["controller=fp32", "controller.format=fp8_e4m3", "executor=emulated"],
-], ids=["bf16", "fp16", "fp8-emulated"])
+    # a stateful controller: the bandit's policies, RNG and per-window trace resume exactly
+    ["controller=bandit_thompson", "controller.interval=2", "controller.min_dwell=1"],
+], ids=["bf16", "fp16", "fp8-emulated", "bandit"])
 def test_resume_after_a_crash_is_bit_identical(tmp_path, precision):
     """A run that crashed after logging every step but before finishing (status running,
     checkpoint at step 3, tables through step 5) resumes at 3 and reproduces the
@@ -130,6 +135,9 @@ def test_resume_after_a_crash_is_bit_identical(tmp_path, precision):
     metrics = train(tiny_cfg(*args), crashed)
     assert metrics["resumed_from"] == 3 and metrics["status"] == "ok"
     assert_same_run(ref, crashed)
+    if "bandit" in precision[0]:  # windows on both sides of the checkpoint at step 3
+        trace = json.loads((crashed / "controller.json").read_text())["layers"]["net.1"]["trace"]
+        assert trace["step"] == [2, 4, 6]
     events = [json.loads(line) for line in (crashed / "events.jsonl").read_text().splitlines()]
     assert events == [{"event": "resumed", "from_step": 3, "step": 3}]
 

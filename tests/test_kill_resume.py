@@ -16,12 +16,14 @@ from .test_checkpoint import assert_same_run
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 12
-# controllers to exercise; stateful ones (bandit, threshold) join this list when they land
-CONTROLLERS = ["fp16", "plan"]
+# controllers to exercise: static ones and a stateful one (the bandit: policies, RNG, trace)
+CONTROLLERS = ["fp16", "plan", "bandit_ucb"]
+EXTRA = {"plan": ["+controller.patterns={net.1: fp32}"],
+         "bandit_ucb": ["controller.interval=2", "controller.min_dwell=1"]}
 
 
 def cli(run_dir: Path, controller: str) -> list[str]:
-    extra = ["+controller.patterns={net.1: fp32}"] if controller == "plan" else []
+    extra = EXTRA.get(controller, [])
     return [sys.executable, "-m", "adaprec.run", f"controller={controller}", *extra,
             "model=mlp", "model.hidden=[64,32]", "model.dropout=0.1", "dataset.image_size=8",
             "trainer.batch_size=32", f"trainer.max_steps={STEPS}", "trainer.eval_every=5",

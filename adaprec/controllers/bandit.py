@@ -46,7 +46,11 @@ fp16 is dropped (``allowed_formats``). A window without a sampled step updates n
 **Regret.** Each window's reward of every arm (the quality effect of unplayed arms taken as 0)
 is summed per arm; :meth:`summary` reports, per layer, the pulls of each arm, their mean
 reward, and the regret against the best fixed arm in hindsight (that arm's summed reward minus
-the reward earned); the training app writes it to ``controller.json`` in the run directory.
+the reward earned), and the per-window trace (``trace``: the decision step that closed each
+window with evidence, the arm played in it, and every arm's reward that window, exactly the values
+summed for the regret); the training app writes it to ``controller.json`` in the run directory
+(``analysis.bandits`` draws regret over training and reward traces from it). The trace is
+bookkeeping only: it copies values the decision already computed and feeds nothing back.
 """
 from __future__ import annotations
 
@@ -137,6 +141,7 @@ class Bandit(Controller):
         self._cum: dict[str, dict[str, float]] = {}    # summed reward per arm (regret)
         self._pulls: dict[str, dict[str, int]] = {}
         self._earned: dict[str, float] = {}
+        self._trace: dict[str, dict] = {}  # per window with evidence: step, played arm, rewards
         self._loss_sum, self._loss_n, self._skipped, self._steps = 0.0, 0, 0, 0
         self._baseline: float | None = None
 
@@ -155,6 +160,7 @@ class Bandit(Controller):
             self._cum[layer] = {f: 0.0 for f in self._arms[layer]}
             self._pulls[layer] = {f: 0 for f in self._arms[layer]}
             self._earned[layer] = 0.0
+            self._trace[layer] = _empty_trace(self._arms[layer])
         if self.cost_budget is not None:
             self._budget = Budget(self.cost_budget, self._arms, context)
 
@@ -183,7 +189,7 @@ class Bandit(Controller):
             self._switched = set(self._layers)
         elif step % self.interval == 0:
             before = dict(self._fmt)
-            self._end_window()
+            self._end_window(step)
             # pinned: layers whose numerics ruled out the arm they played (not exploration)
             self._fit_budget({n for n in self._layers if before[n] != self._fmt[n]
                               and not self._safe(n, before[n])})
@@ -210,7 +216,7 @@ class Bandit(Controller):
                                    f"{paid_for} (plan cost {self._budget.relative(self._fmt):.3f})")
 
     # -- one decision ---------------------------------------------------------------------------
-    def _end_window(self) -> None:
+    def _end_window(self, step: int) -> None:
         spike = self._spike()
         self.reasons = {}
         # the quality effect lands on the layers that switched into their arm (explorers); with
@@ -228,7 +234,7 @@ class Bandit(Controller):
             if w.samples:
                 self._last_penalty[layer] = {f: self._penalty(f, w, 0.0) for f in self._arms[layer]}
             arm = self._arms[layer].index(played)
-            self._account(layer, played, rewards)
+            self._account(layer, played, rewards, step)
             policy = self._policy[layer]
             if policy.full_information:
                 policy.update_full(rewards, arm)
@@ -274,16 +280,27 @@ class Bandit(Controller):
         raw = -self.cost_weight * cost - self._penalty(fmt, w, spike)
         return min(1.0, max(0.0, 1.0 + raw / (self.cost_weight + 1.0)))
 
-    def _account(self, layer: str, played: str, rewards: list[float]) -> None:
+    def _account(self, layer: str, played: str, rewards: list[float], step: int) -> None:
         """Regret bookkeeping: every arm's reward this window, the played arm's pull."""
         for f, r in zip(self._arms[layer], rewards):
             self._cum[layer][f] += r
         self._pulls[layer][played] += 1
         self._earned[layer] += rewards[self._arms[layer].index(played)]
+        self._record(layer, played, rewards, step)
+
+    def _record(self, layer: str, played: str, rewards: list[float], step: int) -> None:
+        """The window's trace entry: copies of values already computed (nothing reads them back)."""
+        trace = self._trace[layer]
+        trace["step"].append(int(step))
+        trace["played"].append(played)
+        for f, r in zip(self._arms[layer], rewards):
+            trace["rewards"][f].append(float(r))
 
     def summary(self) -> dict:
         """Per layer: arm pulls, mean reward per arm (over every window with evidence), the best
-        fixed arm in hindsight and the regret against it; totals over layers."""
+        fixed arm in hindsight, the regret against it and the per-window ``trace``
+        (``{"step": [...], "played": [...], "rewards": {arm: [...]}}``, one entry per pull);
+        totals over layers."""
         layers = {}
         for layer in self._layers:
             windows = sum(self._pulls[layer].values())
@@ -293,7 +310,8 @@ class Bandit(Controller):
                 "arms": list(self._arms[layer]), "pulls": dict(self._pulls[layer]),
                 "mean_reward": {f: cum[f] / windows if windows else None for f in cum},
                 "best_fixed_arm": best, "earned": self._earned[layer],
-                "regret": (cum[best] - self._earned[layer]) if best is not None else 0.0}
+                "regret": (cum[best] - self._earned[layer]) if best is not None else 0.0,
+                "trace": _copy_trace(self._trace[layer])}
         return {"controller": "bandit", "algorithm": self.algorithm, "seed": self.seed,
                 "windows": max((sum(p.values()) for p in self._pulls.values()), default=0),
                 "regret": sum(v["regret"] for v in layers.values()), "layers": layers}
@@ -339,6 +357,7 @@ class Bandit(Controller):
                 "dwell": dict(self._dwell), "switched": sorted(self._switched),
                 "cum": {l: dict(c) for l, c in self._cum.items()},
                 "pulls": {l: dict(c) for l, c in self._pulls.items()}, "earned": dict(self._earned),
+                "trace": {l: _copy_trace(t) for l, t in self._trace.items()},
                 "loss": [self._loss_sum, self._loss_n, self._skipped, self._steps],
                 "baseline": self._baseline, "rng": self._rng.get_state()}
 
@@ -357,7 +376,19 @@ class Bandit(Controller):
             for l, c in state.get(key, {}).items():
                 target[l].update(c)
         self._earned.update({l: float(v) for l, v in state.get("earned", {}).items()})
+        for l, t in state.get("trace", {}).items():  # a checkpoint from before the trace: empty
+            self._trace[l] = {"step": [int(s) for s in t["step"]], "played": list(t["played"]),
+                              "rewards": {f: [float(r) for r in v] for f, v in t["rewards"].items()}}
         loss_sum, loss_n, skipped, steps = state["loss"]
         self._loss_sum, self._loss_n, self._skipped, self._steps = float(loss_sum), int(loss_n), int(skipped), int(steps)
         self._baseline = None if state["baseline"] is None else float(state["baseline"])
         self._rng.set_state(state["rng"])
+
+
+def _empty_trace(arms: Sequence[str]) -> dict:
+    return {"step": [], "played": [], "rewards": {f: [] for f in arms}}
+
+
+def _copy_trace(trace: dict) -> dict:
+    return {"step": list(trace["step"]), "played": list(trace["played"]),
+            "rewards": {f: list(v) for f, v in trace["rewards"].items()}}
