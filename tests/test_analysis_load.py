@@ -162,7 +162,7 @@ def test_budget_runs_get_their_own_controller_label(tmp_path):
 
 
 def test_an_emulated_autocast_baseline_is_labelled_so(tmp_path):
-    from analysis.load import load_runs
+    from analysis.load import MixedEnvironmentWarning, load_runs
     for name, how in (("native", "native"), ("emulated", "emulated"), ("mixed", "matmul: native, conv: emulated")):
         d = tmp_path / name
         d.mkdir()
@@ -170,5 +170,6 @@ def test_an_emulated_autocast_baseline_is_labelled_so(tmp_path):
             "status": "ok", "seed": 0, "val_accuracy": 0.9, "choices": {"controller": "autocast"},
             "environment": {"executors": {"fp32": "native", "bf16": how, "fp16": "emulated"}}}))
         (d / "config_resolved.yaml").write_text("seed: 0\ncontroller:\n  dtype: bf16\n")
-    labels = load_runs(tmp_path).set_index("run_id")["controller"].to_dict()
+    with pytest.warns(MixedEnvironmentWarning):  # the three ran in different environments
+        labels = load_runs(tmp_path).set_index("run_id")["controller"].to_dict()
     assert labels == {"native": "autocast", "emulated": "autocast (emulated)", "mixed": "autocast (emulated)"}
