@@ -34,14 +34,15 @@ def _value(v):
 def ablation_table(runs: pd.DataFrame, key: str, cost: str | None = None,
                    group: str = "controller") -> pd.DataFrame:
     """One row per workload, controller and value of the config key ``key`` (``monitor.every``
-    or ``cfg.monitor.every``). ``cost``: the cost column (default: the first ``rel_cost_*``)."""
+    or ``cfg.monitor.every``). ``cost``: the cost column (default: the runs' first
+    ``cost.profiles`` entry, the one the controllers priced on; else the first ``rel_cost_*``)."""
     col = key if key.startswith("cfg.") else f"cfg.{key}"
     ok = ok_runs(runs)
     if col not in ok:
         keys = sorted(c[4:] for c in ok.columns if c.startswith("cfg."))
         raise ValueError(f"no run has config key {col[4:]!r}; ablate one of the swept keys "
                          f"(e.g. {', '.join(k for k in keys if 'every' in k or 'interval' in k) or keys[:3]})")
-    cost = cost or next((c for c in sorted(ok.columns) if c.startswith("rel_cost_")), None)
+    cost = cost or _priced_on(ok)
     rows = []
     ok = ok.assign(_value=ok[col].map(_value))
     for (wl, ctrl), part in ok.groupby(["workload", group], sort=True, dropna=False):
@@ -92,3 +93,13 @@ def ablation_plot(table: pd.DataFrame, *, styles: dict | None = None, title: str
         axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
         return fig, axis
     return draw()
+
+
+def _priced_on(ok: pd.DataFrame) -> str | None:
+    """``rel_cost_<first profile>`` of the runs' ``cost.profiles``, else the first rel_cost column."""
+    profiles = ok["cfg.cost.profiles"].dropna() if "cfg.cost.profiles" in ok else []
+    if len(profiles):
+        first = str(profiles.iloc[0]).strip("[]").split(",")[0].strip(" '\"")
+        if f"rel_cost_{first}" in ok:
+            return f"rel_cost_{first}"
+    return next((c for c in sorted(ok.columns) if c.startswith("rel_cost_")), None)

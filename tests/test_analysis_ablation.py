@@ -58,3 +58,12 @@ def test_report_cli_writes_the_ablation(tmp_path, make_run, capsys):
     for ext in ("csv", "pdf", "png"):
         assert (wl / f"ablation_monitor_every.{ext}").stat().st_size > 0
     assert len(pd.read_csv(wl / "ablation_monitor_every.csv")) == 6
+
+
+def test_cost_column_defaults_to_the_profile_the_controllers_priced_on():
+    from analysis.ablation import _priced_on
+    runs = pd.DataFrame({"rel_cost_a100": [1.1], "rel_cost_bitops": [0.4], "rel_cost_h100": [1.2],
+                         "cfg.cost.profiles": ["['bitops', 'h100', 'a100']"]})
+    assert _priced_on(runs) == "rel_cost_bitops"
+    assert _priced_on(runs.drop(columns="cfg.cost.profiles")) == "rel_cost_a100"  # first by name
+    assert _priced_on(runs.assign(**{"cfg.cost.profiles": ["['b200']"]})) == "rel_cost_a100"  # not reported
