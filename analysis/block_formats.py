@@ -27,7 +27,7 @@ import pandas as pd  # noqa: E402
 from adaprec.numerics.formats import get_format  # noqa: E402
 
 from .figures import _paper, save_figure  # noqa: E402
-from .load import load_decisions, load_runs, ok_runs  # noqa: E402
+from .load import load_decisions, load_layers, load_runs, ok_runs  # noqa: E402
 from .style import COLUMN_WIDTH_IN  # noqa: E402
 from .tables import sig  # noqa: E402
 
@@ -98,9 +98,10 @@ def low_fraction_map(table: pd.DataFrame, layers: list[str] | None = None, *, ti
     """Heat map: one row per (policy, role), one column per layer; the colour is the fraction
     of training steps that role of that layer ran in a low (≤ 8-bit) format — 0 (white) means it
     stayed in bf16 or wider the whole run. Several seeds of one policy are averaged."""
+    ordered = bool(layers)
     mean = table.groupby(["policy", "role", "layer"], sort=False)["fraction"].mean()
     policies = list(dict.fromkeys(table["policy"]))
-    layers = layers or list(dict.fromkeys(table["layer"]))
+    layers = [n for n in layers if n in set(table["layer"])] if layers else list(dict.fromkeys(table["layer"]))
     rows = [(p, r) for p in policies for r in ROLES]
     grid = np.array([[mean.get((p, r, layer), np.nan) for layer in layers] for p, r in rows])
     fig, ax = plt.subplots(figsize=(max(COLUMN_WIDTH_IN, 1.2 + 0.16 * len(layers)),
@@ -113,7 +114,7 @@ def low_fraction_map(table: pd.DataFrame, layers: list[str] | None = None, *, ti
     ax.set_yticks(range(len(rows)), [f"{p}: {r}" if r == ROLES[0] else r for p, r in rows], fontsize=5)
     ax.set_ylim(len(rows) - 0.5, -0.5)
     ax.set_xticks(range(len(layers)), layers, rotation=90, fontsize=4.5)
-    ax.set_xlabel("layer (model order)")
+    ax.set_xlabel("layer" + (" (model order)" if ordered else ""))
     ax.set_ylabel("policy: GEMM operand role")
     bar = fig.colorbar(mesh, ax=ax, fraction=0.04, pad=0.01)
     bar.set_label("fraction of training steps in a ≤8-bit format\n(0: bf16 or wider throughout)")
@@ -137,6 +138,16 @@ def quality_table(runs: pd.DataFrame, low: pd.DataFrame, reference: str) -> pd.D
     share = low.groupby("policy")["fraction"].mean()
     table["low_share"] = table["policy"].map(share)
     return table
+
+
+def model_order(runs: pd.DataFrame) -> list[str] | None:
+    """Layer names in the order the model runs them: the first sampled step of the first run's
+    ``layers.csv.gz`` (the monitor writes layers in call order); None without one."""
+    for run_dir in runs["run_dir"]:
+        table = load_layers(runs[runs["run_dir"] == run_dir])
+        if not table.empty:
+            return list(dict.fromkeys(table.loc[table["step"] == table["step"].min(), "layer"]))
+    return None
 
 
 def _markdown(table: pd.DataFrame) -> str:
@@ -173,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     low = low_fraction(runs, load_decisions(ok_runs(runs)))
+    order = model_order(ok_runs(runs))
     low.to_csv(out / "low_fraction.csv", index=False)
     quality = quality_table(runs, low, args.reference)
     quality.to_csv(out / "quality.csv", index=False)
@@ -181,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     if not low.empty:
         workload = ok_runs(runs)["workload"].dropna()
         title = f"workload: {workload.iloc[0]}" if len(workload) else None
-        save_figure(low_fraction_map(low, title=title)[0], out / "low_fraction")
+        save_figure(low_fraction_map(low, order, title=title)[0], out / "low_fraction")
     print(f"wrote {out}/low_fraction.csv, quality.md, stays_high.md and the figure")
     return 0
 

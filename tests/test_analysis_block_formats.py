@@ -26,8 +26,8 @@ def study(tmp_path_factory):
         def readouterr(self):
             return type("o", (), {"out": "", "err": ""})()
 
-    base = [a for a in TINY if not a.startswith("trainer.max_steps")] + [
-        f"trainer.max_steps={STEPS}", "executor=emulated"]
+    base = [a for a in TINY if not a.startswith(("trainer.max_steps", "monitor.every"))] + [
+        f"trainer.max_steps={STEPS}", "executor=emulated", "monitor.every=2"]
     runs = {"static": ["controller=nvfp4"],
             "plan": ["controller=plan", "controller.default=nvfp4", f"+controller.patterns={{net.1: '{ENTRY}'}}"],
             "fp32": ["controller=fp32"]}
@@ -47,6 +47,8 @@ def test_low_fraction_counts_each_role_of_each_layer(study):
     plan = "plan default=nvfp4"
     assert by[(plan, "net.1", "input")] == 1.0 and by[(plan, "net.1", "weight")] == 1.0
     assert by[(plan, "net.1", "dgrad")] == 0.0 and by[(plan, "net.1", "wgrad")] == 0.0
+    order = bf.model_order(runs[runs["status"] == "ok"])  # call order, from layers.csv.gz
+    assert order and set(order) == set(low["layer"]) and order == sorted(order)  # net.0, net.1, ...: this MLP's call order
     fp32 = low[low["policy"] == "fp32"]  # no decisions.csv rows: the final plan, all fp32
     assert len(fp32) and (fp32["fraction"] == 0.0).all()
     assert set(fp32["layer"]) == set(static["layer"])
