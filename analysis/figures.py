@@ -73,18 +73,24 @@ def quality_cost_scatter(table: pd.DataFrame, *, group: str = "controller", styl
     hidden = sorted(set(map(str, table[group])) - set(map(str, shown[group])))
     dodge = _dodge_offsets(shown["cost_mean"].to_numpy(float), shown["quality_mean"].to_numpy(float))
     lo_bound, hi_bound = _metric_bounds(metric)
+    extent = []  # artists drawn with an offset transform do not grow the data limits themselves
     for (row, dx) in zip(shown.itertuples(index=False), dodge):
         name = str(getattr(row, group))
         st = styles[name]
         shift = mtransforms.offset_copy(ax.transData, fig=fig, x=dx, y=0, units="points")
         q, qe = float(row.quality_mean), float(np.nan_to_num(row.quality_ci95))
         yerr = [[q - max(q - qe, lo_bound)], [min(q + qe, hi_bound) - q]]
+        ce = float(np.nan_to_num(row.cost_ci95))
+        extent += [(row.cost_mean - ce, q - yerr[0][0]), (row.cost_mean + ce, q + yerr[1][0])]
         ax.errorbar(row.cost_mean, q, xerr=np.nan_to_num(row.cost_ci95), yerr=yerr, fmt="none",
                     ecolor=st["color"], elinewidth=0.8, capsize=1.5, transform=shift)
         ax.scatter([row.cost_mean], [q], color=st["color"], marker=st["marker"], s=24, zorder=3,
                    label=name, gid="point", transform=shift,
                    edgecolors="black" if row.on_front else st["edgecolor"],
                    linewidths=1.0 if row.on_front else 0.5)
+    if extent:
+        ax.update_datalim(extent)
+        ax.autoscale_view()
     front = shown[shown["on_front"].astype(bool)].sort_values("cost_mean")
     if len(front) >= 2:
         ax.plot(front["cost_mean"], front["quality_mean"], ls="--", color="0.3", lw=0.8, zorder=2,

@@ -94,6 +94,17 @@ def test_scatter_draws_the_table_and_its_front():
     assert to_hex(fp32.get_facecolor()[0]) == FORMAT_COLORS["fp32"].lower()
 
 
+def test_scatter_axes_show_every_point_off_the_front():
+    # points drawn with an offset transform do not grow the axes by themselves: a policy far
+    # off the front (here 0.80 +- 0.02, below the front's 0.89..0.90) must still be inside
+    table = scatter_frame().assign(quality_mean=[0.90, 0.89, 0.50])
+    fig, ax = quality_cost_scatter(table)
+    lo, hi = ax.get_ylim()
+    assert lo <= 0.48 and hi >= 0.90
+    x0, x1 = ax.get_xlim()
+    assert x0 <= 0.5 and x1 >= 1.0
+
+
 def test_timeline_image_is_the_format_matrix():
     table = timeline_frame()
     fig, ax = precision_timeline(table, switches=pd.DataFrame({"step": [10], "layer": ["b"]}))
