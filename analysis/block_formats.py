@@ -11,10 +11,14 @@ run's steps spent in a *low* format: 8 bits or fewer per element (fp8, MX, NVFP4
 policies × roles down, layers across), ``quality.csv``/``quality.md`` (quality, its change
 against the policy named ``--reference``, modeled costs, the share of layer-role-steps in a low
 format) and ``stays_high.md`` (per policy, the layer roles that spent most of the run high).
+A best-static search below the folder (``adaprec.tools.best_static``: ``search.csv`` beside
+``best_static.json``) adds ``best_static_search.md``: per layer, its measured sensitivity (the
+quality with that layer alone in the low format) and its format in the plan the search trained.
 """
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import matplotlib
@@ -25,13 +29,15 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from adaprec.numerics.formats import get_format  # noqa: E402
+from adaprec.tools.best_static_search import quality_drop  # noqa: E402
 
 from .figures import _paper, save_figure  # noqa: E402
 from .load import load_decisions, load_layers, load_runs, ok_runs  # noqa: E402
 from .style import COLUMN_WIDTH_IN  # noqa: E402
 from .tables import sig  # noqa: E402
 
-__all__ = ["policy_label", "low_fraction", "low_fraction_map", "quality_table", "main"]
+__all__ = ["policy_label", "low_fraction", "low_fraction_map", "quality_table", "search_sensitivity",
+           "main"]
 
 ROLES = ("input", "weight", "dgrad", "wgrad")
 LOW_BITS = 8  # a format of at most this many bits per element counts as "low"
@@ -46,6 +52,11 @@ def policy_label(run: pd.Series) -> str:
     """A run's policy as the study names it: the controller choice, with the settings the study
     varies (autoswitch's ``low``, a plan's ``default``, threshold's format list)."""
     controller = str(run.get("controller"))
+    plan = run.get("final_plan")
+    if controller.startswith("best_static") and isinstance(plan, dict) and plan:
+        # the search's labels name only the modeled cost: add the formats it chose among
+        formats = sorted(set(plan.values()), key=lambda f: (-get_format(f).bits, f))
+        return f"{controller} formats={','.join(formats)}"
     for key, text in (("cfg.controller.low", "low"), ("cfg.controller.default", "default"),
                       ("cfg.controller.formats", "formats")):
         value = run.get(key)
@@ -140,6 +151,53 @@ def quality_table(runs: pd.DataFrame, low: pd.DataFrame, reference: str) -> pd.D
     return table
 
 
+def search_sensitivity(summary_path: Path) -> pd.DataFrame:
+    """Per layer of one best-static search (its ``best_static.json``; ``search.csv`` beside it):
+    ``layer, format, quality, drop`` — the format that layer was measured alone in (the rest in
+    the reference format; a layer never measured alone, or whose plan failed, has no row),
+    the search-length quality of that plan and its relative drop against
+    the reference (negative: better) — and ``trained``: the layer's format in each plan the
+    search trained in full (``<label>: <format>``). Layers in the search's order."""
+    summary = json.loads(Path(summary_path).read_text())
+    search = pd.read_csv(Path(summary_path).with_name("search.csv"))
+    metric, higher = summary["quality_metric"], summary["higher_is_better"]
+    reference, ref_q = summary["reference"]["plan"], summary["reference"]["quality"]
+    rows = []
+    for _, row in search[search["status"] == "ok"].iterrows():  # greedy: its sensitivity stage
+        plan = json.loads(row["plan"])
+        moved = [layer for layer in summary["layers"] if plan[layer] != reference[layer]]
+        if len(moved) != 1:
+            continue
+        q = float(row[metric])  # the search's own measure: absolute for accuracy, else relative
+        drop = quality_drop(ref_q, q, higher, absolute=higher)
+        rows.append({"layer": moved[0], "format": plan[moved[0]], "quality": q, "drop": drop})
+    table = pd.DataFrame(rows, columns=["layer", "format", "quality", "drop"])
+    order = {layer: k for k, layer in enumerate(summary["layers"])}
+    table = table.sort_values("layer", key=lambda c: c.map(order), kind="stable").reset_index(drop=True)
+    table["trained"] = [", ".join(f"{t['label']}: {t['plan'][layer]}" for t in summary["trained"])
+                        for layer in table["layer"]]
+    return table
+
+
+def _search_report(root: Path) -> str | None:
+    """``best_static_search.md``: every best-static search below ``root``, one table each."""
+    parts = []
+    for path in sorted(root.rglob("best_static.json")):
+        summary = json.loads(path.read_text())
+        table = search_sensitivity(path)
+        kept = [f"{t['label']}: " + (", ".join(layer for layer in summary["layers"]
+                                              if t["plan"][layer] == summary["formats"][0]) or "none")
+                for t in summary["trained"]]
+        parts += [f"## {path.parent.relative_to(root).as_posix()}", "",
+                  f"{summary['plans_measured']} plans measured ({summary['search']}), "
+                  f"{summary['search_steps']} steps each, formats {', '.join(summary['formats'])}, "
+                  f"cost profile {summary['profile']}, tolerance {summary['tolerance']:g}; reference "
+                  f"({summary['formats'][0]} everywhere) {summary['quality_metric']} "
+                  f"{sig(summary['reference']['quality'])}. Kept {summary['formats'][0]} — {'; '.join(kept) or 'no plan trained'}.",
+                  "", _markdown(table)]
+    return "\n".join(parts) if parts else None
+
+
 def model_order(runs: pd.DataFrame) -> list[str] | None:
     """Layer names in the order the model runs them: the first sampled step of the first run's
     ``layers.csv.gz`` (the monitor writes layers in call order); None without one."""
@@ -190,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     quality.to_csv(out / "quality.csv", index=False)
     (out / "quality.md").write_text(_markdown(quality))
     (out / "stays_high.md").write_text(_stays_high(low))
+    searches = _search_report(Path(args.sweep))
+    if searches:
+        (out / "best_static_search.md").write_text(searches)
     if not low.empty:
         workload = ok_runs(runs)["workload"].dropna()
         title = f"workload: {workload.iloc[0]}" if len(workload) else None

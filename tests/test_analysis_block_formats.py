@@ -1,5 +1,7 @@
 """The block-format study's analysis (analysis/block_formats.py) on real tiny runs: a static block
-format, a per-role plan and an fp32 run that never logs a decision."""
+format, a per-role plan, an fp32 run that never logs a decision and a best-static search over
+{bf16, nvfp4} with the plan it trained."""
+import json
 import matplotlib
 
 matplotlib.use("Agg")
@@ -34,6 +36,9 @@ def study(tmp_path_factory):
     for name, args in runs.items():
         code, _, err = run_cli(_Cap(), *base, *args, f"hydra.run.dir={root / name}")
         assert code == 0, err
+    from adaprec.tools.best_static import find_best_static
+    find_best_static([*base, "cost.profiles=[bitops]"], root / "best_static", profile="bitops",
+                     formats=("bf16", "nvfp4"), search_steps=2, max_plans=1, include_uniform=True)
     return root
 
 
@@ -89,3 +94,32 @@ def test_cli_writes_every_output_and_refuses_an_empty_folder(study, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no run directories"):  # load_runs names the fix
         bf.main([str(tmp_path / "empty"), "--out", str(tmp_path / "r2")])
+
+
+def test_a_best_static_run_is_labelled_with_its_formats_and_its_search_is_reported(study, tmp_path):
+    summary = json.loads((study / "best_static" / "best_static.json").read_text())
+    trained = summary["trained"][0]
+    runs = load_runs(study)
+    low = bf.low_fraction(runs, load_decisions(runs))
+    formats = ",".join(f for f in ("bf16", "nvfp4") if f in trained["plan"].values())
+    label = f"{trained['label']} formats={formats}"  # the cost alone would not say bf16/nvfp4 vs bf16/mxfp8
+    table = bf.quality_table(runs, low, reference="fp32")
+    assert label in set(table["policy"]) and label in set(low["policy"])
+    mine = low[low["policy"] == label].groupby("layer")["fraction"].mean()
+    assert mine.to_dict() == {layer: float(fmt == "nvfp4") for layer, fmt in trained["plan"].items()}
+
+    sens = bf.search_sensitivity(study / "best_static" / "best_static.json")
+    assert list(sens["layer"]) == summary["layers"] and set(sens["format"]) == {"nvfp4"}
+    search = __import__("pandas").read_csv(study / "best_static" / "search.csv")
+    ref = summary["reference"]["quality"]
+    for row in sens.itertuples():  # the row of the plan with only this layer in nvfp4
+        alone = {**summary["reference"]["plan"], row.layer: "nvfp4"}
+        q = search.loc[search["plan"].map(json.loads) == alone, "val_accuracy"].iloc[0]
+        assert row.quality == q and row.drop == pytest.approx(ref - q)  # accuracy: absolute drop
+        assert row.trained == f"{trained['label']}: {trained['plan'][row.layer]}"
+
+    out = tmp_path / "report"
+    assert bf.main([str(study), "--out", str(out), "--reference", "fp32"]) == 0
+    report = (out / "best_static_search.md").read_text()
+    assert report.startswith("## best_static") and f"{summary['plans_measured']} plans measured" in report
+    assert all(f"| {layer} |" in report for layer in summary["layers"])
