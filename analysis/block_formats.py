@@ -179,21 +179,29 @@ def search_sensitivity(summary_path: Path) -> pd.DataFrame:
     return table
 
 
+def _lowered(summary: dict, trained: dict) -> str:
+    """The layers a trained plan runs in a format other than the search's reference format."""
+    high, layers = summary["formats"][0], summary["layers"]
+    low = [f"{layer} ({trained['plan'][layer]})" for layer in layers if trained["plan"][layer] != high]
+    return f"{trained['label']}: {', '.join(low) or 'no layer'} ({len(low)} of {len(layers)} layers), {high} elsewhere"
+
+
 def _search_report(root: Path) -> str | None:
     """``best_static_search.md``: every best-static search below ``root``, one table each."""
     parts = []
     for path in sorted(root.rglob("best_static.json")):
         summary = json.loads(path.read_text())
         table = search_sensitivity(path)
-        kept = [f"{t['label']}: " + (", ".join(layer for layer in summary["layers"]
-                                              if t["plan"][layer] == summary["formats"][0]) or "none")
-                for t in summary["trained"]]
+        high = summary["formats"][0]
+        walk = pd.read_csv(path.with_name("search.csv"))["stage"].eq("greedy").sum()
         parts += [f"## {path.parent.relative_to(root).as_posix()}", "",
-                  f"{summary['plans_measured']} plans measured ({summary['search']}), "
-                  f"{summary['search_steps']} steps each, formats {', '.join(summary['formats'])}, "
+                  f"{summary['plans_measured']} plans measured ({summary['search']}"
+                  + (f"; {walk} of them in the walk" if summary["search"] == "greedy" else "")
+                  + f"), {summary['search_steps']} steps each, formats {', '.join(summary['formats'])}, "
                   f"cost profile {summary['profile']}, tolerance {summary['tolerance']:g}; reference "
-                  f"({summary['formats'][0]} everywhere) {summary['quality_metric']} "
-                  f"{sig(summary['reference']['quality'])}. Kept {summary['formats'][0]} — {'; '.join(kept) or 'no plan trained'}.",
+                  f"({high} everywhere) {summary['quality_metric']} {sig(summary['reference']['quality'])}. "
+                  f"Trained: {'; '.join(_lowered(summary, t) for t in summary['trained']) or 'no plan'}. Below: each "
+                  "layer measured alone in the low format (drop: against the reference, at the search's length).",
                   "", _markdown(table)]
     return "\n".join(parts) if parts else None
 
