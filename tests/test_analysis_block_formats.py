@@ -28,18 +28,29 @@ def study(tmp_path_factory):
         def readouterr(self):
             return type("o", (), {"out": "", "err": ""})()
 
-    base = [a for a in TINY if not a.startswith(("trainer.max_steps", "monitor.every"))] + [
-        f"trainer.max_steps={STEPS}", "executor=emulated", "monitor.every=2"]
+    base = _base()
     runs = {"static": ["controller=nvfp4"],
             "plan": ["controller=plan", "controller.default=nvfp4", f"+controller.patterns={{net.1: '{ENTRY}'}}"],
             "fp32": ["controller=fp32"]}
     for name, args in runs.items():
         code, _, err = run_cli(_Cap(), *base, *args, f"hydra.run.dir={root / name}")
         assert code == 0, err
-    from adaprec.tools.best_static import find_best_static
-    find_best_static([*base, "cost.profiles=[bitops]"], root / "best_static", profile="bitops",
-                     formats=("bf16", "nvfp4"), search_steps=2, max_plans=1, include_uniform=True)
     return root
+
+
+def _base():
+    return [a for a in TINY if not a.startswith(("trainer.max_steps", "monitor.every"))] + [
+        f"trainer.max_steps={STEPS}", "executor=emulated", "monitor.every=2"]
+
+
+@pytest.fixture(scope="module")
+def searched(study):
+    """The study's runs and a best-static search over {bf16, nvfp4} beside them (its plans and
+    the plan it trained in full)."""
+    from adaprec.tools.best_static import find_best_static
+    find_best_static([*_base(), "cost.profiles=[bitops]"], study / "best_static", profile="bitops",
+                     formats=("bf16", "nvfp4"), search_steps=2, max_plans=1, include_uniform=True)
+    return study
 
 
 def test_low_fraction_counts_each_role_of_each_layer(study):
@@ -96,7 +107,8 @@ def test_cli_writes_every_output_and_refuses_an_empty_folder(study, tmp_path):
         bf.main([str(tmp_path / "empty"), "--out", str(tmp_path / "r2")])
 
 
-def test_a_best_static_run_is_labelled_with_its_formats_and_its_search_is_reported(study, tmp_path):
+def test_a_best_static_run_is_labelled_with_its_formats_and_its_search_is_reported(searched, tmp_path):
+    study = searched
     summary = json.loads((study / "best_static" / "best_static.json").read_text())
     trained = summary["trained"][0]
     runs = load_runs(study)
