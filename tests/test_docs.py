@@ -51,8 +51,9 @@ SWEEP_CUTS = {"sweep=headline": ["hydra.sweeper.params.seed=0", "hydra.sweeper.p
               "sweep=best_static": ["hydra.sweeper.params.seed=0", "hydra.sweeper.params.experiment=mixed_needs"],
               "sweep=tune_": ["hydra.sweeper.n_trials=2"],
               "sweep=ablation_": ["hydra.sweeper.params.seed=0"]}
-# the best-static search trains every plan it measures: one step each, one seed
-BEST_STATIC_SHRINK = ["trainer.max_steps=2", "--search-steps", "1", "--seeds", "0"]
+# the best-static search trains every plan it measures: one step each, one seed, one evaluation
+# batch (the GPT study's search measures ~60 plans: their evaluations are most of its time)
+BEST_STATIC_SHRINK = ["trainer.max_steps=2", "trainer.eval_batches=1", "--search-steps", "1", "--seeds", "0"]
 PRELUDE = """
 import torch, torch.nn.functional as F
 from torch import nn
