@@ -161,20 +161,21 @@ class ScaledRoundFn(torch.autograd.Function):
 class FakeQuantFn(torch.autograd.Function):
     """Block or tile scaled rounding (``Format.fake_quantize``) in forward, and of the gradient
     unless ``grad_role`` is None (then the caller rounds it); ``stochastic``: the gradient is
-    rounded stochastically."""
+    rounded stochastically; ``compiled``: fused kernels where they apply (the same values)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, fmt: Format, role: str, axis: int, grad_role: str | None,
-                stochastic: bool = False) -> torch.Tensor:
+                stochastic: bool = False, compiled: bool = False) -> torch.Tensor:
         ctx.fmt, ctx.axis, ctx.grad_role, ctx.stochastic = fmt, axis, grad_role, stochastic
-        return fmt.fake_quantize(x, role=role, axis=axis)
+        ctx.compiled = compiled
+        return fmt.fake_quantize(x, role=role, axis=axis, compiled=compiled)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         if ctx.grad_role is not None:
             grad = ctx.fmt.fake_quantize(grad, role=ctx.grad_role, axis=ctx.axis,
-                                         stochastic=ctx.stochastic)
-        return grad, None, None, None, None, None
+                                         stochastic=ctx.stochastic, compiled=ctx.compiled)
+        return grad, None, None, None, None, None, None
 
 
 class RoleRoundFn(torch.autograd.Function):

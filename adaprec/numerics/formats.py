@@ -155,8 +155,8 @@ class Format:
         return self.element.round(x)
 
     def fake_quantize(self, x: torch.Tensor, *, role: str = "input", axis: int = -1,
-                      stochastic: bool = False, generator: torch.Generator | None = None
-                      ) -> torch.Tensor:
+                      stochastic: bool = False, generator: torch.Generator | None = None,
+                      compiled: bool = False) -> torch.Tensor:
         """fp32 tensor holding exactly the values this format stores for ``x``, scales applied.
 
         Blocks run over the last dimension (``axis`` picks another: the executor blocks a
@@ -164,7 +164,8 @@ class Format:
         tiling (DeepSeek 128x128 blocks; a weight of more than two dimensions is blocked as
         ``(out, everything else)``). ``stochastic``: stochastic instead of nearest-even rounding
         (for gradients). Per-tensor recipes use this tensor's amax (delayed scaling needs the
-        executor's history)."""
+        executor's history). ``compiled``: block formats round in one fused kernel where it
+        applies (:mod:`adaprec.numerics.fused`; the same values)."""
         x = x.float()
         if self.scaling in ("block", "tiles"):
             if role.startswith("weight") and x.dim() > 2:
@@ -173,7 +174,7 @@ class Format:
                 return flat.reshape(x.shape)
             if isinstance(self.recipe, Block):  # blocks over any axis, in place (no moved copy)
                 return self.recipe.fake_quantize(x, self.element, role=role, stochastic=stochastic,
-                                                 generator=generator, axis=axis)
+                                                 generator=generator, axis=axis, compiled=compiled)
             if axis not in (-1, x.dim() - 1) and x.dim() > 1:
                 moved = self.recipe.fake_quantize(x.movedim(axis, -1), self.element, role=role,
                                                   stochastic=stochastic, generator=generator)

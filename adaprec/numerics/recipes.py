@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from adaprec.numerics.elements import E4M3, E8M0, ElementFormat
+from adaprec.numerics.fused import block_kernel, fused_applies
 
 __all__ = ["Recipe", "Unscaled", "PerTensor", "Block", "Tiles", "Quantized", "pow2_scale",
            "AMAX_MODES"]
@@ -238,11 +239,15 @@ class Block(Recipe):
         return (blocks, *self._scales(blocks, element, scale))
 
     def fake_quantize(self, x, element, *, role="input", stochastic=False, generator=None, scale=None,
-                      axis: int = -1):
+                      axis: int = -1, compiled: bool = False):
         """Blocks run over ``axis`` (default the last dimension). Where its length is a whole
         number of blocks, the blocks are a view of ``x`` (no padding, no moved copy) and the
-        result keeps ``x``'s layout; otherwise the padding rule applies (module docstring)."""
+        result keeps ``x``'s layout; otherwise the padding rule applies (module docstring).
+        ``compiled``: one fused kernel where it applies (:mod:`adaprec.numerics.fused`: same
+        values; contiguous, last-dimension blocks, nearest rounding)."""
         x = x.float()
+        if compiled and scale is None and fused_applies(self, x, axis, stochastic):
+            return block_kernel(self.size, self.scale_element, self.tensor_scale, element)(x)
         if x.dim() and x.shape[axis] % self.size == 0:
             ax = axis % x.dim()
             blocks = x.reshape(*x.shape[:ax], -1, self.size, *x.shape[ax + 1:])

@@ -1,0 +1,120 @@
+"""Block rounding as one fused kernel (``torch.compile``): the same values as the eager path.
+
+The eager :meth:`~adaprec.numerics.recipes.Block.fake_quantize` makes about ten passes over a
+tensor (amax, scale, clamp, exponent bits, magic add and subtract, sign, unscale); on a CPU
+those passes are memory-bound and cost more than the GEMMs of a small model. Compiled by
+inductor, the block amax, the scales and the rounding of each block happen in one loop.
+
+Inductor vectorizes float arithmetic but not bit casts, so the element rounding here uses no
+integer bit tricks: round to nearest even of a value already clamped to ``+-max`` is
+
+* Veltkamp's split, ``t = y * (2^(23 - mbits) + 1); t - (t - y)``, for ``|y|`` at or above the
+  smallest normal (it keeps the top ``mbits + 1`` significand bits, ties to even, under fp32
+  round-to-nearest-even arithmetic);
+* the magic add ``(y + M) - M`` with ``M = 1.5 * 2^(emin + 23 - mbits)`` below it (a fixed
+  spacing: the subnormals);
+
+both bit-identical to :func:`~adaprec.numerics.elements.round_nearest_` on every fp32 value
+(tests/test_fused_rounding.py checks whole binades of every <= 8-bit element). The per-block
+scales follow :class:`~adaprec.numerics.recipes.Block`'s rules op for op, so the compiled
+result equals the eager one bit for bit (same tests, all the edge cases of the torchao
+comparison). Inductor's C++ build keeps IEEE semantics here (no reassociation, no FMA
+contraction), which the equality tests would catch.
+
+Use: ``Block.fake_quantize(..., compiled=True)`` (the emulated executor's
+``compiled_rounding`` option, ``emulation.compiled_rounding`` in the run config). It applies to
+contiguous tensors blocked over their last dimension whose length is a whole number of blocks,
+rounded to nearest; every other case runs the eager path. The first call of each format
+compiles (seconds; cached on disk by inductor).
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Callable
+
+import torch
+from torch.utils._python_dispatch import _disable_current_modes, _len_torch_dispatch_stack
+
+from adaprec.numerics.elements import E4M3, E8M0, ElementFormat
+
+__all__ = ["round_nearest_float", "block_kernel", "fused_applies"]
+
+_F32_MIN_NORMAL = 2.0 ** -126
+
+
+def round_nearest_float(y: torch.Tensor, element: ElementFormat, sign: torch.Tensor) -> torch.Tensor:
+    """``y`` (fp32, already within ``+-element.max``) rounded to nearest even on ``element``'s
+    grid with float operations only (module docstring); zeros take the signs of ``sign``."""
+    split = float(2 ** (23 - element.mbits) + 1)
+    magic = 1.5 * 2.0 ** (element.emin + 23 - element.mbits)
+    t = y * split
+    normal = t - (t - y)
+    sub = (y + magic) - magic
+    return torch.where(y.abs() < element.smallest_normal, sub, normal).copysign(sign)
+
+
+def _mx(blocks: torch.Tensor, element: ElementFormat) -> torch.Tensor:
+    # Block._mx_scales, with the powers of two built from their bits (ldexp is a libm call
+    # per vector in the generated code)
+    amax = torch.maximum(blocks.amax(-1, keepdim=True), blocks.amin(-1, keepdim=True).neg())
+    exp = ((amax.view(torch.int32) >> 23) & 0xFF) - 127 - element.emax
+    biased = exp.clamp(-127, 128) + 127
+    biased = torch.where(torch.isnan(amax), torch.full_like(biased, 255), biased)
+    pow2 = (biased << 23).view(torch.float32)
+    mul = 1.0 / pow2.clamp(min=_F32_MIN_NORMAL)
+    deq = torch.where(biased == 0, torch.full_like(pow2, 2.0 ** -127), pow2)
+    deq = torch.where(biased == 255, torch.full_like(pow2, float("nan")), deq)
+    y = (blocks * mul).clamp(-element.max, element.max)
+    return round_nearest_float(y, element, blocks) * deq
+
+
+def _nv(blocks: torch.Tensor, element: ElementFormat) -> torch.Tensor:
+    # Block._nv_scales with the per-tensor scale; the e4m3 block scale is rounded by the same
+    # float-only rule (it is clamped into e4m3's normal range first)
+    amax = torch.maximum(blocks.amax(-1, keepdim=True), blocks.amin(-1, keepdim=True).neg())
+    tamax = torch.maximum(blocks.amax(), blocks.amin().neg())
+    t = tamax / (E4M3.max * element.max)
+    t = torch.where(tamax == 0, torch.ones_like(t), t)
+    s = (amax / element.max / t).clamp(min=E4M3.smallest_normal, max=E4M3.max)
+    s32 = round_nearest_float(s, E4M3, s)
+    y = (blocks * ((1.0 / t) / s32)).clamp(-element.max, element.max)
+    return round_nearest_float(y, element, blocks) * (t * s32)
+
+
+def fused_applies(recipe, x: torch.Tensor, axis: int, stochastic: bool) -> bool:
+    """Whether the compiled kernel handles this call (else the eager path runs)."""
+    return (not stochastic and x.dim() > 0 and axis in (-1, x.dim() - 1) and x.is_contiguous()
+            and x.shape[-1] % recipe.size == 0 and x.numel() > 0)
+
+
+@lru_cache(maxsize=None)
+def block_kernel(size: int, scale_element: ElementFormat, tensor_scale: bool,
+                 element: ElementFormat) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The compiled fake-quantize of one block recipe and element: ``fn(x)`` for a contiguous
+    fp32 ``x`` whose last dimension is a multiple of ``size`` (any shape: one kernel)."""
+    rule = _mx if scale_element == E8M0 else _nv
+    if scale_element != E8M0 and not tensor_scale:
+        raise ValueError("the compiled kernel covers MX (e8m0) and NVFP4 (e4m3 + per-tensor) blocks")
+
+    def kernel(blocks: torch.Tensor) -> torch.Tensor:
+        return rule(blocks, element)
+    compiled = torch.compile(kernel, fullgraph=True)
+
+    first = [True]
+
+    def fake_quantize(x: torch.Tensor) -> torch.Tensor:
+        # One graph for every shape and caller: the kernel sees a plain 2-D tensor of blocks on
+        # x's storage (not a view: dynamo would guard on the base's rank and strides; not a
+        # Parameter), outside any torch-function or dispatch mode (the executor's op rounding,
+        # Fp32Kernels: the kernel's ops are fp32 ops those modes pass through unchanged).
+        blocks = torch.empty(0, dtype=x.dtype, device=x.device).set_(
+            x.untyped_storage(), x.storage_offset(), (x.numel() // size, size))
+        if first[0]:  # compile for any number of blocks (the block size stays static)
+            torch._dynamo.mark_dynamic(blocks, 0)
+            first[0] = False
+        with torch._C.DisableTorchFunction():
+            if _len_torch_dispatch_stack():
+                with _disable_current_modes():
+                    return compiled(blocks).view(x.shape)
+            return compiled(blocks).view(x.shape)
+    return fake_quantize
