@@ -122,3 +122,29 @@ def test_compiled_rounding_trains_the_gpt_bit_identically(name):
     assert torch.equal(l0, l1)
     assert all(torch.equal(a, b) for a, b in zip(p0, p1))
     assert not torch.equal(l0[0], l0[-1])  # it trained
+
+
+def test_config_keys_reach_the_executor_and_reject_non_booleans():
+    from hydra.errors import ConfigCompositionException
+    from adaprec.app.build import _executor_options
+    from tests.conftest import compose_config as compose
+    options = _executor_options(compose("executor=emulated", "emulation.compiled_rounding=true",
+                                        "emulation.stochastic_grads=true"))
+    assert options["compiled_rounding"] is True and options["stochastic_grads"] is True
+    assert _executor_options(compose("executor=auto"))["compiled_rounding"] is False
+    assert _executor_options(compose("executor=native")) == {}
+    with pytest.raises(ConfigCompositionException, match="compiled_rounding"):
+        compose("emulation.compiled_rounding=sometimes")
+
+
+@pytest.mark.slow
+def test_cli_trains_a_block_format_with_compiled_rounding(tmp_path):
+    import json
+    from adaprec.app.train import train as train_run
+    from tests.conftest import compose_config as compose
+    cfg = compose("executor=emulated", "controller=mxfp8_e4m3", "model=mlp", "trainer.max_steps=3",
+                  "trainer.eval_every=0", "trainer.progress=false", "trainer.batch_size=16",
+                  "trainer.eval_batches=1", "emulation.compiled_rounding=true")
+    metrics = train_run(cfg, tmp_path)
+    assert metrics["status"] == "ok"
+    assert set(json.loads((tmp_path / "metrics.json").read_text())["final_plan"].values()) == {"mxfp8_e4m3"}
