@@ -23,8 +23,9 @@ contraction), which the equality tests would catch.
 
 Use: ``Block.fake_quantize(..., compiled=True)`` (the emulated executor's
 ``compiled_rounding`` option, ``emulation.compiled_rounding`` in the run config). It applies to
-contiguous tensors blocked over their last dimension whose length is a whole number of blocks,
-rounded to nearest; every other case runs the eager path. The first call of each format
+tensors blocked over their last dimension whose length is a whole number of blocks, rounded to
+nearest (a non-contiguous one is copied first; the result is contiguous); every other case
+runs the eager path. The first call of each format
 compiles (seconds; cached on disk by inductor).
 """
 from __future__ import annotations
@@ -83,15 +84,15 @@ def _nv(blocks: torch.Tensor, element: ElementFormat) -> torch.Tensor:
 
 def fused_applies(recipe, x: torch.Tensor, axis: int, stochastic: bool) -> bool:
     """Whether the compiled kernel handles this call (else the eager path runs)."""
-    return (not stochastic and x.dim() > 0 and axis in (-1, x.dim() - 1) and x.is_contiguous()
+    return (not stochastic and x.dim() > 0 and axis in (-1, x.dim() - 1)
             and x.shape[-1] % recipe.size == 0 and x.numel() > 0)
 
 
 @lru_cache(maxsize=None)
 def block_kernel(size: int, scale_element: ElementFormat, tensor_scale: bool,
                  element: ElementFormat) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The compiled fake-quantize of one block recipe and element: ``fn(x)`` for a contiguous
-    fp32 ``x`` whose last dimension is a multiple of ``size`` (any shape: one kernel)."""
+    """The compiled fake-quantize of one block recipe and element: ``fn(x)`` for an fp32 ``x``
+    whose last dimension is a multiple of ``size`` (any shape: one kernel)."""
     rule = _mx if scale_element == E8M0 else _nv
     if scale_element != E8M0 and not tensor_scale:
         raise ValueError("the compiled kernel covers MX (e8m0) and NVFP4 (e4m3 + per-tensor) blocks")
@@ -103,6 +104,7 @@ def block_kernel(size: int, scale_element: ElementFormat, tensor_scale: bool,
     first = [True]
 
     def fake_quantize(x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous()  # one copy (a transposed attention input) is cheaper than eager
         # One graph for every shape and caller: the kernel sees a plain 2-D tensor of blocks on
         # x's storage (not a view: dynamo would guard on the base's rank and strides; not a
         # Parameter), outside any torch-function or dispatch mode (the executor's op rounding,
