@@ -25,8 +25,9 @@ of roles to plain formats -- ``fprop`` (the forward operands, input and weight; 
     Plan({"fc1": {"fprop": "bf16", "dgrad": "fp16"}})   # a plan takes either shape
 
 All roles equal gives the plain format (``per_role({"fprop": "bf16"}) is BF16``). A per-role
-entry runs emulated (autocast has one dtype per region) and is priced as its ``input`` format
-(its ``fallback``).
+entry runs emulated (autocast has one dtype per region); the cost model prices each of its GEMMs
+and tensors in its role's format (:mod:`adaprec.cost.model`); ``fallback`` is its ``input``
+format.
 """
 from __future__ import annotations
 
