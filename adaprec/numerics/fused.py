@@ -54,7 +54,7 @@ def round_nearest_float(y: torch.Tensor, element: ElementFormat, sign: torch.Ten
     return torch.where(y.abs() < element.smallest_normal, sub, normal).copysign(sign)
 
 
-def _mx(blocks: torch.Tensor, element: ElementFormat) -> torch.Tensor:
+def _mx(blocks: torch.Tensor, element: ElementFormat) -> tuple[torch.Tensor, ...]:
     # Block._mx_scales, with the powers of two built from their bits (ldexp is a libm call
     # per vector in the generated code)
     amax = torch.maximum(blocks.amax(-1, keepdim=True), blocks.amin(-1, keepdim=True).neg())
@@ -66,10 +66,10 @@ def _mx(blocks: torch.Tensor, element: ElementFormat) -> torch.Tensor:
     deq = torch.where(biased == 0, torch.full_like(pow2, 2.0 ** -127), pow2)
     deq = torch.where(biased == 255, torch.full_like(pow2, float("nan")), deq)
     y = (blocks * mul).clamp(-element.max, element.max)
-    return round_nearest_float(y, element, blocks) * deq
+    return round_nearest_float(y, element, blocks) * deq, mul, deq
 
 
-def _nv(blocks: torch.Tensor, element: ElementFormat) -> torch.Tensor:
+def _nv(blocks: torch.Tensor, element: ElementFormat) -> tuple[torch.Tensor, ...]:
     # Block._nv_scales with the per-tensor scale; the e4m3 block scale is rounded by the same
     # float-only rule (it is clamped into e4m3's normal range first)
     amax = torch.maximum(blocks.amax(-1, keepdim=True), blocks.amin(-1, keepdim=True).neg())
@@ -78,8 +78,9 @@ def _nv(blocks: torch.Tensor, element: ElementFormat) -> torch.Tensor:
     t = torch.where(tamax == 0, torch.ones_like(t), t)
     s = (amax / element.max / t).clamp(min=E4M3.smallest_normal, max=E4M3.max)
     s32 = round_nearest_float(s, E4M3, s)
-    y = (blocks * ((1.0 / t) / s32)).clamp(-element.max, element.max)
-    return round_nearest_float(y, element, blocks) * (t * s32)
+    mul, deq = (1.0 / t) / s32, t * s32
+    y = (blocks * mul).clamp(-element.max, element.max)
+    return round_nearest_float(y, element, blocks) * deq, mul, deq
 
 
 def fused_applies(recipe, x: torch.Tensor, axis: int, stochastic: bool) -> bool:
@@ -97,7 +98,9 @@ def block_kernel(size: int, scale_element: ElementFormat, tensor_scale: bool,
     if scale_element != E8M0 and not tensor_scale:
         raise ValueError("the compiled kernel covers MX (e8m0) and NVFP4 (e4m3 + per-tensor) blocks")
 
-    def kernel(blocks: torch.Tensor) -> torch.Tensor:
+    def kernel(blocks: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # the per-block scales are outputs too, so inductor stores them once per block instead
+        # of recomputing their ~30 scalar ops for every 8-wide vector (measured ~1.5x faster)
         return rule(blocks, element)
     compiled = torch.compile(kernel, fullgraph=True)
 
@@ -117,6 +120,6 @@ def block_kernel(size: int, scale_element: ElementFormat, tensor_scale: bool,
         with torch._C.DisableTorchFunction():
             if _len_torch_dispatch_stack():
                 with _disable_current_modes():
-                    return compiled(blocks).view(x.shape)
-            return compiled(blocks).view(x.shape)
+                    return compiled(blocks)[0].view(x.shape)
+            return compiled(blocks)[0].view(x.shape)
     return fake_quantize
