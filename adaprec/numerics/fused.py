@@ -98,28 +98,56 @@ def block_kernel(size: int, scale_element: ElementFormat, tensor_scale: bool,
     if scale_element != E8M0 and not tensor_scale:
         raise ValueError("the compiled kernel covers MX (e8m0) and NVFP4 (e4m3 + per-tensor) blocks")
 
-    def kernel(blocks: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        # the per-block scales are outputs too, so inductor stores them once per block instead
-        # of recomputing their ~30 scalar ops for every 8-wide vector (measured ~1.5x faster)
-        return rule(blocks, element)
-    compiled = torch.compile(kernel, fullgraph=True)
+    return _BlockKernel(rule, element, size)
 
-    first = [True]
 
-    def fake_quantize(x: torch.Tensor) -> torch.Tensor:
+class _BlockKernel:
+    """One format's compiled kernel. The first call of a device goes through ``torch.compile``
+    (dynamo traces it, inductor builds it for any number of blocks); later calls run inductor's
+    compiled graph directly, without dynamo's guard check and frame wrapper (~0.1 ms a call,
+    ~140 calls a GPT step). That is safe because every call has the shape the guards would
+    check: one plain contiguous fp32 (blocks, size) tensor, not requiring grad, on that device,
+    outside every mode."""
+
+    def __init__(self, rule, element: ElementFormat, size: int):
+        self.size = size
+        self._direct: dict[str, tuple[Callable, list[bool]]] = {}
+
+        def kernel(blocks: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            # the per-block scales are outputs too, so inductor stores them once per block
+            # instead of recomputing their ~30 scalar ops for every 8-wide vector (~1.5x faster)
+            return rule(blocks, element)
+        self._compiled = torch.compile(kernel, fullgraph=True, backend=self._capture)
+
+    def _capture(self, gm, example_inputs):
+        from torch._inductor.compile_fx import compile_fx  # heavy: only when compiling
+        fn = compile_fx(gm, example_inputs)
+        sizes = [isinstance(e, torch.SymInt) for e in example_inputs]
+        tensors = [e for e in example_inputs if isinstance(e, torch.Tensor)]
+        if len(tensors) == 1 and sizes.count(True) == 1 and len(sizes) == 2:  # (blocks, its dim 0)
+            self._direct[str(tensors[0].device)] = (fn, sizes)
+        return fn
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous()  # one copy (a transposed attention input) is cheaper than eager
-        # One graph for every shape and caller: the kernel sees a plain 2-D tensor of blocks on
-        # x's storage (not a view: dynamo would guard on the base's rank and strides; not a
-        # Parameter), outside any torch-function or dispatch mode (the executor's op rounding,
-        # Fp32Kernels: the kernel's ops are fp32 ops those modes pass through unchanged).
+        # the kernel sees a plain 2-D tensor of blocks on x's storage (not a view: dynamo would
+        # guard on the base's rank and strides; not a Parameter), outside any torch-function or
+        # dispatch mode (the executor's op rounding, Fp32Kernels: the kernel's ops are fp32 ops
+        # those modes pass through unchanged)
+        n = x.numel() // self.size
         blocks = torch.empty(0, dtype=x.dtype, device=x.device).set_(
-            x.untyped_storage(), x.storage_offset(), (x.numel() // size, size))
-        if first[0]:  # compile for any number of blocks (the block size stays static)
-            torch._dynamo.mark_dynamic(blocks, 0)
-            first[0] = False
+            x.untyped_storage(), x.storage_offset(), (n, self.size))
         with torch._C.DisableTorchFunction():
             if _len_torch_dispatch_stack():
                 with _disable_current_modes():
-                    return compiled(blocks)[0].view(x.shape)
-            return compiled(blocks)[0].view(x.shape)
-    return fake_quantize
+                    return self._run(blocks, n).view(x.shape)
+            return self._run(blocks, n).view(x.shape)
+
+    def _run(self, blocks: torch.Tensor, n: int) -> torch.Tensor:
+        direct = self._direct.get(str(blocks.device)) if n > 1 else None
+        if direct is not None:
+            fn, sizes = direct
+            return fn(*[n if is_size else blocks for is_size in sizes])[0]
+        if n > 1:  # compile for any number of blocks (one block is its own specialization)
+            torch._dynamo.mark_dynamic(blocks, 0)
+        return self._compiled(blocks)[0]
