@@ -23,7 +23,7 @@ from .harness import base_parser, compare, machine_line, set_context
 from .workloads import adaprec_step, workload
 
 ARMS = ["fp32", "emulated:bf16", "emulated:fp16", "emulated:fp8_e4m3", "emulated:mxfp8_e4m3",
-        "compiled:mxfp8_e4m3"]
+        "compiled:fp8_e4m3", "compiled:mxfp8_e4m3"]
 BATCH = {"resnet18": 64, "gpt": 32}
 
 

@@ -1,4 +1,4 @@
-"""The fused (torch.compile) block rounding equals the eager path bit for bit.
+"""The fused (torch.compile) block and per-tensor rounding equals the eager path bit for bit.
 
 The float-only element rounding (Veltkamp split + subnormal magic add) is checked against the
 bit-trick rounding on whole fp32 binades, without compiling (fast); the compiled kernels, the
@@ -94,7 +94,18 @@ def test_compiled_fake_quantize_equals_eager_bit_for_bit(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["mxfp8_e4m3", "nvfp4"])
+@pytest.mark.parametrize("element", [E4M3, E5M2], ids=lambda e: e.name)
+def test_compiled_per_tensor_rounding_equals_eager_bit_for_bit(element):
+    from adaprec.numerics.recipes import pow2_scale, scaled_round, tensor_amax
+    for x in _edge_cases():
+        amax = tensor_amax(x)
+        for scale in (pow2_scale(element.max, torch.tensor(3.0)), torch.tensor(2.0 ** -20), torch.tensor(2.0 ** 40)):
+            assert _same_bits(scaled_round(x, element, scale, amax, compiled=True),
+                              scaled_round(x, element, scale, amax)), (element.name, x.shape, scale)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mxfp8_e4m3", "nvfp4", "fp8_e4m3", "fp8_hybrid"])
 def test_compiled_rounding_trains_the_gpt_bit_identically(name):
     torch.manual_seed(0)
     base = GPT(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=64)

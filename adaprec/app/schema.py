@@ -138,7 +138,7 @@ class EmulationConfig:
     amax_history_len: int = _ruled(16, ge=1)  # delayed scaling: amaxes remembered per layer and tensor role
     fp8_margin: int = _ruled(0, ge=0)         # scale = fp8_max / amax / 2^margin (headroom against growth)
     stochastic_grads: bool = False            # block/tile formats: gradients rounded stochastically (unbiased), not RNE
-    compiled_rounding: bool = False           # MX/NVFP4 blocks round in one torch.compile kernel: same values, faster (needs a C++ compiler; compiles on first use)
+    compiled_rounding: bool = False           # MX/NVFP4 blocks and per-tensor fp8 round in one torch.compile kernel: same values, faster (needs a C++ compiler; compiles on first use)
 
 
 def _units_ok(v: Any) -> bool:

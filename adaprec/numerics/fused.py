@@ -1,4 +1,5 @@
-"""Block rounding as one fused kernel (``torch.compile``): the same values as the eager path.
+"""Block and per-tensor rounding as one fused kernel (``torch.compile``): the same values as the
+eager path.
 
 The eager :meth:`~adaprec.numerics.recipes.Block.fake_quantize` makes about ten passes over a
 tensor (amax, scale, clamp, exponent bits, magic add and subtract, sign, unscale); on a CPU
@@ -21,7 +22,10 @@ result equals the eager one bit for bit (same tests, all the edge cases of the t
 comparison). Inductor's C++ build keeps IEEE semantics here (no reassociation, no FMA
 contraction), which the equality tests would catch.
 
-Use: ``Block.fake_quantize(..., compiled=True)`` (the emulated executor's
+Per-tensor fp8 (:func:`scaled_kernel`) fuses the scaled rounding the same way; its amax and the
+delayed-scaling update stay eager (a dozen 0-d ops a call, which bound its speed-up).
+
+Use: ``Block.fake_quantize(..., compiled=True)`` / ``scaled_round(..., compiled=True)`` (the emulated executor's
 ``compiled_rounding`` option, ``emulation.compiled_rounding`` in the run config). It applies to
 tensors blocked over their last dimension whose length is a whole number of blocks, rounded to
 nearest (a non-contiguous one is copied first; the result is contiguous); every other case
@@ -38,7 +42,7 @@ from torch.utils._python_dispatch import _disable_current_modes, _len_torch_disp
 
 from adaprec.numerics.elements import E4M3, E8M0, ElementFormat
 
-__all__ = ["round_nearest_float", "block_kernel", "fused_applies"]
+__all__ = ["round_nearest_float", "block_kernel", "scaled_kernel", "fused_applies"]
 
 _F32_MIN_NORMAL = 2.0 ** -126
 
@@ -101,53 +105,92 @@ def block_kernel(size: int, scale_element: ElementFormat, tensor_scale: bool,
     return _BlockKernel(rule, element, size)
 
 
+@lru_cache(maxsize=None)
+def scaled_kernel(element: ElementFormat) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The compiled per-tensor scaled rounding (:func:`~adaprec.numerics.recipes.scaled_round`
+    with nearest rounding): ``fn(x, scale)`` for an fp32 ``x`` of any shape and a 0-d scale."""
+    return _ScaledKernel(element)
+
+
+class _Direct:
+    """A compiled function whose calls after the first (per device) run inductor's graph
+    directly, without dynamo's guard check and frame wrapper (~0.1 ms a call, ~140 calls a GPT
+    step). That is safe because every call has the inputs the guards would check: plain
+    contiguous fp32 tensors of fixed rank, not requiring grad, on that device, outside every
+    mode; only the first dimension of the first tensor varies."""
+
+    def __init__(self, fn: Callable):
+        self._direct: dict[str, tuple[Callable, list]] = {}
+        self._compiled = torch.compile(fn, fullgraph=True, backend=self._capture)
+
+    def _capture(self, gm, example_inputs):
+        from torch._inductor.compile_fx import compile_fx  # heavy: only when compiling
+        fn = compile_fx(gm, example_inputs)
+        kinds, tensors = [], 0
+        for e in example_inputs:  # graph inputs: the tensors in argument order, and sizes
+            if isinstance(e, torch.Tensor):
+                kinds.append(tensors)
+                tensors += 1
+            else:
+                kinds.append(None if isinstance(e, torch.SymInt) else "other")
+        if kinds.count(None) == 1 and "other" not in kinds:  # one symbolic size: the first dim
+            device = next(e.device for e in example_inputs if isinstance(e, torch.Tensor))
+            self._direct[str(device)] = (fn, kinds)
+        return fn
+
+    def __call__(self, *tensors: torch.Tensor):
+        """The compiled function's outputs (a tuple or list: index them)."""
+        with torch._C.DisableTorchFunction():
+            if _len_torch_dispatch_stack():
+                with _disable_current_modes():
+                    return self._run(tensors)
+            return self._run(tensors)
+
+    def _run(self, tensors):
+        n = tensors[0].shape[0]
+        direct = self._direct.get(str(tensors[0].device)) if n > 1 else None
+        if direct is not None:
+            fn, kinds = direct
+            return fn(*[n if k is None else tensors[k] for k in kinds])
+        if n > 1:  # compile for any first dimension (size 1 is its own specialization)
+            torch._dynamo.mark_dynamic(tensors[0], 0)
+        return self._compiled(*tensors)
+
+
+def _plain(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """A plain tensor of ``shape`` on contiguous ``x``'s storage (not a view: dynamo would guard
+    on the base's rank and strides; not a Parameter; no autograd history)."""
+    return torch.empty(0, dtype=x.dtype, device=x.device).set_(x.untyped_storage(), x.storage_offset(), shape)
+
+
+class _ScaledKernel:
+    """Per-tensor scaled rounding as one kernel (see :func:`scaled_kernel`)."""
+
+    def __init__(self, element: ElementFormat):
+        def kernel(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+            y = (x * scale).clamp(-element.max, element.max)
+            r = round_nearest_float(y, element, x) / scale
+            return (torch.where(torch.isinf(x), x, r),)  # inf stays inf (the loss scaler sees it)
+        self._kernel = _Direct(kernel)
+
+    def __call__(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous()
+        return self._kernel(_plain(x, (x.numel(),)), scale.detach().float().reshape(()))[0].view(x.shape)
+
+
 class _BlockKernel:
-    """One format's compiled kernel. The first call of a device goes through ``torch.compile``
-    (dynamo traces it, inductor builds it for any number of blocks); later calls run inductor's
-    compiled graph directly, without dynamo's guard check and frame wrapper (~0.1 ms a call,
-    ~140 calls a GPT step). That is safe because every call has the shape the guards would
-    check: one plain contiguous fp32 (blocks, size) tensor, not requiring grad, on that device,
-    outside every mode."""
+    """One block format's compiled kernel (see :func:`block_kernel`)."""
 
     def __init__(self, rule, element: ElementFormat, size: int):
         self.size = size
-        self._direct: dict[str, tuple[Callable, list[bool]]] = {}
 
         def kernel(blocks: torch.Tensor) -> tuple[torch.Tensor, ...]:
             # the per-block scales are outputs too, so inductor stores them once per block
             # instead of recomputing their ~30 scalar ops for every 8-wide vector (~1.5x faster)
             return rule(blocks, element)
-        self._compiled = torch.compile(kernel, fullgraph=True, backend=self._capture)
-
-    def _capture(self, gm, example_inputs):
-        from torch._inductor.compile_fx import compile_fx  # heavy: only when compiling
-        fn = compile_fx(gm, example_inputs)
-        sizes = [isinstance(e, torch.SymInt) for e in example_inputs]
-        tensors = [e for e in example_inputs if isinstance(e, torch.Tensor)]
-        if len(tensors) == 1 and sizes.count(True) == 1 and len(sizes) == 2:  # (blocks, its dim 0)
-            self._direct[str(tensors[0].device)] = (fn, sizes)
-        return fn
+        self._kernel = _Direct(kernel)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous()  # one copy (a transposed attention input) is cheaper than eager
-        # the kernel sees a plain 2-D tensor of blocks on x's storage (not a view: dynamo would
-        # guard on the base's rank and strides; not a Parameter), outside any torch-function or
-        # dispatch mode (the executor's op rounding, Fp32Kernels: the kernel's ops are fp32 ops
-        # those modes pass through unchanged)
-        n = x.numel() // self.size
-        blocks = torch.empty(0, dtype=x.dtype, device=x.device).set_(
-            x.untyped_storage(), x.storage_offset(), (n, self.size))
-        with torch._C.DisableTorchFunction():
-            if _len_torch_dispatch_stack():
-                with _disable_current_modes():
-                    return self._run(blocks, n).view(x.shape)
-            return self._run(blocks, n).view(x.shape)
-
-    def _run(self, blocks: torch.Tensor, n: int) -> torch.Tensor:
-        direct = self._direct.get(str(blocks.device)) if n > 1 else None
-        if direct is not None:
-            fn, sizes = direct
-            return fn(*[n if is_size else blocks for is_size in sizes])[0]
-        if n > 1:  # compile for any number of blocks (one block is its own specialization)
-            torch._dynamo.mark_dynamic(blocks, 0)
-        return self._compiled(blocks)[0]
+        blocks = _plain(x, (x.numel() // self.size, self.size))
+        return self._kernel(blocks)[0].view(x.shape)

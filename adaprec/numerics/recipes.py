@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from adaprec.numerics.elements import E4M3, E8M0, ElementFormat
-from adaprec.numerics.fused import block_kernel, fused_applies
+from adaprec.numerics.fused import block_kernel, fused_applies, scaled_kernel
 
 __all__ = ["Recipe", "Unscaled", "PerTensor", "Block", "Tiles", "Quantized", "pow2_scale",
            "AMAX_MODES"]
@@ -120,10 +120,13 @@ def block_amax(blocks: torch.Tensor, dim: int) -> torch.Tensor:
 
 def scaled_round(x: torch.Tensor, element: ElementFormat, scale: torch.Tensor,
                  amax: torch.Tensor | None = None, stochastic: bool = False,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, compiled: bool = False) -> torch.Tensor:
     """``x * scale`` saturated to the element's +-max, rounded, divided by ``scale`` (a power
     of two: exact); inf in ``x`` stays inf (so a loss scaler still sees it), NaN stays NaN.
-    ``amax``: ``x``'s, if known: on the CPU a finite one skips the inf pass."""
+    ``amax``: ``x``'s, if known: on the CPU a finite one skips the inf pass. ``compiled``: one
+    fused kernel (:mod:`adaprec.numerics.fused`; the same values) unless stochastic."""
+    if compiled and not stochastic and x.numel() > 1 and x.dtype == torch.float32:
+        return scaled_kernel(element)(x, scale)
     y = torch.mul(x, scale)
     if stochastic:
         y = element.round(y.clamp_(-element.max, element.max), True, generator)

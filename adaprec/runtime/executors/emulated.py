@@ -223,8 +223,9 @@ class EmulatedExecutor:
             same format (saves one elementwise pass per tensor, numerics unchanged).
         stochastic_grads: round gradients of block/tile formats stochastically (unbiased)
             instead of to nearest even.
-        compiled_rounding: MX and NVFP4 blocks round in one fused ``torch.compile`` kernel
-            (:mod:`adaprec.numerics.fused`: the same values, a few times faster on a CPU; the
+        compiled_rounding: MX and NVFP4 blocks and per-tensor fp8 round in one fused
+            ``torch.compile`` kernel (:mod:`adaprec.numerics.fused`: the same values, a few
+            times faster on a CPU; the
             first step of each format compiles, which takes seconds and a C++ compiler).
         hook_layers: register the per-layer hooks (False: a composing executor calls
             :meth:`enter_layer`/:meth:`exit_layer` itself).
@@ -411,7 +412,7 @@ class EmulatedExecutor:
         backward. ``output``: the tensor is the layer's output, held in its format, so the
         gradient *arriving at it* is rounded (a tensor hook, which runs before any hook the
         monitor registers later) rather than the gradient leaving it; the output is tagged."""
-        fmt = frame.fmt
+        fmt, fused = frame.fmt, self.compiled_rounding
         scaled = fmt.scaling == "per_tensor"
         name = frame.layer or ""
         if fmt.has_roles:
@@ -425,9 +426,9 @@ class EmulatedExecutor:
             if scaled:
                 fwd = self._forward_state(name, role, fmt, t.device)
                 bwd = self._state(name, "grad_" + role, fmt, t.device)
-                out = ScaledRoundFn.apply(t, fmt, fwd, None if output else bwd)
+                out = ScaledRoundFn.apply(t, fmt, fwd, None if output else bwd, fused)
                 if output and out.requires_grad:
-                    out.register_hook(lambda g: round_scaled(g, fmt, bwd))
+                    out.register_hook(lambda g: round_scaled(g, fmt, bwd, fused))
                 return out
             if skip_tagged and self.skip_rounded and _tag_of(t) == (fmt.name, t._version):
                 return t
@@ -449,7 +450,7 @@ class EmulatedExecutor:
             key = ("grad_" if grad else "") + role
             if f.scaling == "per_tensor":
                 state = self._state if grad else self._forward_state
-                return lambda v: round_scaled(v, f, state(name, key, f, v.device))
+                return lambda v: round_scaled(v, f, state(name, key, f, v.device), fused)
             if f.scaling in ("block", "tiles"):
                 return lambda v: f.fake_quantize(v, role=key, axis=ax, stochastic=sr and grad,
                                                  compiled=fused)
