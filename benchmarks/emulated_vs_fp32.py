@@ -22,16 +22,22 @@ from adaprec.controllers import Static
 from .harness import base_parser, compare, machine_line, set_context
 from .workloads import adaprec_step, workload
 
-ARMS = ["fp32", "emulated:bf16", "emulated:fp16", "emulated:fp8_e4m3", "emulated:mxfp8_e4m3"]
+ARMS = ["fp32", "emulated:bf16", "emulated:fp16", "emulated:fp8_e4m3", "emulated:mxfp8_e4m3",
+        "compiled:fp8_e4m3", "compiled:mxfp8_e4m3"]
 BATCH = {"resnet18": 64, "gpt": 32}
 
 
 def arm(spec: str, model, x, y, device: torch.device):
-    """A closure running one training step of ``model`` under ``spec`` (``executor:format``)."""
+    """A closure running one training step of ``model`` under ``spec`` (``executor:format``;
+    ``compiled:format``: the emulated executor with fused rounding kernels)."""
     executor, _, fmt = spec.partition(":")
     if executor == "fp32":
         executor, fmt = "native", "fp32"
-    return adaprec_step(model, x, y, device, controller=Static(fmt), executor=executor)
+    options = None
+    if executor == "compiled":
+        executor, options = "emulated", {"compiled_rounding": True}
+    return adaprec_step(model, x, y, device, controller=Static(fmt), executor=executor,
+                        executor_options=options)
 
 
 def main() -> None:

@@ -42,12 +42,14 @@ def _loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def adaprec_step(model, x, y, device: torch.device, controller=None, monitor_every: int = 0,
                  executor: str = "native", monitor_exact: bool = True,
-                 monitor_sample: int | None = None) -> Callable[[], None]:
+                 monitor_sample: int | None = None,
+                 executor_options: dict | None = None) -> Callable[[], None]:
     """One AdaptivePrecision training step on a private copy of ``model``."""
     model = copy.deepcopy(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     ap = AdaptivePrecision(model, controller=controller or Static("bf16"), device_type=device.type,
                            monitor_every=monitor_every, executor=executor, monitor_exact=monitor_exact,
+                           executor_options=executor_options,
                            **({} if monitor_sample is None else {"monitor_sample": monitor_sample}))
 
     def step():

@@ -2,6 +2,7 @@
 the fprop operands (input, weight), dgrad and wgrad; both shapes through Plan, controllers, the
 executors, the loss scaler and the run directory's tables."""
 import csv
+import dataclasses
 import gzip
 import json
 
@@ -190,11 +191,18 @@ def test_timeline_draws_per_role_entries_after_the_registered_formats():
         precision_timeline(table.assign(format=["bf16", "fprop=bf16,dgrad=fp17", "bf16", "fp16"]))
 
 
-def test_cost_model_prices_a_per_role_entry_as_its_input_format():
-    from adaprec.cost import CostModel
+def test_cost_model_prices_a_per_role_entry_role_by_role():
+    """Each role in its own format (tests/test_cost_roles.py has the rules): on an H100 e4m3 and
+    e5m2 share peaks and bytes; emulated, gradients round as e5m2 and every input is rounded."""
+    from adaprec.cost import CostModel, load_profile
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
     cm = CostModel.count(model, torch.randn(3, 8), optimizer="none")
     entry = per_role({"fprop": "fp8_e4m3", "dgrad": "fp8_e5m2"}).name
-    for profile in ("h100", "local"):
-        assert cm.total(Plan({"0": entry, "2": entry}), profile) == \
-            cm.total(Plan({"0": "fp8_e4m3", "2": "fp8_e4m3"}), profile)
+    roles, plain = Plan({"0": entry, "2": entry}), Plan({"0": "fp8_e4m3", "2": "fp8_e4m3"})
+    assert cm.total(roles, "h100") == cm.total(plain, "h100")
+    local = load_profile("local")
+    assert cm.total(roles, local) != cm.total(plain, local)      # e5m2 rounds at its own cost
+    same = dataclasses.replace(local, emulated={**local.emulated, "fp8_e5m2": local.emulated["fp8_e4m3"]})
+    c = cm._by_name["2"]  # fed by layer 0 through ReLU: a plain fp8 layer skips its input rounding
+    assert cm.total(roles, same) == pytest.approx(
+        cm.total(plain, same) + same.rounding_s("fp8_e4m3", c.in_tensors, c.act_in_elems), rel=1e-12)

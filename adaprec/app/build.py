@@ -128,9 +128,11 @@ def _cost_optimizer(optimizer):
 
 
 def _executor_options(cfg: DictConfig) -> dict[str, Any]:
-    """fp8 scaling for the emulated and auto executors (the native one takes no options)."""
+    """Emulation options of the emulated and auto executors (the native one takes none)."""
     em = cfg.get("emulation")
     if config_value(cfg.executor) == "native" or em is None:
         return {}
     return {"fp8": {"scaling": config_value(em.fp8_scaling), "amax_history_len": int(em.amax_history_len),
-                    "margin": int(em.fp8_margin)}}
+                    "margin": int(em.fp8_margin)},
+            "stochastic_grads": bool(em.get("stochastic_grads", False)),
+            "compiled_rounding": bool(em.get("compiled_rounding", False))}

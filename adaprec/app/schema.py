@@ -132,10 +132,13 @@ class ObjectiveConfig:
 
 @dataclass
 class EmulationConfig:
-    """fp8 layers (emulated/auto executors): per-tensor scaling, Transformer Engine style."""
+    """Emulated formats (emulated/auto executors): fp8 per-tensor scaling (Transformer Engine
+    style), stochastic gradient rounding and fused rounding kernels for block formats."""
     fp8_scaling: FP8Scaling = FP8Scaling.delayed  # current: this tensor's amax | delayed: max of an amax history
     amax_history_len: int = _ruled(16, ge=1)  # delayed scaling: amaxes remembered per layer and tensor role
     fp8_margin: int = _ruled(0, ge=0)         # scale = fp8_max / amax / 2^margin (headroom against growth)
+    stochastic_grads: bool = False            # block/tile formats: gradients rounded stochastically (unbiased), not RNE
+    compiled_rounding: bool = False           # MX/NVFP4 blocks and per-tensor fp8 round in one torch.compile kernel: same values, faster (needs a C++ compiler; compiles on first use)
 
 
 def _units_ok(v: Any) -> bool:

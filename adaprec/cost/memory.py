@@ -8,6 +8,9 @@
 - ``activations``: what backward keeps from forward, modeled as each layer's inputs in the
   format the layer stores them in (``in * b``; emulated layers keep fp32 tensors).
 
+A per-role entry (:func:`~adaprec.numerics.formats.per_role`) keeps its weight copy in its
+``weight`` role's format and its inputs in its ``input`` role's.
+
 Transient buffers (workspaces, the gradient of one activation at a time) are not modeled: on
 CUDA, ``torch.cuda.max_memory_allocated`` measures them (the trainer logs it beside the model).
 """
@@ -46,11 +49,12 @@ def plan_memory(counts: Sequence[LayerCount], formats: Sequence[str], profile: D
     """Bytes held by a step whose layers ``counts`` run in ``formats`` (same order) on ``profile``."""
     weights, acts = 4 * param_elems, 0
     for c, fmt in zip(counts, formats):
-        b = get_format(profile.compute_format(fmt)).bytes
-        if profile.resolve(fmt) != "fp32":
-            weights += int(c.param_elems * b)
+        roles = get_format(fmt).roles()
+        w, x = roles["weight"], roles["input"]
+        if profile.resolve(w) != "fp32":
+            weights += int(c.param_elems * get_format(profile.compute_format(w)).bytes)
         if not inference:
-            acts += int(c.act_in_elems * b)
+            acts += int(c.act_in_elems * get_format(profile.compute_format(x)).bytes)
     if inference:
         return MemoryCost(weights, 0, 0, 0)
     return MemoryCost(weights, 4 * param_elems, 4 * optimizer.states * param_elems, acts)

@@ -4,30 +4,56 @@ One pricing function, :meth:`CostModel.price` (and its float-only twin :meth:`Co
 prices a whole plan with its casts; controllers, budgets, deploy and the analysis all use it,
 and :meth:`CostModel.marginal` / :meth:`CostModel.layer_format_costs` are differences of it.
 
-Per layer and phase (forward, backward) the time is the roofline ``max(FLOPs / rate, bytes /
-bandwidth)`` in the format the layer computes in on that device, plus ``kernels x kernel_us``
-(launch / dispatch). Bytes per layer, with ``b`` the format's bytes:
+Every tensor is priced in the format of its role (``Format.roles()``; one plain format gives all
+four roles the same format), as the emulated executor rounds it: the layer's input and output
+in ``input``, its weights in ``weight``, the output gradient arriving and the input gradient it
+produces in ``dgrad``, the weight gradient in ``wgrad``. The three GEMMs of a layer thus read
 
-* forward:  read input + weights, write output            ``(in + p + out) * b``
-* backward: read grad-out, saved input, weights; write grad-in, weight grad  ``(2 in + out + 2 p) * b``
+* forward: input (``input``) x weight (``weight``);
+* dgrad:   output gradient (``dgrad``) x weight (``weight``);
+* wgrad:   output gradient (``dgrad``) x input (``input``), writing the weight gradient in ``wgrad``.
+
+A GEMM whose operands are in two formats runs at the slower one's rate (the executor's product
+of a bf16 and an mxfp8 operand is a bf16 GEMM: running it at fp8 rate would need the bf16
+operand quantized too, other numerics), so a per-role entry with bf16 fprop and mxfp8
+gradients computes at bf16 rates and saves bytes, casts and roundings.
+
+Per layer and phase (forward, backward) the time is the roofline ``max(compute, bytes /
+bandwidth)`` plus ``kernels x kernel_us`` (launch / dispatch); the backward's FLOPs are half
+dgrad, half wgrad, each at its GEMM's rate (:meth:`CostModel.flop_shares` splits them the same
+way and labels the halves by the ``dgrad`` and ``wgrad`` roles). Bytes
+per layer, each tensor in its role's compute format:
+
+* forward:  read input + weights, write output            ``in + p + out``
+* backward: read grad-out, saved input, weights; write grad-in, weight grad  ``2 in + out + 2 p``
 
 Casts, priced at bandwidth as ``elems * (b_src + b_dst)`` plus one kernel per tensor:
 
-* activations, where neighbouring layers (forward execution order) store different formats,
-  once in forward and once for the gradient in backward; the model input and the loss are
-  fp32, so a plan that does not start or end in fp32 pays the cast in and out;
-* weights, every step, for every layer not in fp32: fp32 master -> compute format in forward,
-  and the weight gradient back to fp32 (both ``p * (4 + b)``), as torch.autocast does.
+* activations, where neighbouring layers (forward execution order) store them differently: in
+  forward, the previous layer's output (its ``input`` role) to this layer's ``input`` role; in
+  backward, this layer's input gradient (``dgrad``) to the previous layer's ``dgrad``. The model
+  input and the loss are fp32, so a plan that does not start or end in fp32 pays the cast in
+  and out;
+* weights, every step, for every layer whose roles are not fp32: the fp32 master to the
+  ``weight`` format in forward, the weight gradient from ``wgrad`` back to fp32 (each
+  ``p * (4 + b)``), as torch.autocast does.
 
 A format the profile lists as ``emulated`` computes in fp32 and pays roundings instead of casts
-(what :class:`~adaprec.runtime.executors.emulated.EmulatedExecutor` does): its weights and
-outputs always, its inputs unless the layer that produced them all (directly or through a
-grid-preserving module such as ReLU; ``LayerCount.fed_by``) ran in the same format, and in a custom
-(non-``torch.nn``) layer the outputs of its matmuls, softmax and elementwise ops.
+(what :class:`~adaprec.runtime.executors.emulated.EmulatedExecutor` does), half of the profile's
+forward-and-gradient rounding cost per direction, each direction in its role's format: its
+weights and outputs always, its inputs unless the layer that produced them all (directly or
+through a grid-preserving module such as ReLU; ``LayerCount.fed_by``) ran in the same plain
+format (a per-role layer rounds every input), and in a custom (non-``torch.nn``) layer the
+outputs of its matmuls, softmax and elementwise ops.
+
+``bitops`` prices each layer's forward MACs x the mean, over the three GEMMs, of the product of
+their operands' bits (wgrad's format is the product's, not an operand's); the mean keeps a
+plain format at the quantization literature's ``MACs x b_w x b_a``. ``inference``: the forward
+GEMM alone.
 
 Ops outside every layer (residual adds, pooling, functional activations, the loss) run in the
-plan's default format: their counted FLOPs, kernels and bytes. The optimizer step
-(:mod:`adaprec.cost.optimizer`) runs on the fp32 master weights whatever the plan.
+plan's default format (its ``input`` role): their counted FLOPs, kernels and bytes. The
+optimizer step (:mod:`adaprec.cost.optimizer`) runs on the fp32 master weights whatever the plan.
 """
 from __future__ import annotations
 
@@ -168,7 +194,7 @@ class CostModel:
         kernels and weight casts or roundings; no activation casts)."""
         profile = load_profile(profile)
         fmt = get_format(fmt).name
-        return sum(self._layer_parts(self._by_name[layer], fmt, fmt, profile, False, fmt).values())
+        return self._layer_row(self._by_name[layer], fmt, fmt, profile, False, fmt)["total"]
 
     def marginal(self, plan: Plan | Mapping[str, str] | str, layer: str, fmt: str,
                  profile: DeviceProfile | str) -> float:
@@ -233,67 +259,67 @@ class CostModel:
         """(per-layer rows, ops outside layers, optimizer step)."""
         rows = []
         prev = _INPUT_FORMAT
+        known: dict[str, _Roles] = {}  # one plan holds few distinct entries
+
+        def roles(fmt: str) -> _Roles:
+            if fmt not in known:
+                known[fmt] = _Roles(fmt, profile)
+            return known[fmt]
+
         for c in self.counts:
             fmt = plan.format_of(c.name)
             fed = plan.format_of(c.fed_by) if c.fed_by is not None else None
-            parts = self._layer_parts(c, fmt, prev, profile, inference, fed)
-            rows.append({"layer": c.name, "format": fmt, "runs_as": _runs_as(profile, fmt), **parts,
-                         "total": sum(parts.values())})
+            rows.append({"layer": c.name, "format": fmt, "runs_as": _runs_as(profile, fmt),
+                         **self._layer_row(c, fmt, prev, profile, inference, fed, roles)})
             prev = fmt
         if rows and profile.metric == "seconds":  # the last layer's output goes to the fp32 loss
-            out_cast = self._act_cast(self.counts[-1].act_out_elems, self.counts[-1].out_tensors,
-                                      prev, _INPUT_FORMAT, profile, inference)
+            last, out, loss = self.counts[-1], roles(prev).tensor, roles(_INPUT_FORMAT).tensor["input"]
+            out_cast = _convert(last.act_out_elems, last.out_tensors, out["input"], loss, profile)
+            if not inference:  # the loss's fp32 gradient into the last layer's dgrad format
+                out_cast += _convert(last.act_out_elems, last.out_tensors, out["dgrad"], loss, profile)
             rows[-1]["act_cast"] += out_cast
             rows[-1]["total"] += out_cast
         return rows, self._other_cost(plan.default, profile, inference), self._optimizer_cost(profile, inference)
 
-    def _layer_parts(self, c: LayerCount, fmt: str, prev: str, profile: DeviceProfile,
-                     inference: bool, fed: str | None = None) -> dict[str, float]:
-        """fwd, bwd, weight_cast, act_cast (from ``prev``) and round cost of one layer in ``fmt``;
-        ``fed``: the format of the layer that produced all its inputs (None: none did)."""
+    def _layer_row(self, c: LayerCount, fmt: str, prev: str, profile: DeviceProfile,
+                   inference: bool, fed: str | None = None,
+                   roles: Callable[[str], "_Roles"] | None = None) -> dict[str, float]:
+        """fwd, bwd, weight_cast, round, act_cast (from ``prev``) and their total for one layer
+        in ``fmt``; ``fed``: the format of the layer that produced all its inputs (None: none
+        did); ``roles``: a cache of :class:`_Roles` for ``profile``."""
         if profile.metric == "bitops":
-            bits = get_format(fmt).bits
-            return {"fwd": float(c.macs * bits * bits), **{k: 0.0 for k in _PARTS[1:]}}
-        eff = profile.resolve(fmt)
-        comp = profile.compute_format(fmt)
-        b, bw, k = get_format(comp).bytes, profile.bandwidth(comp), profile.kernel_s
-        fwd_bytes = (c.act_in_elems + c.param_elems + c.act_out_elems) * b
-        bwd_bytes = (2 * c.act_in_elems + c.act_out_elems + 2 * c.param_elems) * b
-        parts = {"fwd": max(_compute_s(c.fwd_flops, comp, profile), fwd_bytes / bw) + c.fwd_kernels * k,
-                 "bwd": 0.0 if inference else (max(_compute_s(c.bwd_flops, comp, profile), bwd_bytes / bw)
-                                               + c.bwd_kernels * k),
-                 "weight_cast": 0.0, "round": 0.0,
-                 "act_cast": self._act_cast(c.act_in_elems, c.in_tensors, prev, fmt, profile, inference)}
-        if profile.is_emulated(eff):
-            # inference: one forward, so half of each (forward + gradient) rounding
-            half = 0.5 if inference else 1.0
-            # inputs are rounded unless the layer that made them all was in this format (the
-            # executor's tag then says they are on the grid)
-            on_grid = fed is not None and profile.resolve(fed) == eff
-            parts["act_cast"] = 0.0 if on_grid or c.act_in_elems == 0 else \
-                half * profile.rounding_s(eff, c.in_tensors, c.act_in_elems)
-            parts["round"] = half * profile.rounding_s(eff, c.out_tensors, c.act_out_elems)
-            if not c.stock:
-                parts["round"] += half * profile.rounding_s(eff, c.inner_ops, c.inner_out_elems)
-            if not inference:
-                parts["weight_cast"] = profile.rounding_s(eff, c.param_tensors, c.param_elems)
-        elif comp != "fp32" and not inference:
-            parts["weight_cast"] = 2 * (c.param_elems * (4 + b) / bw + c.param_tensors * k)
-        return parts
-
-    @staticmethod
-    def _act_cast(elems: int, tensors: int, src: str, dst: str, profile: DeviceProfile,
-                  inference: bool) -> float:
-        """Forward conversion of an activation plus backward conversion of its gradient (an
-        emulated ``dst`` rounds instead: :meth:`_layer_parts` prices that)."""
-        if profile.metric == "bitops" or elems == 0 or profile.is_emulated(profile.resolve(dst)):
-            return 0.0
-        passes = 1 if inference else 2
-        src, dst = profile.compute_format(src), profile.compute_format(dst)
-        if src == dst:
-            return 0.0
-        nbytes = elems * (get_format(src).bytes + get_format(dst).bytes)
-        return passes * (nbytes / profile.bandwidth(dst) + tensors * profile.kernel_s)
+            return _bitops_row(c, get_format(fmt).roles(), inference)
+        roles = roles or (lambda f: _Roles(f, profile))
+        r, p = roles(fmt), roles(prev)
+        cf, t, k = r.cf, r.tensor, profile.kernel_s
+        fwd_bytes = [(c.act_in_elems, t["input"]), (c.param_elems, t["weight"]), (c.act_out_elems, t["input"])]
+        parts = {"fwd": max(_gemm_s(c.fwd_flops, cf["input"], cf["weight"], profile),
+                            _bytes_s(fwd_bytes, profile)) + c.fwd_kernels * k,
+                 "bwd": 0.0, "weight_cast": 0.0, "round": 0.0, "act_cast": 0.0}
+        if not inference:
+            half = {kind: n / 2 for kind, n in c.bwd_flops.items()}
+            compute = (_gemm_s(half, cf["dgrad"], cf["weight"], profile)       # dgrad
+                       + _gemm_s(half, cf["dgrad"], cf["input"], profile))     # wgrad
+            bwd_bytes = [(c.act_out_elems, t["dgrad"]), (c.act_in_elems, t["input"]),
+                         (c.param_elems, t["weight"]), (c.act_in_elems, t["dgrad"]),
+                         (c.param_elems, t["wgrad"])]
+            parts["bwd"] = max(compute, _bytes_s(bwd_bytes, profile)) + c.bwd_kernels * k
+            parts["weight_cast"] = (r.weight_pass("weight", c, profile)     # master -> weight
+                                    + r.weight_pass("wgrad", c, profile))   # weight grad -> master
+        parts["round"] = r.rounding(c.out_tensors, c.act_out_elems, profile, inference)
+        if not c.stock:
+            parts["round"] += r.rounding(c.inner_ops, c.inner_out_elems, profile, inference)
+        # inputs the layer that made them all left on this (plain) format's grid are not rounded
+        # again: the executor's tag says so (a per-role layer rounds every input)
+        on_grid = (fed is not None and not r.has_roles and not roles(fed).has_roles
+                   and roles(fed).eff["input"] == r.eff["input"])
+        for role in ("input",) if inference else ("input", "dgrad"):  # the input, its gradient
+            if r.emulated[role]:
+                parts["act_cast"] += 0.0 if on_grid or c.act_in_elems == 0 else \
+                    0.5 * profile.rounding_s(r.eff[role], c.in_tensors, c.act_in_elems)
+            else:  # from the previous layer's output (input role) / into its output gradient (dgrad)
+                parts["act_cast"] += _convert(c.act_in_elems, c.in_tensors, p.tensor[role], t[role], profile)
+        return {**parts, "total": sum(parts.values())}
 
     def _other_cost(self, fmt: str, profile: DeviceProfile, inference: bool = False) -> float:
         o = self.other
@@ -324,6 +350,73 @@ class CostModel:
         return n + (0 if inference else self._optimizer_kernels(profile))
 
 
+class _Roles:
+    """One plan entry's four roles on one profile: the format each runs as (``eff``), whether
+    that is emulated, and the format its kernels compute and store in (``cf``)."""
+
+    def __init__(self, fmt: str, profile: DeviceProfile):
+        f = get_format(fmt)
+        self.has_roles = f.has_roles
+        self.eff = {role: profile.resolve(name) for role, name in f.roles().items()}
+        self.emulated = {role: profile.is_emulated(e) for role, e in self.eff.items()}
+        self.cf = {role: "fp32" if self.emulated[role] else e for role, e in self.eff.items()}
+        self.tensor = {role: (cf, get_format(cf).bytes) for role, cf in self.cf.items()}
+
+    def _round(self, role: str, tensors: int, elems: int, profile: DeviceProfile) -> float:
+        """One direction (forward value or gradient) of rounding tensors to ``role``'s format."""
+        return 0.5 * profile.rounding_s(self.eff[role], tensors, elems) if self.emulated[role] else 0.0
+
+    def rounding(self, tensors: int, elems: int, profile: DeviceProfile, inference: bool) -> float:
+        """Rounding a layer's output-like tensors: the value to ``input``, its gradient to ``dgrad``."""
+        fwd = self._round("input", tensors, elems, profile)
+        return fwd if inference else fwd + self._round("dgrad", tensors, elems, profile)
+
+    def weight_pass(self, role: str, c: LayerCount, profile: DeviceProfile) -> float:
+        """The weights' conversion between the fp32 master and ``role`` (weight or wgrad)."""
+        if self.emulated[role]:
+            return self._round(role, c.param_tensors, c.param_elems, profile)
+        comp, b = self.tensor[role]
+        if comp == "fp32":
+            return 0.0
+        return c.param_elems * (4 + b) / profile.bandwidth(comp) + c.param_tensors * profile.kernel_s
+
+
+def _convert(elems: int, tensors: int, src: tuple[str, float], dst: tuple[str, float],
+             profile: DeviceProfile) -> float:
+    """One pass converting ``tensors`` tensors between ``(compute format, bytes)`` ``src`` and
+    ``dst``, at ``dst``'s bandwidth (the side of the layer that pays)."""
+    if elems == 0 or src[0] == dst[0]:
+        return 0.0
+    return elems * (src[1] + dst[1]) / profile.bandwidth(dst[0]) + tensors * profile.kernel_s
+
+
+def _bytes_s(tensors: Sequence[tuple[int, tuple[str, float]]], profile: DeviceProfile) -> float:
+    """Seconds to move ``(elements, (compute format, its bytes))`` tensors (summed per format
+    first, so one format's total is ``elems * b / bandwidth``)."""
+    by_format: dict[tuple[str, float], int] = {}
+    for elems, fmt in tensors:
+        by_format[fmt] = by_format.get(fmt, 0) + elems
+    return sum(n * b / profile.bandwidth(f) for (f, b), n in by_format.items())
+
+
+def _gemm_s(flops: Mapping[str, float], a: str, b: str, profile: DeviceProfile) -> float:
+    """A GEMM with operands in compute formats ``a`` and ``b`` runs at the slower one's rate."""
+    return _compute_s(flops, a, profile) if a == b else \
+        max(_compute_s(flops, a, profile), _compute_s(flops, b, profile))
+
+
+def _bitops_row(c: LayerCount, roles: Mapping[str, str], inference: bool) -> dict[str, float]:
+    """The module docstring's BOPs; the total is one exact integer quotient, so a plain format
+    gives ``MACs x b x b`` bit for bit (fwd and bwd are its parts, rounded separately)."""
+    bits = {role: get_format(f).bits for role, f in roles.items()}
+    fwd = bits["input"] * bits["weight"]
+    zeros = {k: 0.0 for k in _PARTS[2:]}
+    if inference:
+        return {"fwd": float(c.macs * fwd), "bwd": 0.0, **zeros, "total": float(c.macs * fwd)}
+    bwd = bits["dgrad"] * bits["weight"] + bits["dgrad"] * bits["input"]
+    return {"fwd": c.macs * fwd / 3, "bwd": c.macs * bwd / 3, **zeros, "total": c.macs * (fwd + bwd) / 3}
+
+
 def _compute_s(flops: Mapping[str, int], fmt: str, profile: DeviceProfile) -> float:
     return sum(n / profile.flops_per_s(fmt, kind) for kind, n in flops.items())
 
@@ -331,5 +424,15 @@ def _compute_s(flops: Mapping[str, int], fmt: str, profile: DeviceProfile) -> fl
 def _runs_as(profile: DeviceProfile, fmt: str) -> str:
     if profile.metric == "bitops":
         return fmt
-    eff = profile.resolve(fmt)
-    return f"{eff} (emulated)" if profile.is_emulated(eff) else eff
+    f = get_format(fmt)
+    if not f.has_roles:
+        eff = profile.resolve(fmt)
+        return f"{eff} (emulated)" if profile.is_emulated(eff) else eff
+    r = _Roles(fmt, profile)  # per_role()'s naming, of the formats each role runs as
+    e, emulated = r.eff, [role for role, on in r.emulated.items() if on]
+    head = (f"fprop={e['input']}" if e["input"] == e["weight"]
+            else f"input={e['input']},weight={e['weight']}")
+    runs = e["input"] if len(set(e.values())) == 1 else f"{head},dgrad={e['dgrad']},wgrad={e['wgrad']}"
+    if len(emulated) == len(e):
+        return f"{runs} (emulated)"
+    return runs + (f" (emulated: {', '.join(emulated)})" if emulated else "")

@@ -121,11 +121,12 @@ def round_to(x: torch.Tensor, fmt: Format) -> torch.Tensor:
     return x.to(fmt.dtype).to(x.dtype)
 
 
-def round_scaled(x: torch.Tensor, fmt: Format, state: AmaxState) -> torch.Tensor:
-    """Scale, saturate and round ``x`` to fp8 ``fmt``, then unscale (values stay fp32)."""
+def round_scaled(x: torch.Tensor, fmt: Format, state: AmaxState, compiled: bool = False) -> torch.Tensor:
+    """Scale, saturate and round ``x`` to fp8 ``fmt``, then unscale (values stay fp32);
+    ``compiled``: in one fused kernel (the same values)."""
     amax = tensor_amax(x)
     # saturates to +-max; inf stays inf so found_inf still sees it, NaN stays NaN
-    return scaled_round(x, fmt.element, state.scale_for(amax), amax)
+    return scaled_round(x, fmt.element, state.scale_for(amax), amax, compiled=compiled)
 
 
 class RoundFn(torch.autograd.Function):
@@ -148,33 +149,34 @@ class ScaledRoundFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, fmt: Format, fwd: AmaxState,
-                bwd: AmaxState | None) -> torch.Tensor:
-        ctx.fmt, ctx.bwd = fmt, bwd
-        return round_scaled(x, fmt, fwd)
+                bwd: AmaxState | None, compiled: bool = False) -> torch.Tensor:
+        ctx.fmt, ctx.bwd, ctx.compiled = fmt, bwd, compiled
+        return round_scaled(x, fmt, fwd, compiled)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        out = grad if ctx.bwd is None else round_scaled(grad, ctx.fmt, ctx.bwd)
-        return out, None, None, None
+        out = grad if ctx.bwd is None else round_scaled(grad, ctx.fmt, ctx.bwd, ctx.compiled)
+        return out, None, None, None, None
 
 
 class FakeQuantFn(torch.autograd.Function):
     """Block or tile scaled rounding (``Format.fake_quantize``) in forward, and of the gradient
     unless ``grad_role`` is None (then the caller rounds it); ``stochastic``: the gradient is
-    rounded stochastically."""
+    rounded stochastically; ``compiled``: fused kernels where they apply (the same values)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, fmt: Format, role: str, axis: int, grad_role: str | None,
-                stochastic: bool = False) -> torch.Tensor:
+                stochastic: bool = False, compiled: bool = False) -> torch.Tensor:
         ctx.fmt, ctx.axis, ctx.grad_role, ctx.stochastic = fmt, axis, grad_role, stochastic
-        return fmt.fake_quantize(x, role=role, axis=axis)
+        ctx.compiled = compiled
+        return fmt.fake_quantize(x, role=role, axis=axis, compiled=compiled)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         if ctx.grad_role is not None:
             grad = ctx.fmt.fake_quantize(grad, role=ctx.grad_role, axis=ctx.axis,
-                                         stochastic=ctx.stochastic)
-        return grad, None, None, None, None, None
+                                         stochastic=ctx.stochastic, compiled=ctx.compiled)
+        return grad, None, None, None, None, None, None
 
 
 class RoleRoundFn(torch.autograd.Function):

@@ -25,8 +25,9 @@ of roles to plain formats -- ``fprop`` (the forward operands, input and weight; 
     Plan({"fc1": {"fprop": "bf16", "dgrad": "fp16"}})   # a plan takes either shape
 
 All roles equal gives the plain format (``per_role({"fprop": "bf16"}) is BF16``). A per-role
-entry runs emulated (autocast has one dtype per region) and is priced as its ``input`` format
-(its ``fallback``).
+entry runs emulated (autocast has one dtype per region); the cost model prices each of its GEMMs
+and tensors in its role's format (:mod:`adaprec.cost.model`); ``fallback`` is its ``input``
+format.
 """
 from __future__ import annotations
 
@@ -155,8 +156,8 @@ class Format:
         return self.element.round(x)
 
     def fake_quantize(self, x: torch.Tensor, *, role: str = "input", axis: int = -1,
-                      stochastic: bool = False, generator: torch.Generator | None = None
-                      ) -> torch.Tensor:
+                      stochastic: bool = False, generator: torch.Generator | None = None,
+                      compiled: bool = False) -> torch.Tensor:
         """fp32 tensor holding exactly the values this format stores for ``x``, scales applied.
 
         Blocks run over the last dimension (``axis`` picks another: the executor blocks a
@@ -164,7 +165,8 @@ class Format:
         tiling (DeepSeek 128x128 blocks; a weight of more than two dimensions is blocked as
         ``(out, everything else)``). ``stochastic``: stochastic instead of nearest-even rounding
         (for gradients). Per-tensor recipes use this tensor's amax (delayed scaling needs the
-        executor's history)."""
+        executor's history). ``compiled``: block formats round in one fused kernel where it
+        applies (:mod:`adaprec.numerics.fused`; the same values)."""
         x = x.float()
         if self.scaling in ("block", "tiles"):
             if role.startswith("weight") and x.dim() > 2:
@@ -173,7 +175,7 @@ class Format:
                 return flat.reshape(x.shape)
             if isinstance(self.recipe, Block):  # blocks over any axis, in place (no moved copy)
                 return self.recipe.fake_quantize(x, self.element, role=role, stochastic=stochastic,
-                                                 generator=generator, axis=axis)
+                                                 generator=generator, axis=axis, compiled=compiled)
             if axis not in (-1, x.dim() - 1) and x.dim() > 1:
                 moved = self.recipe.fake_quantize(x.movedim(axis, -1), self.element, role=role,
                                                   stochastic=stochastic, generator=generator)

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from adaprec.numerics.elements import E4M3, E8M0, ElementFormat
+from adaprec.numerics.fused import block_kernel, fused_applies, scaled_kernel
 
 __all__ = ["Recipe", "Unscaled", "PerTensor", "Block", "Tiles", "Quantized", "pow2_scale",
            "AMAX_MODES"]
@@ -119,10 +120,13 @@ def block_amax(blocks: torch.Tensor, dim: int) -> torch.Tensor:
 
 def scaled_round(x: torch.Tensor, element: ElementFormat, scale: torch.Tensor,
                  amax: torch.Tensor | None = None, stochastic: bool = False,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, compiled: bool = False) -> torch.Tensor:
     """``x * scale`` saturated to the element's +-max, rounded, divided by ``scale`` (a power
     of two: exact); inf in ``x`` stays inf (so a loss scaler still sees it), NaN stays NaN.
-    ``amax``: ``x``'s, if known: on the CPU a finite one skips the inf pass."""
+    ``amax``: ``x``'s, if known: on the CPU a finite one skips the inf pass. ``compiled``: one
+    fused kernel (:mod:`adaprec.numerics.fused`; the same values) unless stochastic."""
+    if compiled and not stochastic and x.numel() > 1 and x.dtype == torch.float32:
+        return scaled_kernel(element)(x, scale)
     y = torch.mul(x, scale)
     if stochastic:
         y = element.round(y.clamp_(-element.max, element.max), True, generator)
@@ -238,11 +242,15 @@ class Block(Recipe):
         return (blocks, *self._scales(blocks, element, scale))
 
     def fake_quantize(self, x, element, *, role="input", stochastic=False, generator=None, scale=None,
-                      axis: int = -1):
+                      axis: int = -1, compiled: bool = False):
         """Blocks run over ``axis`` (default the last dimension). Where its length is a whole
         number of blocks, the blocks are a view of ``x`` (no padding, no moved copy) and the
-        result keeps ``x``'s layout; otherwise the padding rule applies (module docstring)."""
+        result keeps ``x``'s layout; otherwise the padding rule applies (module docstring).
+        ``compiled``: one fused kernel where it applies (:mod:`adaprec.numerics.fused`: same
+        values; contiguous, last-dimension blocks, nearest rounding)."""
         x = x.float()
+        if compiled and scale is None and fused_applies(self, x, axis, stochastic):
+            return block_kernel(self.size, self.scale_element, self.tensor_scale, element)(x)
         if x.dim() and x.shape[axis] % self.size == 0:
             ax = axis % x.dim()
             blocks = x.reshape(*x.shape[:ax], -1, self.size, *x.shape[ax + 1:])
