@@ -156,6 +156,7 @@ def test_figures_pass_the_style_contract(tmp_path):
     assert regret.loc[("bandit_ucb", 20), "n"] == 2
 
 
+@pytest.mark.slow  # a few seconds: keeps the default suite under 3 minutes
 def test_report_section_writes_table_and_figures_and_notes_untraced_runs(tmp_path):
     (tmp_path / "runs_a").mkdir()
     runs = _three_policies(tmp_path / "runs_a")

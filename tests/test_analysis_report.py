@@ -24,6 +24,7 @@ def _assert_figure(stem: Path):
         assert path.stat().st_size > 0, path
 
 
+@pytest.mark.slow  # a few seconds: keeps the default suite under 3 minutes
 def test_cli_sweep_writes_figures_tables_and_reports_the_failed_run(tmp_path, tiny_sweep):
     out = tmp_path / "report"
     proc = _cli(tiny_sweep, "--out", out, "--no-per-run")

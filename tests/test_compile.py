@@ -64,6 +64,7 @@ def _train(controller, executor, compiled, steps=6, monitor_every=1, compile_fir
     return losses, ap, dict(counters["stats"]), sum(counters["graph_break"].values())
 
 
+@pytest.mark.slow  # a few seconds: keeps the default suite under 3 minutes
 def test_layer_names_of_a_compiled_model_have_no_orig_mod_prefix():
     _, ap, _, _ = _train(FixedPlan(MIXED), "native", compiled=True, steps=1, compile_first=True)
     assert ap.layers == LAYERS

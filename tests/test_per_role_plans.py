@@ -154,6 +154,7 @@ def test_a_per_role_entry_with_fp16_gradients_turns_the_loss_scaler_on():
     assert ap.is_enabled()
 
 
+@pytest.mark.slow  # a few seconds: keeps the default suite under 3 minutes
 # -- the run directory --------------------------------------------------------------------------
 def test_cli_run_records_per_role_entries_in_its_tables(tmp_path, cli_run):
     run = tmp_path / "run"

@@ -110,6 +110,7 @@ def test_mlflow_metrics_params_and_decisions_read_back_from_a_local_store(tmp_pa
         assert next(text).read_text().split("\n") == decision_lines(sent, step)
 
 
+@pytest.mark.slow  # a few seconds: keeps the default suite under 3 minutes
 def test_mlflow_tracker_writes_the_legacy_file_store_when_asked(tmp_path, monkeypatch):
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
