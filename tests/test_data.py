@@ -62,6 +62,17 @@ def test_digits_split_is_stratified_and_fixed_by_seed(digits):
     assert ((share - 0.2).abs() < 0.01).all()
 
 
+def test_the_bundled_digits_file_is_what_scikit_learn_loads():
+    from sklearn.datasets import load_digits as sk_digits
+
+    from adaprec.data._common import bundled_digits
+
+    pixels, labels = bundled_digits()
+    raw = sk_digits()
+    assert torch.equal(pixels, torch.tensor(raw.data, dtype=torch.float32))
+    assert torch.equal(labels, torch.tensor(raw.target, dtype=torch.long))
+
+
 def test_digits_native_size_is_the_raw_data_normalized():
     from sklearn.datasets import load_digits as sk_digits
 

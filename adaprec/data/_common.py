@@ -1,10 +1,35 @@
 """Helpers the image loaders share: seeded stratified split, resize and channel repeat."""
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["stratified_split", "resize_and_repeat", "holdout_or_test"]
+__all__ = ["stratified_split", "resize_and_repeat", "holdout_or_test", "bundled_digits"]
+
+
+def bundled_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's handwritten digits as ``(pixels [1797, 64] fp32 in 0..16, labels)``.
+
+    Read from the CSV that ships inside scikit-learn, which is what its ``load_digits`` reads:
+    importing scikit-learn costs ~4 s of every fresh process (each CLI run); locating the
+    package does not import it. A scikit-learn whose layout differs uses its own loader."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or spec.origin is None:
+        raise ImportError("the digits data ship with scikit-learn: pip install scikit-learn")
+    path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz"
+    if path.is_file():
+        table = np.loadtxt(path, delimiter=",", dtype=np.float64)
+        pixels, labels = table[:, :-1], table[:, -1].astype(np.int64)
+    else:
+        from sklearn.datasets import load_digits
+
+        raw = load_digits()
+        pixels, labels = raw.data, raw.target
+    return torch.tensor(pixels, dtype=torch.float32), torch.tensor(labels, dtype=torch.long)
 
 
 def stratified_split(labels: torch.Tensor, val_fraction: float,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from adaprec.data._common import resize_and_repeat, stratified_split
+from adaprec.data._common import bundled_digits, resize_and_repeat, stratified_split
 from adaprec.data.bundle import DataBundle
 
 __all__ = ["load_digits"]
@@ -20,11 +20,8 @@ def load_digits(image_size: int = 16, channels: int = 3, val_fraction: float = 0
     The split is stratified and fixed by ``seed``. Extra config keys (``num_classes``, ``task``)
     are accepted and ignored.
     """
-    from sklearn.datasets import load_digits as _sk_load_digits  # slow import; only when used
-
-    raw = _sk_load_digits()
-    x = torch.tensor(raw.data, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
-    y = torch.tensor(raw.target, dtype=torch.long)
+    pixels, y = bundled_digits()
+    x = pixels.view(-1, 1, 8, 8) / 16.0
     x = resize_and_repeat(x, image_size, channels)
     train_idx, val_idx = stratified_split(y, val_fraction, seed)
     # statistics of the training images only, so validation stays unseen

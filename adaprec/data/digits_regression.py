@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from adaprec.data._common import stratified_split
+from adaprec.data._common import bundled_digits, stratified_split
 from adaprec.data.bundle import DataBundle
 
 __all__ = ["load_digits_regression", "teacher_targets"]
@@ -42,11 +42,7 @@ def load_digits_regression(input_scale: float | None = None, target_offset: floa
     intensities (0..16) multiplied by it, unnormalized. The split is stratified by digit class
     and fixed by ``seed``. Extra config keys (``task``) are accepted and ignored.
     """
-    from sklearn.datasets import load_digits as _sk_load_digits  # slow import; only when used
-
-    raw = _sk_load_digits()
-    pixels = torch.tensor(raw.data, dtype=torch.float32)
-    labels = torch.tensor(raw.target, dtype=torch.long)
+    pixels, labels = bundled_digits()
     if out_features < 1:
         raise ValueError(f"out_features must be >= 1, got {out_features}")
     y = target_offset + target_scale * teacher_targets(pixels, teacher_seed, out_features=out_features)
