@@ -266,6 +266,54 @@ def test_skipping_already_rounded_inputs_changes_nothing():
         assert torch.equal(p, q)
 
 
+@pytest.mark.parametrize("fmt", ["mxfp8_e4m3", "nvfp4", "fp16"])
+def test_skipping_views_of_rounded_outputs_changes_nothing(fmt):
+    # the attention core's q, k, v are views of the qkv projection's rounded output: on its
+    # grid (MX blocks, elementwise fp16) they are not rounded again; NVFP4's per-tensor scale
+    # follows the view's amax, so there they are
+    from adaprec.models.gpt import GPT
+
+    torch.manual_seed(0)
+    idx = torch.randint(0, 32, (4, 16))
+    runs = {}
+    for skip in (True, False):
+        torch.manual_seed(1)
+        model = GPT(vocab_size=32, block_size=16, n_layer=1, n_head=2, n_embd=64)
+        ap = AdaptivePrecision(model, controller=Static(fmt), executor="emulated",
+                               executor_options={"skip_rounded": skip, "sixteen_bit": "boundary"})
+        seen = {}  # hooks registered after adaprec's see the tensors it passes on
+        attn = model.blocks[0].attn
+        attn.qkv.register_forward_hook(lambda m, a, out: seen.update(qkv=out.untyped_storage().data_ptr()))
+        attn.core.register_forward_pre_hook(lambda m, a: seen.update(q=a[0].untyped_storage().data_ptr()))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        losses = []
+        for _ in range(3):
+            opt.zero_grad()
+            with ap.autocast():
+                loss = F.cross_entropy(model(idx[:, :-1]).reshape(-1, 32), idx[:, 1:].reshape(-1))
+            ap.backward(loss)
+            losses.append(ap.step(opt).loss)
+        runs[skip] = losses, [p.detach().clone() for p in model.parameters()], seen["q"] == seen["qkv"]
+    assert runs[True][0] == runs[False][0]
+    assert all(torch.equal(p, q) for p, q in zip(runs[True][1], runs[False][1]))
+    assert runs[True][2] == (fmt != "nvfp4") and not runs[False][2]
+
+
+def test_a_view_is_on_its_base_grid_only_on_whole_aligned_blocks():
+    from adaprec.runtime.executors.emulated import _on_grid, _set_tag
+
+    base = torch.randn(4, 96)
+    _set_tag(base, ("k", base._version))
+    assert _on_grid(base[:, 32:64], "k", 32) and _on_grid(base.view(4, 3, 32).transpose(0, 1), "k", 32)
+    assert not _on_grid(base[:, 16:48], "k", 32)        # blocks straddle the base's blocks
+    assert not _on_grid(base[:, 32:48], "k", 32)        # half a block
+    assert not _on_grid(base.t(), "k", 32)              # blocks over the other dimension
+    assert _on_grid(base[:, 16:48], "k", 1) and not _on_grid(base[:, 32:64], "k", 0)
+    assert not _on_grid(base[:, 32:64], "other", 32)
+    base[0, 0] += 1                                     # written since: off the grid
+    assert not _on_grid(base[:, 32:64], "k", 32)
+
+
 def test_master_weights_stay_fp32_and_untouched_by_forward():
     model = convnet()
     before = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}

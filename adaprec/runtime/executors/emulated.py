@@ -59,6 +59,7 @@ from adaprec.numerics.emulation import (AmaxState, FakeQuantFn, FP8Config, Fp32K
                                        RoundedSoftmaxFn, RoundFn, ScaledRoundFn, round_scaled, round_to,
                                        round_tree)
 from adaprec.numerics.formats import FP32, Format, get_format
+from adaprec.numerics.recipes import Block, Tiles
 from adaprec.runtime.eager import eager
 from adaprec.runtime.executors.base import hook_layers as _hook_layers
 from adaprec.runtime.executors.native import NativeExecutor
@@ -132,6 +133,61 @@ def _tag_of(t: torch.Tensor) -> tuple[str, int] | None:
     except (RuntimeError, NotImplementedError):  # tensors without a storage (subclasses, meta)
         return None
     return tags.get(_view(t)) if tags else None
+
+
+def _on_grid(t: torch.Tensor, key: str, block: int = 1) -> bool:
+    """Whether ``t``'s values were rounded with grid ``key`` and not written since: ``t`` is a
+    tagged tensor, or a view inside a tagged contiguous one (the q, k, v heads an attention
+    core gets from its qkv projection's output). ``block``: 1 for an elementwise grid; the
+    block length for blocks over the last dimension, where the view's blocks must be blocks of
+    the tagged tensor (unit last stride, whole blocks, each starting at one of its block
+    boundaries); 0: only an exactly tagged tensor counts."""
+    try:
+        tags = getattr(t.untyped_storage(), _TAG, None)
+    except (RuntimeError, NotImplementedError):
+        return False
+    if not tags:
+        return False
+    mine = (key, t._version)  # views share their base's version counter
+    if tags.get(_view(t)) == mine:
+        return True
+    if not block or t.dim() == 0 or t.numel() == 0 or t.stride(-1) != 1 or t.shape[-1] % block:
+        return False
+    off = t.storage_offset()
+    if any(s % block for s, n in zip(t.stride()[:-1], t.shape[:-1]) if n > 1):
+        return False
+    span = 1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride()))  # last element + 1
+    for (dtype, base_off, shape, stride), tag in tags.items():
+        if tag != mine or dtype != t.dtype or not shape or shape[-1] % block:
+            continue
+        numel = 1
+        for n in shape:
+            numel *= n
+        if stride != _contiguous_strides(shape) or (off - base_off) % block:
+            continue
+        if base_off <= off and off + span <= base_off + numel:
+            return True
+    return False
+
+
+def _block_length(fmt: Format) -> int:
+    """Elements of the last dimension one scale covers for activations, where rounding a view
+    of whole blocks gives the view of the rounded tensor (0: it may not -- a per-tensor scale
+    too, as NVFP4's, follows the view's amax -- so only an exactly tagged tensor counts)."""
+    recipe = fmt.recipe
+    if isinstance(recipe, Block):
+        return 0 if recipe.tensor_scale else recipe.size
+    if isinstance(recipe, Tiles) and recipe.activation[0] == 1:
+        return recipe.activation[1]
+    return 0
+
+
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, acc = [], 1
+    for n in reversed(shape):
+        strides.append(acc)
+        acc *= max(n, 1)
+    return tuple(reversed(strides))
 
 
 def _set_tag(t: torch.Tensor, tag: tuple[str, int]) -> None:
@@ -430,7 +486,7 @@ class EmulatedExecutor:
                 if output and out.requires_grad:
                     out.register_hook(lambda g: round_scaled(g, fmt, bwd, fused))
                 return out
-            if skip_tagged and self.skip_rounded and _tag_of(t) == (fmt.name, t._version):
+            if skip_tagged and self.skip_rounded and _on_grid(t, fmt.name):
                 return t
             out = RoundFn.apply(t, fmt, not output)
             if output:
@@ -474,13 +530,14 @@ class EmulatedExecutor:
         the gradient over the same dimension (stochastically with ``stochastic_grads``)."""
         fmt, sr, fused = frame.fmt, self.stochastic_grads, self.compiled_rounding
         axis = 1 if isinstance(frame.module, _CHANNEL_BLOCKED) else -1
+        block = _block_length(fmt)
 
         def fn(t: torch.Tensor, role: str, skip_tagged: bool = True) -> torch.Tensor:
             if t.dtype in _LOW_DTYPES:
                 t = t.float()
             ax = axis if t.dim() > 2 else -1
             key = f"{fmt.name}/{ax}"  # the same blocks: an input tagged with this key is on them
-            if skip_tagged and self.skip_rounded and _tag_of(t) == (key, t._version):
+            if skip_tagged and self.skip_rounded and _on_grid(t, key, block if ax == -1 else 0):
                 return t
             grad_role = None if output else "grad_" + role
             out = FakeQuantFn.apply(t, fmt, role, ax, grad_role, sr, fused)
