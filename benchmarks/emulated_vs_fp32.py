@@ -23,19 +23,22 @@ from .harness import base_parser, compare, machine_line, set_context
 from .workloads import adaprec_step, workload
 
 ARMS = ["fp32", "emulated:bf16", "emulated:fp16", "emulated:fp8_e4m3", "emulated:mxfp8_e4m3",
-        "compiled:fp8_e4m3", "compiled:mxfp8_e4m3"]
+        "compiled:fp8_e4m3", "compiled:mxfp8_e4m3", "operands:mxfp8_e4m3"]
 BATCH = {"resnet18": 64, "gpt": 32}
 
 
 def arm(spec: str, model, x, y, device: torch.device):
     """A closure running one training step of ``model`` under ``spec`` (``executor:format``;
-    ``compiled:format``: the emulated executor with fused rounding kernels)."""
+    ``compiled:format``: the emulated executor with fused rounding kernels; ``operands:format``:
+    that, with ``gemm_rounding="operands"``)."""
     executor, _, fmt = spec.partition(":")
     if executor == "fp32":
         executor, fmt = "native", "fp32"
     options = None
     if executor == "compiled":
         executor, options = "emulated", {"compiled_rounding": True}
+    elif executor == "operands":  # compiled, and linear layers' GEMMs round their own operands
+        executor, options = "emulated", {"compiled_rounding": True, "gemm_rounding": "operands"}
     return adaprec_step(model, x, y, device, controller=Static(fmt), executor=executor,
                         executor_options=options)
 

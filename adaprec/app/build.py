@@ -135,4 +135,5 @@ def _executor_options(cfg: DictConfig) -> dict[str, Any]:
     return {"fp8": {"scaling": config_value(em.fp8_scaling), "amax_history_len": int(em.amax_history_len),
                     "margin": int(em.fp8_margin)},
             "stochastic_grads": bool(em.get("stochastic_grads", False)),
-            "compiled_rounding": bool(em.get("compiled_rounding", False))}
+            "compiled_rounding": bool(em.get("compiled_rounding", False)),
+            "gemm_rounding": config_value(em.get("gemm_rounding", "boundary"))}

@@ -73,6 +73,11 @@ class FP8Scaling(str, Enum):
     delayed = "delayed"    # scale from the max of an amax history (Transformer Engine's recipe)
 
 
+class GemmRounding(str, Enum):
+    boundary = "boundary"  # a layer's inputs, parameters, outputs and their gradients rounded at its boundary
+    operands = "operands"  # a linear layer's three GEMMs round their operands, each over its reduction dim (TE, torchao)
+
+
 @dataclass
 class GradScheduleConfig:
     """Gradients that shrink late in training (``adaprec.app.gradient_schedule``); off by default."""
@@ -133,12 +138,14 @@ class ObjectiveConfig:
 @dataclass
 class EmulationConfig:
     """Emulated formats (emulated/auto executors): fp8 per-tensor scaling (Transformer Engine
-    style), stochastic gradient rounding and fused rounding kernels for block formats."""
+    style), stochastic gradient rounding, fused rounding kernels for block formats and where a
+    linear layer rounds (its boundary, or its GEMMs' operands)."""
     fp8_scaling: FP8Scaling = FP8Scaling.delayed  # current: this tensor's amax | delayed: max of an amax history
     amax_history_len: int = _ruled(16, ge=1)  # delayed scaling: amaxes remembered per layer and tensor role
     fp8_margin: int = _ruled(0, ge=0)         # scale = fp8_max / amax / 2^margin (headroom against growth)
     stochastic_grads: bool = False            # block/tile formats: gradients rounded stochastically (unbiased), not RNE
     compiled_rounding: bool = False           # MX/NVFP4 blocks and per-tensor fp8 round in one torch.compile kernel: same values, faster (needs a C++ compiler; compiles on first use)
+    gemm_rounding: GemmRounding = GemmRounding.boundary  # where a linear layer's fp8/MX/NVFP4/per-role formats round (adaprec/runtime/gemm_operands.py)
 
 
 def _units_ok(v: Any) -> bool:

@@ -47,6 +47,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from types import MappingProxyType
 from typing import Any, Iterator
 
@@ -63,11 +64,13 @@ from adaprec.numerics.recipes import Block, Tiles
 from adaprec.runtime.eager import eager
 from adaprec.runtime.executors.base import hook_layers as _hook_layers
 from adaprec.runtime.executors.native import NativeExecutor
+from adaprec.runtime.gemm_operands import LinearOperandsFn, Operands
 from adaprec.runtime.plan import Plan
 
-__all__ = ["EmulatedExecutor", "GRID_PRESERVING", "SIXTEEN_BIT"]
+__all__ = ["EmulatedExecutor", "GRID_PRESERVING", "SIXTEEN_BIT", "GEMM_ROUNDING"]
 
 SIXTEEN_BIT = ("autocast", "boundary")  # how fp16/bf16 layers are emulated (module docstring)
+GEMM_ROUNDING = ("boundary", "operands")  # where a linear layer's emulated formats round (module docstring)
 
 _LOW_DTYPES = (torch.float16, torch.bfloat16)
 _TAG = "_adaprec_rounded"
@@ -103,6 +106,7 @@ class _Frame:
     shadowed: list[str] = field(default_factory=list)
     op_mode: Any = None
     op_count: int = 0
+    operands: bool = False  # a stock linear layer whose GEMMs round their operands
 
 
 _FP32_FRAME = _Frame(None, FP32, "fp32")
@@ -200,6 +204,11 @@ def _set_tag(t: torch.Tensor, tag: tuple[str, int]) -> None:
         tags = {}
         setattr(storage, _TAG, tags)
     tags[_view(t)] = tag
+
+
+def _stock_linear(module: nn.Module) -> bool:
+    """An ``nn.Linear`` whose forward is ``nn.Linear``'s own (one GEMM and a bias)."""
+    return isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward
 
 
 def _needs_op_rounding(module: nn.Module) -> bool:
@@ -300,9 +309,13 @@ class EmulatedExecutor:
     def __init__(self, model: nn.Module, layers: Sequence[str], device_type: str = "cpu",
                  fp8: FP8Config | dict | None = None, skip_rounded: bool = True,
                  hook_layers: bool = True, stochastic_grads: bool = False,
-                 sixteen_bit: str = "autocast", compiled_rounding: bool = False):
+                 sixteen_bit: str = "autocast", compiled_rounding: bool = False,
+                 gemm_rounding: str = "boundary"):
         if sixteen_bit not in SIXTEEN_BIT:
             raise ValueError(f"sixteen_bit must be one of {', '.join(SIXTEEN_BIT)}, got {sixteen_bit!r}")
+        if gemm_rounding not in GEMM_ROUNDING:
+            raise ValueError(f"gemm_rounding must be one of {', '.join(GEMM_ROUNDING)}, got {gemm_rounding!r}")
+        self.gemm_rounding = gemm_rounding
         self.device_type = device_type
         self.sixteen_bit = sixteen_bit
         self.stochastic_grads = bool(stochastic_grads)
@@ -327,6 +340,13 @@ class EmulatedExecutor:
         modules = dict(model.named_modules())
         self._modules = {name: modules[name] for name in self.layers}
         self._op_level = {name: _needs_op_rounding(m) for name, m in self._modules.items()}
+        # operands mode: stock linear layers run LinearOperandsFn (their forward shadowed in the
+        # instance dict, the class's own used outside emulated regions)
+        self._operand_linears = {name for name, m in self._modules.items()
+                                 if gemm_rounding == "operands" and _stock_linear(m)}
+        for name in self._operand_linears:
+            mod = self._modules[name]
+            mod.__dict__["forward"] = partial(self._linear_forward, name, mod)
         self._handles = (_hook_layers(model, self.layers, self.enter_layer, self.exit_layer)
                          if hook_layers else [])
         if skip_rounded:
@@ -421,7 +441,8 @@ class EmulatedExecutor:
                 args, kwargs = changed
         fmt = self._formats[name]
         frame = _Frame(name, fmt, "fp32" if fmt == FP32 else "emulated", module=module)
-        if frame.kind == "emulated":
+        frame.operands = frame.kind == "emulated" and name in self._operand_linears
+        if frame.kind == "emulated" and not frame.operands:
             args, kwargs = self._enter_emulated(frame, module, args, kwargs)
         self._stack.append(frame)
         if frame.kind == "emulated" and self._op_level[name]:
@@ -453,7 +474,7 @@ class EmulatedExecutor:
         for pname in frame.shadowed:
             module.__dict__.pop(pname, None)
         rounded = None
-        if frame.kind == "emulated":
+        if frame.kind == "emulated" and not frame.operands:
             with torch._C.DisableTorchFunction():  # as in _enter_emulated
                 rounded = round_tree(output, self._rounder(frame, output=True), "output")
         # the autocast half casts the output to the dtype of the region it goes back to
@@ -499,18 +520,9 @@ class EmulatedExecutor:
     def _role_rounder(self, frame: _Frame, output: bool):
         """Formats with per-role formats (``Format.role_format``): each role's forward value and
         gradient rounded in its own format, recipe and scaling state (no tag skipping)."""
-        fmt, name, sr, fused = frame.fmt, frame.layer or "", self.stochastic_grads, self.compiled_rounding
+        fmt, name = frame.fmt, frame.layer or ""
         axis = 1 if isinstance(frame.module, _CHANNEL_BLOCKED) else -1
-
-        def one(f: Format, role: str, ax: int, grad: bool):
-            key = ("grad_" if grad else "") + role
-            if f.scaling == "per_tensor":
-                state = self._state if grad else self._forward_state
-                return lambda v: round_scaled(v, f, state(name, key, f, v.device), fused)
-            if f.scaling in ("block", "tiles"):
-                return lambda v: f.fake_quantize(v, role=key, axis=ax, stochastic=sr and grad,
-                                                 compiled=fused)
-            return (lambda v: v) if f == FP32 else (lambda v: round_to(v, f))
+        one = partial(self._role_fn, name)
 
         def fn(t: torch.Tensor, role: str, skip_tagged: bool = True) -> torch.Tensor:
             if t.dtype in _LOW_DTYPES:
@@ -523,6 +535,43 @@ class EmulatedExecutor:
                 out.register_hook(bwd)
             return out
         return fn
+
+    def _role_fn(self, name: str, f: Format, role: str, ax: int, grad: bool):
+        """``fn(v)``: ``v`` rounded to plain format ``f`` as tensor ``role`` of layer ``name``
+        (its scaling state for per-tensor fp8, blocks over ``ax``; ``grad``: a gradient)."""
+        key, sr, fused = ("grad_" if grad else "") + role, self.stochastic_grads, self.compiled_rounding
+        if f.scaling == "per_tensor":
+            state = self._state if grad else self._forward_state
+            return lambda v: round_scaled(v, f, state(name, key, f, v.device), fused)
+        if f.scaling in ("block", "tiles"):
+            return lambda v: f.fake_quantize(v, role=key, axis=ax, stochastic=sr and grad,
+                                             compiled=fused)
+        return (lambda v: v) if f == FP32 else (lambda v: round_to(v, f))
+
+    def _operands(self, frame: _Frame) -> Operands:
+        """The GEMM operand rounders of a linear layer in ``gemm_rounding="operands"``."""
+        fmt, name = frame.fmt, frame.layer or ""
+        f_in, f_w = fmt.role_format("input"), fmt.role_format("weight")
+        f_g, f_wg = fmt.role_format("input", grad=True), fmt.role_format("weight", grad=True)
+        one = partial(self._role_fn, name)
+        return Operands(input=one(f_in, "input:0", -1, False), weight=one(f_w, "weight:weight", -1, False),
+                        grad=one(f_g, "output", -1, True), weight_grad=one(f_wg, "weight:weight", -1, True),
+                        input_fmt=f_in, weight_fmt=f_w, grad_fmt=f_g)
+
+    def _linear_forward(self, name: str, module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        """``module.forward`` of a stock linear layer in ``gemm_rounding="operands"``: its
+        GEMMs round their own operands while its region is an emulated one."""
+        frame = self._stack[-1] if self._stack else None
+        if frame is None or frame.layer != name or not frame.operands:
+            return nn.Linear.forward(module, x)
+        if x.dtype in _LOW_DTYPES:
+            x = x.float()
+        fmt = frame.fmt  # an input the previous layer rounded to the same blocks is not re-rounded
+        on_grid = self.skip_rounded and not fmt.has_roles and (
+            _on_grid(x, f"{fmt.name}/-1", _block_length(fmt)) if fmt.scaling in ("block", "tiles")
+            else fmt.scaling == "none" and _on_grid(x, fmt.name))
+        with torch._C.DisableTorchFunction():
+            return LinearOperandsFn.apply(x, module.weight, module.bias, self._operands(frame), on_grid)
 
     def _block_rounder(self, frame: _Frame, output: bool):
         """Block/tile formats: ``Format.fake_quantize`` over the reduction dimension (the last
@@ -576,3 +625,6 @@ class EmulatedExecutor:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        for name in self._operand_linears:
+            self._modules[name].__dict__.pop("forward", None)
+        self._operand_linears = set()
