@@ -33,6 +33,11 @@ outside every layer (residual adds, pooling, the loss) run in fp32. fp8 layers u
 boundaries, each tensor role (``input:0``, ``weight:weight``, ``output``, ``grad_output``, ...)
 with its own scaling state in ``executor.fp8_states`` (checkpointed by ``state_dict()``).
 
+``gemm_rounding="operands"`` runs stock ``nn.Linear`` layers in such formats differently: their
+three GEMMs round their own operands, each over its own reduction dimension (the wgrad GEMM's
+over the tokens), and their output and input gradient stay fp32, as in Transformer Engine and
+torchao (:mod:`adaprec.runtime.gemm_operands`); every other layer is rounded at its boundary.
+
 Already-rounded inputs are not rounded again: a layer's output is tagged with its format and
 the tensor's version counter (passed through ReLU/MaxPool/Flatten/Identity modules, which keep
 values on the grid), and the next layer in the same format skips that input (its gradient is
@@ -292,6 +297,8 @@ class EmulatedExecutor:
             ``torch.compile`` kernel (:mod:`adaprec.numerics.fused`: the same values, a few
             times faster on a CPU; the
             first step of each format compiles, which takes seconds and a C++ compiler).
+        gemm_rounding: ``"boundary"`` (default) or ``"operands"``: where a stock linear layer
+            in an emulated format rounds (module docstring).
         hook_layers: register the per-layer hooks (False: a composing executor calls
             :meth:`enter_layer`/:meth:`exit_layer` itself).
         sixteen_bit: ``"autocast"`` (default): fp16/bf16 layers run autocast's regions with
