@@ -53,7 +53,7 @@ def inputs():
     return x, g
 
 
-@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)])  # compiles
 @pytest.mark.parametrize("grad_fmt", ["mxfp8_e4m3", "mxfp8_e5m2"])
 def test_linear_gemms_match_torchao_mx_mm_bit_for_bit(grad_fmt, compiled):
     x, g = inputs()
@@ -171,3 +171,67 @@ def test_inputs_already_on_the_grid_are_not_rounded_again_bit_identically():
             ap.step(opt)
         runs.append([p.detach().clone() for p in model.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+class _Checkpointed(nn.Module):
+    """Two linear layers, optionally under non-reentrant activation checkpointing."""
+
+    def __init__(self, checkpointed: bool):
+        super().__init__()
+        self.a, self.b, self.checkpointed = nn.Linear(64, 64), nn.Linear(64, 10), checkpointed
+
+    def inner(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+    def forward(self, x):
+        if self.checkpointed:
+            return torch.utils.checkpoint.checkpoint(self.inner, x, use_reentrant=False)
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("fmt", ["mxfp8_e4m3", "fp8_e4m3"])
+def test_activation_checkpointing_recomputes_exactly_what_the_forward_rounded(fmt):
+    x = torch.randn(32, 64, generator=torch.Generator().manual_seed(4))
+    y = torch.randint(0, 10, (32,), generator=torch.Generator().manual_seed(5))
+    runs = []
+    for checkpointed in (False, True):
+        torch.manual_seed(0)
+        model = _Checkpointed(checkpointed)
+        ap = AdaptivePrecision(model, controller=Static(fmt), executor="emulated",
+                               executor_options={"gemm_rounding": "operands"})  # fp8: delayed scaling
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        losses = []
+        for _ in range(3):
+            opt.zero_grad()
+            with ap.autocast():
+                loss = F.cross_entropy(model(x), y)
+            ap.backward(loss)
+            losses.append(ap.step(opt).loss)
+        runs.append((losses, [p.detach().clone() for p in model.parameters()]))
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
+
+
+@pytest.mark.slow  # compiles: ~15 s here
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_compiled_model_trains_as_the_eager_one_in_operands_mode():
+    x = torch.randn(8, 16, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(8) % 4
+    runs = []
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.LayerNorm(32), nn.Linear(32, 4))
+        ap = AdaptivePrecision(model, controller=FixedPlan(Plan({"0": "mxfp8_e4m3", "2": "fp8_e4m3", "4": "nvfp4"})),
+                               executor="emulated", executor_options={"gemm_rounding": "operands"})
+        run = torch.compile(model, backend="aot_eager") if compiled else model
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        losses = []
+        for _ in range(4):
+            opt.zero_grad()
+            with ap.autocast():
+                loss = F.cross_entropy(run(x), y)
+            ap.backward(loss)
+            losses.append(ap.step(opt).loss)
+        runs.append(losses)
+    assert runs[0] == runs[1]
