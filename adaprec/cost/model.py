@@ -13,6 +13,11 @@ produces in ``dgrad``, the weight gradient in ``wgrad``. The three GEMMs of a la
 * dgrad:   output gradient (``dgrad``) x weight (``weight``);
 * wgrad:   output gradient (``dgrad``) x input (``input``), writing the weight gradient in ``wgrad``.
 
+The GEMMs' operands and bit operations are the same under the emulated executor's
+``gemm_rounding="operands"`` (each GEMM rounds its own operands; :mod:`adaprec.runtime.gemm_operands`),
+which keeps a linear layer's output and input gradient in fp32, where hardware writes them in
+its activation format (bf16 in Transformer Engine); the bytes here stay those of the format.
+
 A GEMM whose operands are in two formats runs at the slower one's rate (the executor's product
 of a bf16 and an mxfp8 operand is a bf16 GEMM: running it at fp8 rate would need the bf16
 operand quantized too, other numerics), so a per-role entry with bf16 fprop and mxfp8
