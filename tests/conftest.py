@@ -1,7 +1,9 @@
 """Shared test helpers: composing the real configs, and run trees written by the real trainer."""
 import os
+import re
 
 import pytest
+from _pytest.mark.expression import Expression
 from hydra import compose, initialize_config_dir
 
 from adaprec.app.schema import register_schemas
@@ -45,3 +47,29 @@ def make_run(tmp_path_factory):
 def pytest_configure(config):
     # keep the small test tensors from oversubscribing the 2 CI cores
     os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+_WHOLLY_SLOW = re.compile(r"^pytestmark = pytest\.mark\.slow\b", re.M)
+
+
+def pytest_ignore_collect(collection_path, config):
+    """A module marked slow as a whole is not even imported when the marker expression
+    deselects slow tests (the default run): importing transformers or Lightning for tests
+    that will not run costs seconds of the default suite's budget."""
+    if collection_path.suffix != ".py" or not collection_path.name.startswith("test_"):
+        return None
+    expr = config.getoption("markexpr")
+    if not expr or Expression.compile(expr).evaluate(lambda mark: mark == "slow"):
+        return None  # slow tests are selected
+    if _WHOLLY_SLOW.search(collection_path.read_text(encoding="utf-8")):
+        return True
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before the -m selection reads the marks
+def pytest_collection_modifyitems(config, items):
+    """A test that reads the real CLI sweep (the ``tiny_sweep`` fixture: ~12 s of subprocess
+    before the first of them runs) is a slow test."""
+    for item in items:
+        if "tiny_sweep" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

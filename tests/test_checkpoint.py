@@ -110,8 +110,9 @@ def test_truncate_tables_drops_torn_lines_and_later_rows(tmp_path):
     assert kept == {"steps.csv": 2, "decisions.csv": 2, "layers.csv.gz": 2, "events.jsonl": 1}
 
 
-@pytest.mark.parametrize("precision", [
-    ["controller=bf16"], ["controller=fp16"],
+@pytest.mark.parametrize("precision", [  # the 16-bit ones resume alike: in the slow suite
+    pytest.param(["controller=bf16"], marks=pytest.mark.slow),
+    pytest.param(["controller=fp16"], marks=pytest.mark.slow),
     # fp8 with delayed scaling: the executor's amax histories are run state too
     ["controller=fp32", "controller.format=fp8_e4m3", "executor=emulated"],
     # a stateful controller: the bandit's policies, RNG and per-window trace resume exactly

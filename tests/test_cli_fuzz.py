@@ -10,12 +10,12 @@ from enum import Enum
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+import yaml
 
 from hydra.utils import get_object
 
 from adaprec.app.controller_schemas import CONTROLLER_SCHEMAS
-from adaprec.app.schema import AdaprecConfig, register_schemas
+from adaprec.app.schema import AdaprecConfig
 from adaprec.runtime.ranges import ranges_of
 
 from .cli_inprocess import CONF, TINY, cli_run  # noqa: F401 (fixture)
@@ -76,17 +76,22 @@ def _schema_cases(schema: type, prefix: str, select: tuple[str, ...]) -> list:
 
 
 def _controller_schemas() -> dict[str, type]:
-    """controller option -> its schema, found by composing each option (one option per schema:
-    bandit_ucb and bandit_thompson are bandit with other defaults)."""
-    register_schemas()
+    """controller option -> its schema, the one its defaults list names (directly or through
+    the option it extends; read from the YAML, not composed: collection stays fast); one option
+    per schema: bandit_ucb and bandit_thompson are bandit with other defaults."""
+    def schema_of(stem: str) -> type | None:
+        for entry in yaml.safe_load((CONF / "controller" / f"{stem}.yaml").read_text()).get("defaults", []):
+            if isinstance(entry, str) and entry.startswith("/controller_schema_"):
+                return CONTROLLER_SCHEMAS[entry[1:].split("@")[0]]
+            if isinstance(entry, str) and entry != "_self_":
+                return schema_of(entry)
+        return None
+
     out: dict[str, type] = {}
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        for p in sorted((CONF / "controller").glob("*.yaml")):
-            target = compose("config", [f"controller={p.stem}"]).controller.get("_target_")
-            schema = next((sc for sc in CONTROLLER_SCHEMAS.values() if any(
-                f.name == "_target_" and f.default == target for f in dataclasses.fields(sc))), None)
-            if schema is not None and schema not in out.values():
-                out[p.stem] = schema
+    for p in sorted((CONF / "controller").glob("*.yaml")):
+        schema = schema_of(p.stem)
+        if schema is not None and schema not in out.values():
+            out[p.stem] = schema
     return out
 
 

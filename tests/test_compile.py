@@ -71,7 +71,7 @@ def test_layer_names_of_a_compiled_model_have_no_orig_mod_prefix():
     assert {n: ap.plan.format_of(n) for n in LAYERS} == {n: MIXED.format_of(n) for n in LAYERS}
 
 
-@pytest.mark.parametrize("executor", ["native", "emulated", "auto"])
+@pytest.mark.parametrize("executor", [pytest.param("native", marks=pytest.mark.slow), "emulated", "auto"])
 def test_compiled_training_is_eager_training_bit_for_bit(executor):
     eager, _, _, _ = _train(FixedPlan(MIXED), executor, compiled=False)
     compiled, ap, stats, _ = _train(FixedPlan(MIXED), executor, compiled=True)

@@ -81,6 +81,7 @@ def test_regression_bundle_checks_its_targets():
     assert b.get_batch("val", torch.tensor([1, 3]))[1].shape == (2, 2)
 
 
+@pytest.mark.slow  # a few seconds: keeps the default suite under 3 minutes
 def test_regression_run_reports_rmse(make_cfg, tmp_path):
     cfg = make_cfg("experiment=mixed_needs", "controller=fp32", "trainer.max_steps=3",
                    "trainer.batch_size=16", "monitor.every=1")
@@ -165,8 +166,9 @@ def test_objective_is_quality_within_budget_and_penalized_beyond():
         objective_value(m, "val_rmse", "rel_cost_a100", budget=0.5)
 
 
-@pytest.mark.parametrize("name", [  # the static formats compose alike: they run in the slow suite
-    n if n not in ("fp32", "bf16", "fp16", "autocast", "muppet") else pytest.param(n, marks=pytest.mark.slow)
+@pytest.mark.parametrize("name", [  # the static formats compose alike, and the two bandits: slow suite
+    n if n not in ("fp32", "bf16", "fp16", "autocast", "muppet", "bandit_thompson")
+    else pytest.param(n, marks=pytest.mark.slow)
     for n in _sweep_params("headline")["controller"]])
 def test_every_headline_policy_composes_on_every_workload(make_cfg, name):
     for experiment in EXPERIMENTS:
