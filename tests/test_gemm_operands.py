@@ -43,6 +43,24 @@ def ours(layer_format, x, g, compiled=False, gemm_rounding="operands"):
     return y.detach(), xa.grad, lin.weight.grad, lin.bias.grad, lin
 
 
+def train(model, ap, loss_of, steps, lr=0.1, run=None):
+    """Losses of ``steps`` SGD steps of ``model`` under ``ap`` (``run``: the callable to call,
+    e.g. the compiled model; ``loss_of(out)``: the loss of its output)."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        with ap.autocast():
+            loss = loss_of(model if run is None else run)
+        ap.backward(loss)
+        losses.append(ap.step(opt).loss)
+    return losses
+
+
+def gpt_loss(idx):
+    return lambda m: F.cross_entropy(m(idx[:, :-1]).reshape(-1, 32), idx[:, 1:].reshape(-1))
+
+
 def inputs():
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(4, 16, 96, generator=gen) * 3
@@ -125,15 +143,8 @@ def test_a_tiny_gpt_trains_in_operands_mode_and_unknown_modes_are_refused():
     model = GPT(vocab_size=32, block_size=16, n_layer=1, n_head=2, n_embd=64)
     ap = AdaptivePrecision(model, controller=Static("nvfp4"), executor="emulated",
                            executor_options={"gemm_rounding": "operands"})
-    opt = torch.optim.SGD(model.parameters(), lr=0.3)
     idx = torch.randint(0, 32, (8, 16), generator=torch.Generator().manual_seed(2))
-    losses = []
-    for _ in range(8):
-        opt.zero_grad()
-        with ap.autocast():
-            loss = F.cross_entropy(model(idx[:, :-1]).reshape(-1, 32), idx[:, 1:].reshape(-1))
-        ap.backward(loss)
-        losses.append(ap.step(opt).loss)
+    losses = train(model, ap, gpt_loss(idx), 8, lr=0.3)
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
     with pytest.raises(ValueError, match="gemm_rounding must be one of boundary, operands"):
         AdaptivePrecision(nn.Sequential(nn.Linear(2, 2)), controller=Static("fp32"), executor="emulated",
@@ -162,13 +173,7 @@ def test_inputs_already_on_the_grid_are_not_rounded_again_bit_identically():
         model = GPT(vocab_size=32, block_size=16, n_layer=1, n_head=2, n_embd=64)
         ap = AdaptivePrecision(model, controller=Static("mxfp8_e4m3"), executor="emulated",
                                executor_options={"gemm_rounding": "operands", "skip_rounded": skip})
-        opt = torch.optim.SGD(model.parameters(), lr=0.3)
-        for _ in range(3):
-            opt.zero_grad()
-            with ap.autocast():
-                loss = F.cross_entropy(model(idx[:, :-1]).reshape(-1, 32), idx[:, 1:].reshape(-1))
-            ap.backward(loss)
-            ap.step(opt)
+        train(model, ap, gpt_loss(idx), 3, lr=0.3)
         runs.append([p.detach().clone() for p in model.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*runs))
 
@@ -199,14 +204,7 @@ def test_activation_checkpointing_recomputes_exactly_what_the_forward_rounded(fm
         model = _Checkpointed(checkpointed)
         ap = AdaptivePrecision(model, controller=Static(fmt), executor="emulated",
                                executor_options={"gemm_rounding": "operands"})  # fp8: delayed scaling
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        losses = []
-        for _ in range(3):
-            opt.zero_grad()
-            with ap.autocast():
-                loss = F.cross_entropy(model(x), y)
-            ap.backward(loss)
-            losses.append(ap.step(opt).loss)
+        losses = train(model, ap, lambda m: F.cross_entropy(m(x), y), 3)
         runs.append((losses, [p.detach().clone() for p in model.parameters()]))
     assert runs[0][0] == runs[1][0]
     assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
@@ -225,13 +223,6 @@ def test_a_compiled_model_trains_as_the_eager_one_in_operands_mode():
         ap = AdaptivePrecision(model, controller=FixedPlan(Plan({"0": "mxfp8_e4m3", "2": "fp8_e4m3", "4": "nvfp4"})),
                                executor="emulated", executor_options={"gemm_rounding": "operands"})
         run = torch.compile(model, backend="aot_eager") if compiled else model
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        losses = []
-        for _ in range(4):
-            opt.zero_grad()
-            with ap.autocast():
-                loss = F.cross_entropy(run(x), y)
-            ap.backward(loss)
-            losses.append(ap.step(opt).loss)
+        losses = train(model, ap, lambda m: F.cross_entropy(m(x), y), 4, run=run)
         runs.append(losses)
     assert runs[0] == runs[1]
