@@ -299,6 +299,43 @@ def test_skipping_views_of_rounded_outputs_changes_nothing(fmt):
     assert runs[True][2] == (fmt != "nvfp4") and not runs[False][2]
 
 
+@pytest.mark.parametrize("fmt", ["mxfp8_e4m3", "fp16"])
+def test_identity_dropout_and_an_op_rounded_output_are_not_rounded_again(fmt, monkeypatch):
+    # inside the attention core (op-level rounding), dropout with p=0 or in eval mode hands on
+    # softmax's rounded values and the core's output is its last matmul's rounded output: neither
+    # is rounded a second time; a dropout that scales (p>0, training) still is
+    import adaprec.runtime.executors.emulated as emulated
+    from adaprec.models.gpt import GPT
+
+    roles, block, plain = [], emulated.FakeQuantFn, emulated.RoundFn
+    counting = type("Counting", (block,), {"forward": staticmethod(
+        lambda ctx, x, f, role, *rest: roles.append(role) or block.forward(ctx, x, f, role, *rest))})
+    rounding = type("Rounding", (plain,), {"forward": staticmethod(
+        lambda ctx, *args: roles.append("?") or plain.forward(ctx, *args))})
+    monkeypatch.setattr(emulated, "FakeQuantFn", counting)
+    monkeypatch.setattr(emulated, "RoundFn", rounding)
+    idx = torch.randint(0, 32, (4, 16))
+
+    def run(dropout, train, skip):
+        torch.manual_seed(1)
+        model = GPT(vocab_size=32, block_size=16, n_layer=1, n_head=2, n_embd=64, dropout=dropout).train(train)
+        ap = AdaptivePrecision(model, controller=Static(fmt), executor="emulated",
+                               executor_options={"skip_rounded": skip, "sixteen_bit": "boundary"})
+        roles.clear()
+        with ap.autocast():
+            out = model(idx)
+        return out, list(roles)
+
+    (same, skipped), (ref, every) = run(0.0, True, True), run(0.0, True, False)
+    assert torch.equal(same, ref)
+    (same, in_eval), (ref, _) = run(0.1, False, True), run(0.1, False, False)
+    assert torch.equal(same, ref) and len(in_eval) == len(skipped)
+    assert len(run(0.1, True, True)[1]) == len(skipped) + 1  # a scaling dropout's output is rounded
+    if fmt == "mxfp8_e4m3":  # the core's ops: matmul, scale, softmax, dropout, matmul
+        assert "op4" in every and "op4" not in skipped and "op5" in skipped
+        assert every.count("output") == skipped.count("output") + 1  # the core's output
+
+
 def test_a_view_is_on_its_base_grid_only_on_whole_aligned_blocks():
     from adaprec.runtime.executors.emulated import _on_grid, _set_tag
 

@@ -41,7 +41,10 @@ torchao (:mod:`adaprec.runtime.gemm_operands`); every other layer is rounded at 
 Already-rounded inputs are not rounded again: a layer's output is tagged with its format and
 the tensor's version counter (passed through ReLU/MaxPool/Flatten/Identity modules, which keep
 values on the grid), and the next layer in the same format skips that input (its gradient is
-rounded by the producer's output rounding, so numerics are unchanged).
+rounded by the producer's output rounding, so numerics are unchanged). Inside a layer with
+op-level rounding the same holds for an op's rounded result (the layer's exit skips an output
+its last matmul already rounded) and for a dropout that returns its input's values (p=0 or
+eval: passed through, not rounded).
 
 The ``auto`` executor (:mod:`adaprec.runtime.executors.auto`) composes this one with the
 native executor, layer by layer.
@@ -274,12 +277,24 @@ class _OpRounding(TorchFunctionMode):
         if mine and func in _SOFTMAX and self.frame.fmt.scaling == "none":
             dim = args[1] if len(args) > 1 else kwargs.get("dim")
             if dim is not None and kwargs.get("dtype") is None and args[0].dtype == torch.float32:
-                return RoundedSoftmaxFn.apply(args[0], dim, self.frame.fmt, func in _LOG_SOFTMAX)
+                out = RoundedSoftmaxFn.apply(args[0], dim, self.frame.fmt, func in _LOG_SOFTMAX)
+                _set_tag(out, (self.frame.fmt.name, out._version))  # its gradient is rounded too
+                return out
         out = func(*args, **kwargs)
         if mine:
             self.frame.op_count += 1
+            if func is F.dropout and _identity_dropout(args, kwargs) and self.executor._keep_tag(self.frame, args[0], out):
+                return out  # the values of an on-grid input, unchanged: nothing to round
             out = round_tree(out, self.executor._rounder(self.frame), f"op{self.frame.op_count}")
         return out
+
+
+def _identity_dropout(args, kwargs) -> bool:
+    """Whether an ``F.dropout`` call returns its input's values (p=0, or not training), out of
+    place; its backward then passes the gradient on unchanged too."""
+    def arg(i, name, default):
+        return args[i] if len(args) > i else kwargs.get(name, default)
+    return not arg(3, "inplace", False) and (arg(1, "p", 0.5) == 0 or not arg(2, "training", True))
 
 
 class EmulatedExecutor:
@@ -491,6 +506,28 @@ class EmulatedExecutor:
         return changed if changed is not None else rounded
 
     # -- rounding -----------------------------------------------------------------------------
+    def _grid_key(self, frame: _Frame, t: torch.Tensor) -> tuple[str, int] | None:
+        """``(tag key, block)`` for ``_on_grid`` of a tensor ``t`` rounded by ``frame``'s
+        rounder (None where rounded values carry no tag: per-tensor scales, per-role formats)."""
+        fmt = frame.fmt
+        if fmt.has_roles or fmt.scaling == "per_tensor":
+            return None
+        if fmt.scaling in ("block", "tiles"):
+            ax = 1 if isinstance(frame.module, _CHANNEL_BLOCKED) and t.dim() > 2 else -1
+            return f"{fmt.name}/{ax}", (_block_length(fmt) if ax == -1 else 0)
+        return fmt.name, 1
+
+    def _keep_tag(self, frame: _Frame, src: Any, out: Any) -> bool:
+        """Tag ``out`` (an op's result holding exactly ``src``'s values) as on ``frame``'s grid
+        if ``src`` is on it; whether it was."""
+        if not (self.skip_rounded and isinstance(src, torch.Tensor) and isinstance(out, torch.Tensor)):
+            return False
+        grid = self._grid_key(frame, src)
+        if grid is None or not _on_grid(src, *grid):
+            return False
+        _set_tag(out, (grid[0], out._version))
+        return True
+
     def _rounder(self, frame: _Frame, output: bool = False):
         """``fn(tensor, role)`` rounding to ``frame``'s format (scaled for fp8), forward and
         backward. ``output``: the tensor is the layer's output, held in its format, so the
@@ -517,9 +554,9 @@ class EmulatedExecutor:
             if skip_tagged and self.skip_rounded and _on_grid(t, fmt.name):
                 return t
             out = RoundFn.apply(t, fmt, not output)
-            if output:
-                if out.requires_grad:
-                    out.register_hook(lambda g: round_to(g, fmt))
+            if output and out.requires_grad:
+                out.register_hook(lambda g: round_to(g, fmt))
+            if output or role.startswith("op"):  # an op's rounded result (_OpRounding) too
                 _set_tag(out, (fmt.name, out._version))
             return out
         return fn
@@ -597,10 +634,10 @@ class EmulatedExecutor:
                 return t
             grad_role = None if output else "grad_" + role
             out = FakeQuantFn.apply(t, fmt, role, ax, grad_role, sr, fused)
-            if output:
-                if out.requires_grad:
-                    out.register_hook(lambda g: fmt.fake_quantize(g, role="grad_output", axis=ax,
-                                                                  stochastic=sr, compiled=fused))
+            if output and out.requires_grad:
+                out.register_hook(lambda g: fmt.fake_quantize(g, role="grad_output", axis=ax,
+                                                              stochastic=sr, compiled=fused))
+            if output or role.startswith("op"):  # an op's rounded result (_OpRounding) too
                 _set_tag(out, (key, out._version))
             return out
         return fn
