@@ -152,14 +152,17 @@ class _Direct:
         if direct is not None:
             fn, kinds = direct
             return fn(*[n if k is None else tensors[k] for k in kinds])
+        # dynamo's guards see plain tensors (not views: it would guard on the base's rank and
+        # strides); the direct call needs only the sizes and strides inductor asserts
+        tensors = [_plain(t, tuple(t.shape)) for t in tensors]
         if n > 1:  # compile for any first dimension (size 1 is its own specialization)
             torch._dynamo.mark_dynamic(tensors[0], 0)
         return self._compiled(*tensors)
 
 
 def _plain(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """A plain tensor of ``shape`` on contiguous ``x``'s storage (not a view: dynamo would guard
-    on the base's rank and strides; not a Parameter; no autograd history)."""
+    """A plain tensor of ``shape`` on contiguous ``x``'s storage (not a view, not a Parameter,
+    no autograd history)."""
     return torch.empty(0, dtype=x.dtype, device=x.device).set_(x.untyped_storage(), x.storage_offset(), shape)
 
 
@@ -175,7 +178,7 @@ class _ScaledKernel:
 
     def __call__(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         x = x.contiguous()
-        return self._kernel(_plain(x, (x.numel(),)), scale.detach().float().reshape(()))[0].view(x.shape)
+        return self._kernel(x.view(-1), scale.detach().float().reshape(()))[0].view(x.shape)
 
 
 class _BlockKernel:
@@ -192,5 +195,4 @@ class _BlockKernel:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous()  # one copy (a transposed attention input) is cheaper than eager
-        blocks = _plain(x, (x.numel() // self.size, self.size))
-        return self._kernel(blocks)[0].view(x.shape)
+        return self._kernel(x.view(-1, self.size))[0].view(x.shape)
