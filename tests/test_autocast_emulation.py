@@ -126,8 +126,20 @@ def test_fp32_kernels_give_torch_16bit_elementwise_results_bit_for_bit(dtype):
     with Fp32Kernels():
         got = {"gelu": F.gelu(x), "gelu_tanh": F.gelu(x, approximate="tanh"),
                "masked_fill": x.masked_fill(mask, -1e4), "inplace": x.clone().masked_fill_(mask, 3.3)}
+    up = x.float()
+    defined = {"gelu": F.gelu(up), "gelu_tanh": F.gelu(up, approximate="tanh"),
+               "masked_fill": up.masked_fill(mask, -1e4), "inplace": up.clone().masked_fill_(mask, 3.3)}
     for name, ref in native.items():
-        assert got[name].dtype == dtype and torch.equal(got[name], ref), name
+        # the emulation is fp32 compute + one RNE rounding on every machine ...
+        assert got[name].dtype == dtype and torch.equal(got[name], defined[name].to(dtype)), name
+        if name == "gelu":
+            # ... which torch's own 16-bit erf-gelu kernel is on AVX2 but not on AVX512 CPUs
+            # (measured over all finite inputs: fp16 differs in 402 of 63,488 by <= 2^-16,
+            # bf16 in 508, all below 2^-126 where the native kernel flushes to zero)
+            bound = 2.0**-16 if dtype == torch.float16 else torch.finfo(torch.float32).tiny
+            assert (got[name].float() - ref.float()).abs().max().item() <= bound, name
+        else:
+            assert torch.equal(got[name], ref), name
 
 
 @pytest.mark.parametrize("dtype", LOW)
