@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from adaprec.app.environment import cpu_flags, cpu_model
+
 __all__ = ["compare", "machine_line", "base_parser", "sync", "record", "set_context", "RESULTS_ENV"]
 
 RESULTS_ENV = "ADAPREC_BENCH_RESULTS"
@@ -32,7 +34,13 @@ def sync(device: torch.device) -> None:
 
 
 def machine_line(device: torch.device) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    """The header every benchmark prints: which machine ran it (for a CPU, its model and the
+    16-bit instruction-set flags it has; ratios differ between machines of the same kind)."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        flags = [f for f, on in cpu_flags().items() if on]
+        name = f"{cpu_model()} ({' '.join(flags) or 'none of ' + ' '.join(cpu_flags())})"
     return (f"# {platform.node()} | {name} | torch {torch.__version__} | "
             f"threads {torch.get_num_threads()} | cpus {os.cpu_count()} | device {device}")
 

@@ -12,6 +12,7 @@ import torch
 
 from adaprec import AdaptivePrecision, get_format
 from adaprec.controllers import Static
+from adaprec.models.cnn import SmallCNN
 from adaprec.models.gpt import GPT
 from adaprec.numerics.elements import E2M1, E2M3, E3M2, E4M3, E5M2
 from adaprec.numerics.fused import fused_applies, round_nearest_float
@@ -65,7 +66,8 @@ def test_fused_kernel_applies_only_where_it_is_exact():
     x = torch.randn(4, 64)
     assert fused_applies(mx, x, -1, False)
     assert not fused_applies(mx, x, -1, True)            # stochastic rounding: eager
-    assert not fused_applies(mx, x, 0, False)            # blocks over another axis: eager
+    assert not fused_applies(mx, x, 0, False)            # 4 is no whole block: eager
+    assert fused_applies(mx, torch.randn(8, 64, 3, 3), 1, False)  # a convolution's channels
     assert not fused_applies(mx, torch.randn(4, 40), -1, False)  # padding rule: eager
 
 
@@ -85,12 +87,32 @@ def _edge_cases() -> list[torch.Tensor]:
             torch.randn(4, 64, generator=g) * 1e30, torch.zeros(2, 64), wide, torch.randn(64, generator=g)]
 
 
+def _channel_cases() -> list[torch.Tensor]:
+    """Convolution-shaped tensors blocked over dimension 1 (activations, a 3x3 weight, a 1x1
+    map, a transposed copy, a channels-last map), one with the edge cases inside its channel
+    blocks."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 64, 4, 4, generator=g)
+    x[0, :32] = 0                       # all-zero channel blocks
+    x[1, 3, 1, 1] = float("inf")
+    x[2, 5, 0, 0] = float("nan")
+    x[3, :32, 2] = 1e-40                # fp32 subnormals
+    x[1, 40:, 3, 3] = 1e6               # one outlier per block
+    return [x, torch.randn(8, 64, 5, 5, generator=g), torch.randn(32, 32, 3, 3, generator=g),
+            torch.randn(3, 96, 1, 1, generator=g), torch.randn(2, 7, 64, generator=g).transpose(1, 2),
+            torch.randn(4, 64, 3, 3, generator=g).to(memory_format=torch.channels_last)]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", BLOCK_FORMATS)
 def test_compiled_fake_quantize_equals_eager_bit_for_bit(name):
     fmt = get_format(name)
     for x in _edge_cases():
         assert _same_bits(fmt.fake_quantize(x, compiled=True), fmt.fake_quantize(x)), (name, x.shape)
+    for x in _channel_cases():  # one kernel for every inner size after the first compile
+        got, ref = fmt.fake_quantize(x, axis=1, compiled=True), fmt.fake_quantize(x, axis=1)
+        # the same layout too: it decides the accumulation order of the ops downstream
+        assert _same_bits(got, ref) and got.stride() == ref.stride(), (name, x.shape, x.stride())
 
 
 @pytest.mark.slow
@@ -105,13 +127,22 @@ def test_compiled_per_tensor_rounding_equals_eager_bit_for_bit(element):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["mxfp8_e4m3", "nvfp4", "fp8_e4m3", "fp8_hybrid"])
-def test_compiled_rounding_trains_the_gpt_bit_identically(name):
+@pytest.mark.parametrize("name,arch", [("mxfp8_e4m3", "gpt"), ("nvfp4", "gpt"), ("fp8_e4m3", "gpt"),
+                                       ("fp8_hybrid", "gpt"), ("mxfp8_e4m3", "cnn"), ("nvfp4", "cnn")])
+def test_compiled_rounding_trains_bit_identically(name, arch, monkeypatch):
     torch.manual_seed(0)
-    base = GPT(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=64)
     g = torch.Generator().manual_seed(1)
-    x = torch.randint(0, 64, (4, 16), generator=g)
-    y = torch.randint(0, 64, (4, 16), generator=g)
+    if arch == "gpt":
+        base = GPT(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=64)
+        x = torch.randint(0, 64, (4, 16), generator=g)
+        y = torch.randint(0, 64, (4, 16), generator=g)
+    else:  # convolutions blocked over their 32 and 64 channels (the 3-channel input is padded)
+        base = SmallCNN(3, 10, width=32)
+        x, y = torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 10, (4,), generator=g)
+    from adaprec.numerics import fused
+    axes, call = [], fused._BlockKernel.__call__
+    monkeypatch.setattr(fused._BlockKernel, "__call__",
+                        lambda self, t, axis=-1: axes.append(axis % t.dim()) or call(self, t, axis))
     results = []
     for compiled in (False, True):
         model = copy.deepcopy(base)
@@ -132,6 +163,8 @@ def test_compiled_rounding_trains_the_gpt_bit_identically(name):
     assert torch.equal(l0, l1)
     assert all(torch.equal(a, b) for a, b in zip(p0, p1))
     assert not torch.equal(l0[0], l0[-1])  # it trained
+    if arch == "cnn" and name != "fp8_e4m3":
+        assert 1 in axes  # the channel blocks ran the compiled kernel
 
 
 def test_config_keys_reach_the_executor_and_reject_non_booleans():

@@ -27,9 +27,9 @@ delayed-scaling update stay eager (a dozen 0-d ops a call, which bound its speed
 
 Use: ``Block.fake_quantize(..., compiled=True)`` / ``scaled_round(..., compiled=True)`` (the emulated executor's
 ``compiled_rounding`` option, ``emulation.compiled_rounding`` in the run config). It applies to
-tensors blocked over their last dimension whose length is a whole number of blocks, rounded to
-nearest (a non-contiguous one is copied first; the result is contiguous); every other case
-runs the eager path. The first call of each format
+tensors whose blocked dimension (the last, or a convolution's channels) is a whole number of
+blocks, rounded to nearest (a non-contiguous one is copied first; the result is contiguous);
+every other case runs the eager path. The first call of each format
 compiles (seconds; cached on disk by inductor).
 """
 from __future__ import annotations
@@ -58,10 +58,10 @@ def round_nearest_float(y: torch.Tensor, element: ElementFormat, sign: torch.Ten
     return torch.where(y.abs() < element.smallest_normal, sub, normal).copysign(sign)
 
 
-def _mx(blocks: torch.Tensor, element: ElementFormat) -> tuple[torch.Tensor, ...]:
-    # Block._mx_scales, with the powers of two built from their bits (ldexp is a libm call
-    # per vector in the generated code)
-    amax = torch.maximum(blocks.amax(-1, keepdim=True), blocks.amin(-1, keepdim=True).neg())
+def _mx(blocks: torch.Tensor, element: ElementFormat, dim: int) -> tuple[torch.Tensor, ...]:
+    # Block._mx_scales over ``dim``, with the powers of two built from their bits (ldexp is a
+    # libm call per vector in the generated code)
+    amax = torch.maximum(blocks.amax(dim, keepdim=True), blocks.amin(dim, keepdim=True).neg())
     exp = ((amax.view(torch.int32) >> 23) & 0xFF) - 127 - element.emax
     biased = exp.clamp(-127, 128) + 127
     biased = torch.where(torch.isnan(amax), torch.full_like(biased, 255), biased)
@@ -73,10 +73,10 @@ def _mx(blocks: torch.Tensor, element: ElementFormat) -> tuple[torch.Tensor, ...
     return round_nearest_float(y, element, blocks) * deq, mul, deq
 
 
-def _nv(blocks: torch.Tensor, element: ElementFormat) -> tuple[torch.Tensor, ...]:
-    # Block._nv_scales with the per-tensor scale; the e4m3 block scale is rounded by the same
-    # float-only rule (it is clamped into e4m3's normal range first)
-    amax = torch.maximum(blocks.amax(-1, keepdim=True), blocks.amin(-1, keepdim=True).neg())
+def _nv(blocks: torch.Tensor, element: ElementFormat, dim: int) -> tuple[torch.Tensor, ...]:
+    # Block._nv_scales over ``dim`` with the per-tensor scale; the e4m3 block scale is rounded
+    # by the same float-only rule (it is clamped into e4m3's normal range first)
+    amax = torch.maximum(blocks.amax(dim, keepdim=True), blocks.amin(dim, keepdim=True).neg())
     tamax = torch.maximum(blocks.amax(), blocks.amin().neg())
     t = tamax / (E4M3.max * element.max)
     t = torch.where(tamax == 0, torch.ones_like(t), t)
@@ -89,15 +89,16 @@ def _nv(blocks: torch.Tensor, element: ElementFormat) -> tuple[torch.Tensor, ...
 
 def fused_applies(recipe, x: torch.Tensor, axis: int, stochastic: bool) -> bool:
     """Whether the compiled kernel handles this call (else the eager path runs)."""
-    return (not stochastic and x.dim() > 0 and axis in (-1, x.dim() - 1)
-            and x.shape[-1] % recipe.size == 0 and x.numel() > 0)
+    return (not stochastic and x.dim() > 0 and -x.dim() <= axis < x.dim()
+            and x.shape[axis] % recipe.size == 0 and x.numel() > 0)
 
 
 @lru_cache(maxsize=None)
 def block_kernel(size: int, scale_element: ElementFormat, tensor_scale: bool,
                  element: ElementFormat) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The compiled fake-quantize of one block recipe and element: ``fn(x)`` for an fp32 ``x``
-    whose last dimension is a multiple of ``size`` (any shape: one kernel)."""
+    """The compiled fake-quantize of one block recipe and element: ``fn(x, axis=-1)`` for an
+    fp32 ``x`` whose ``axis`` is a multiple of ``size`` (any shape: one kernel for blocks over
+    the last dimension, one for blocks over another, such as a convolution's channels)."""
     rule = _mx if scale_element == E8M0 else _nv
     if scale_element != E8M0 and not tensor_scale:
         raise ValueError("the compiled kernel covers MX (e8m0) and NVFP4 (e4m3 + per-tensor) blocks")
@@ -117,25 +118,39 @@ class _Direct:
     directly, without dynamo's guard check and frame wrapper (~0.1 ms a call, ~140 calls a GPT
     step). That is safe because every call has the inputs the guards would check: plain
     contiguous fp32 tensors of fixed rank, not requiring grad, on that device, outside every
-    mode; only the first dimension of the first tensor varies."""
+    mode; only the ``dynamic`` dimensions of the first tensor vary (compiled as symbols, each
+    its own: a graph that gave two of them one symbol, or specialized one, is not called
+    directly)."""
 
-    def __init__(self, fn: Callable):
+    def __init__(self, fn: Callable, dynamic: tuple[int, ...] = (0,)):
+        self._dynamic = dynamic
         self._direct: dict[str, tuple[Callable, list]] = {}
         self._compiled = torch.compile(fn, fullgraph=True, backend=self._capture)
 
     def _capture(self, gm, example_inputs):
         from torch._inductor.compile_fx import compile_fx  # heavy: only when compiling
         fn = compile_fx(gm, example_inputs)
-        kinds, tensors = [], 0
-        for e in example_inputs:  # graph inputs: the tensors in argument order, and sizes
-            if isinstance(e, torch.Tensor):
-                kinds.append(tensors)
-                tensors += 1
+        # graph inputs, in the compiled function's argument order: the tensors (their fake
+        # values carry the symbolic shapes) and the symbolic sizes
+        values = [n.meta.get("example_value") for n in gm.graph.nodes if n.op == "placeholder"]
+        tensors = [v for v in values if isinstance(v, torch.Tensor)]
+        if not tensors:
+            return fn
+        first = tensors[0].shape
+        dims = {}  # symbol of each dynamic dimension of the first tensor -> that dimension
+        for d in self._dynamic:
+            if isinstance(first[d], torch.SymInt):
+                dims.setdefault(first[d].node.expr, d)
+        kinds, index = [], 0
+        for v in values:
+            if isinstance(v, torch.Tensor):
+                kinds.append(index)
+                index += 1
             else:
-                kinds.append(None if isinstance(e, torch.SymInt) else "other")
-        if kinds.count(None) == 1 and "other" not in kinds:  # one symbolic size: the first dim
-            device = next(e.device for e in example_inputs if isinstance(e, torch.Tensor))
-            self._direct[str(device)] = (fn, kinds)
+                expr = v.node.expr if isinstance(v, torch.SymInt) else None
+                kinds.append(("dim", dims[expr]) if expr in dims else "other")
+        if len(dims) == len(self._dynamic) and "other" not in kinds:
+            self._direct[str(example_inputs[kinds.index(0)].device)] = (fn, kinds)
         return fn
 
     def __call__(self, *tensors: torch.Tensor):
@@ -147,16 +162,19 @@ class _Direct:
             return self._run(tensors)
 
     def _run(self, tensors):
-        n = tensors[0].shape[0]
-        direct = self._direct.get(str(tensors[0].device)) if n > 1 else None
+        shape = tensors[0].shape
+        sizes = [shape[d] for d in self._dynamic]
+        varying = min(sizes) > 1  # a size-1 dimension is its own specialization
+        direct = self._direct.get(str(tensors[0].device)) if varying else None
         if direct is not None:
             fn, kinds = direct
-            return fn(*[n if k is None else tensors[k] for k in kinds])
+            return fn(*[tensors[k] if isinstance(k, int) else shape[k[1]] for k in kinds])
         # dynamo's guards see plain tensors (not views: it would guard on the base's rank and
         # strides); the direct call needs only the sizes and strides inductor asserts
         tensors = [_plain(t, tuple(t.shape)) for t in tensors]
-        if n > 1:  # compile for any first dimension (size 1 is its own specialization)
-            torch._dynamo.mark_dynamic(tensors[0], 0)
+        if varying:  # compile for any size of the dynamic dimensions
+            for d in self._dynamic:
+                torch._dynamo.mark_dynamic(tensors[0], d)
         return self._compiled(*tensors)
 
 
@@ -182,17 +200,32 @@ class _ScaledKernel:
 
 
 class _BlockKernel:
-    """One block format's compiled kernel (see :func:`block_kernel`)."""
+    """One block format's compiled kernels (see :func:`block_kernel`): blocks over the last
+    dimension of ``(n, size)`` rows, or over the middle one of ``(n, size, inner)``."""
 
     def __init__(self, rule, element: ElementFormat, size: int):
         self.size = size
 
-        def kernel(blocks: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        def rows(blocks: torch.Tensor) -> tuple[torch.Tensor, ...]:
             # the per-block scales are outputs too, so inductor stores them once per block
             # instead of recomputing their ~30 scalar ops for every 8-wide vector (~1.5x faster)
-            return rule(blocks, element)
-        self._kernel = _Direct(kernel)
+            return rule(blocks, element, -1)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        def inner(blocks: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return rule(blocks, element, 1)
+        self._rows = _Direct(rows)
+        self._inner = _Direct(inner, dynamic=(0, 2))
+
+    def __call__(self, x: torch.Tensor, axis: int = -1) -> torch.Tensor:
+        """``x`` rounded in blocks over ``axis``, in the layout the eager path gives: a
+        channels-last ``x`` (blocked dimension innermost in memory) stays channels-last (the
+        layout decides the accumulation order of the convolutions and norms downstream)."""
+        axis %= x.dim()
+        moved = x.movedim(axis, -1)
+        if not x.is_contiguous() and moved.is_contiguous():  # the blocks are rows in memory
+            return self._rows(moved.view(-1, self.size))[0].view(moved.shape).movedim(-1, axis)
         x = x.contiguous()  # one copy (a transposed attention input) is cheaper than eager
-        return self._kernel(x.view(-1, self.size))[0].view(x.shape)
+        inner = x.shape[axis + 1:].numel()
+        if inner == 1:
+            return self._rows(x.view(-1, self.size))[0].view(x.shape)
+        return self._inner(x.view(-1, self.size, inner))[0].view(x.shape)

@@ -247,10 +247,10 @@ class Block(Recipe):
         number of blocks, the blocks are a view of ``x`` (no padding, no moved copy) and the
         result keeps ``x``'s layout; otherwise the padding rule applies (module docstring).
         ``compiled``: one fused kernel where it applies (:mod:`adaprec.numerics.fused`: same
-        values; contiguous, last-dimension blocks, nearest rounding)."""
+        values; whole blocks, nearest rounding; the result is contiguous)."""
         x = x.float()
         if compiled and scale is None and fused_applies(self, x, axis, stochastic):
-            return block_kernel(self.size, self.scale_element, self.tensor_scale, element)(x)
+            return block_kernel(self.size, self.scale_element, self.tensor_scale, element)(x, axis)
         if x.dim() and x.shape[axis] % self.size == 0:
             ax = axis % x.dim()
             blocks = x.reshape(*x.shape[:ax], -1, self.size, *x.shape[ax + 1:])
