@@ -34,7 +34,8 @@ Rounder = Callable[[torch.Tensor], torch.Tensor]
 @dataclass(frozen=True)
 class Operands:
     """How one linear layer rounds its GEMM operands: ``input``/``weight``/``grad`` round a
-    tensor over its last dimension (an fp32 tensor in, its format's values out);
+    tensor in blocks over its last dimension, or over ``axis`` (``fn(t, axis=-1)``: an fp32
+    tensor in, its format's values out, in the same shape);
     ``weight_grad`` rounds the weight gradient; ``*_fmt``: whether re-blocking along another
     dimension changes values (block and tile formats) is read from them."""
 
@@ -71,15 +72,17 @@ class LinearOperandsFn(torch.autograd.Function):
         g2 = gy.reshape(-1, gy.shape[-1]).float()
         gq = ops.grad(g2)
         dx = dw = db = None
+        # each GEMM's operands blocked along its reduction dimension, in place (no transposed
+        # copies: the GEMMs read them transposed)
         if ctx.needs_input_grad[0]:
             # dgrad reduces over the output features: the weight blocked along them
-            wq_n = ops.weight(weight.t().contiguous().float()) if ops.reblocks(ops.weight_fmt) else wq.t()
-            dx = (gq @ wq_n.t()).reshape(ctx.x_shape)
+            wq_n = ops.weight(weight.float(), 0) if ops.reblocks(ops.weight_fmt) else wq
+            dx = (gq @ wq_n).reshape(ctx.x_shape)
         if ctx.needs_input_grad[1]:
             # wgrad reduces over the tokens: gradient and input blocked along them
-            gq_t = ops.grad(g2.t().contiguous()) if ops.reblocks(ops.grad_fmt) else gq.t()
-            xq_t = ops.input(x2.t().contiguous()) if ops.reblocks(ops.input_fmt) else xq.t()
-            dw = ops.weight_grad(gq_t @ xq_t.t()).to(weight.dtype)
+            gq_t = ops.grad(g2, 0) if ops.reblocks(ops.grad_fmt) else gq
+            xq_t = ops.input(x2, 0) if ops.reblocks(ops.input_fmt) else xq
+            dw = ops.weight_grad(gq_t.t() @ xq_t).to(weight.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = g2.sum(0)
         return dx, dw, db, None, None

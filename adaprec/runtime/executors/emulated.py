@@ -582,15 +582,16 @@ class EmulatedExecutor:
 
     def _role_fn(self, name: str, f: Format, role: str, ax: int, grad: bool):
         """``fn(v)``: ``v`` rounded to plain format ``f`` as tensor ``role`` of layer ``name``
-        (its scaling state for per-tensor fp8, blocks over ``ax``; ``grad``: a gradient)."""
+        (its scaling state for per-tensor fp8, blocks over ``ax``; ``grad``: a gradient)
+        (``fn(v, axis)`` blocks over ``axis`` instead: the operand GEMMs' re-blocking)."""
         key, sr, fused = ("grad_" if grad else "") + role, self.stochastic_grads, self.compiled_rounding
         if f.scaling == "per_tensor":
             state = self._state if grad else self._forward_state
-            return lambda v: round_scaled(v, f, state(name, key, f, v.device), fused)
+            return lambda v, axis=ax: round_scaled(v, f, state(name, key, f, v.device), fused)
         if f.scaling in ("block", "tiles"):
-            return lambda v: f.fake_quantize(v, role=key, axis=ax, stochastic=sr and grad,
-                                             compiled=fused)
-        return (lambda v: v) if f == FP32 else (lambda v: round_to(v, f))
+            return lambda v, axis=ax: f.fake_quantize(v, role=key, axis=axis, stochastic=sr and grad,
+                                                      compiled=fused)
+        return (lambda v, axis=ax: v) if f == FP32 else (lambda v, axis=ax: round_to(v, f))
 
     def _operands(self, frame: _Frame) -> Operands:
         """The GEMM operand rounders of a linear layer in ``gemm_rounding="operands"``."""
