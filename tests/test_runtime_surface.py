@@ -235,6 +235,10 @@ def test_the_summary_reports_the_plan_that_ran_last(make_cfg, tmp_path):
     assert decisions["step"].max() == 2
     assert metrics["plan_changes"] == (decisions["step"] > 0).sum() == 2
     assert json.loads((tmp_path / "metrics.json").read_text())["final_plan"] == metrics["final_plan"]
+    # the layers alone do not name the plan: its default (fp32 here) is part of the hash
+    ran = Plan(metrics["final_plan"], default=metrics["final_plan_default"], region=metrics["final_plan_region"])
+    assert ran.hash == metrics["final_plan_hash"] == steps["plan_hash"].iloc[-1]
+    assert metrics["final_plan_default"] == "fp32" and Plan(metrics["final_plan"], default="bf16").hash != ran.hash
 
 
 # -- 10. a bare module with parameters is one layer ---------------------------------------------

@@ -57,9 +57,13 @@ class Summary:
 
 def result(steps: int, progress: Progress, plan: Plan, train_loss: float) -> dict[str, Any]:
     """The final metrics every finished run reports; ``plan`` is the one the last executed step
-    ran (``final_plan``, ``format_shares``), not one decided after it."""
+    ran (``final_plan``, ``format_shares``), not one decided after it. ``final_plan`` lists the
+    layers; its default (the model's root and unlisted code) and region complete the plan that
+    ``final_plan_hash`` (``steps.csv``'s ``plan_hash``) names."""
     return {"steps": steps, "skipped_steps": progress.skipped, "plan_changes": progress.plan_changes,
-            "final_plan": dict(plan), "format_shares": plan.shares(), "train_loss_last": train_loss,
+            "final_plan": dict(plan), "final_plan_default": plan.default,
+            "final_plan_region": plan.region, "final_plan_hash": plan.hash,
+            "format_shares": plan.shares(), "train_loss_last": train_loss,
             **progress.last_eval}
 
 
