@@ -16,7 +16,11 @@ never identified by parsing folder names. Every fact comes from the files themse
   (a choice whose name clashes with a metrics key is stored as ``choice.<group>``). Runs without
   ``metrics.json`` take their choices from ``.hydra/hydra.yaml`` (``hydra.runtime.choices``).
   An ``autocast`` run whose format ran emulated here (``environment.executors``) is labelled
-  ``autocast (emulated)``.
+  ``autocast (emulated)``. Where the runs differ in an emulation setting that changes values
+  (:data:`NUMERICS_SETTINGS`: ``emulation.gemm_rounding``, the fp8 scaling, stochastic
+  gradients), each run's controller names its own, e.g. ``mxfp8_e4m3 (gemm_rounding=operands)``,
+  so the two semantics are never averaged into one point; a sweep that keeps them fixed keeps
+  plain labels.
 - ``seed``: from ``metrics.json``, else ``cfg.seed``.
 - ``status``: ``"ok"`` | ``"failed"`` | ``"diverged"`` as the trainer wrote it, or
   ``"incomplete"`` for a run with a config but no (readable) ``metrics.json``, or whose
@@ -58,11 +62,14 @@ import yaml
 
 from adaprec.tasks import get_task, quality_metrics, task_names
 
-__all__ = ["RUN_FILES", "KEY_COLUMNS", "find_run_dirs", "load_runs",
+__all__ = ["RUN_FILES", "KEY_COLUMNS", "NUMERICS_SETTINGS", "find_run_dirs", "load_runs",
            "load_steps", "load_evals", "load_layers", "load_decisions", "ok_runs",
            "MixedEnvironmentWarning", "environment_differences"]
 
 RUN_FILES = ("metrics.json", "config_resolved.yaml")
+# emulation settings under which one format computes different values (compiled_rounding does
+# not: the same values, faster); a sweep mixing one of them labels runs by it
+NUMERICS_SETTINGS = ("gemm_rounding", "fp8_scaling", "amax_history_len", "fp8_margin", "stochastic_grads")
 KEY_COLUMNS = ["run_id", "workload", "controller", "seed"]
 _FINAL_STATUSES = ("ok", "failed", "diverged")
 _ALWAYS_CHOICES = ("controller", "model", "dataset", "experiment")
@@ -87,7 +94,7 @@ def load_runs(path: str | Path) -> pd.DataFrame:
         raise ValueError(f"no run directories under {root}: expected folders holding "
                          f"{' or '.join(RUN_FILES)}; pass the sweep directory the trainer wrote")
     runs = pd.DataFrame([_run_row(root, d) for d in dirs])
-    runs = _add_quality(_fill_shares(runs))
+    runs = _label_numerics_settings(_add_quality(_fill_shares(runs)))
     differing = environment_differences(runs)
     if differing:
         warnings.warn(f"runs under {root} ran in different environments ({'; '.join(differing)}): "
@@ -97,6 +104,18 @@ def load_runs(path: str | Path) -> pd.DataFrame:
     rest = [c for c in runs.columns if c not in _FIRST_COLUMNS and c not in cfg_cols
             and c not in ("overrides", "run_dir")]
     return runs[_FIRST_COLUMNS + rest + cfg_cols + ["overrides", "run_dir"]]
+
+
+def _label_numerics_settings(runs: pd.DataFrame) -> pd.DataFrame:
+    """Append each :data:`NUMERICS_SETTINGS` value the runs disagree on to their controller."""
+    for name in NUMERICS_SETTINGS:
+        col = f"cfg.emulation.{name}"
+        if col not in runs or runs[col].dropna().astype(str).nunique() < 2:
+            continue
+        known = runs[col].notna()
+        runs.loc[known, "controller"] = [f"{c} ({name}={v})" for c, v in
+                                         zip(runs.loc[known, "controller"], runs.loc[known, col])]
+    return runs
 
 
 class MixedEnvironmentWarning(UserWarning):

@@ -173,3 +173,27 @@ def test_an_emulated_autocast_baseline_is_labelled_so(tmp_path):
     with pytest.warns(MixedEnvironmentWarning):  # the three ran in different environments
         labels = load_runs(tmp_path).set_index("run_id")["controller"].to_dict()
     assert labels == {"native": "autocast", "emulated": "autocast (emulated)", "mixed": "autocast (emulated)"}
+
+
+def test_runs_that_differ_in_emulation_semantics_are_labelled_by_them(tmp_path):
+    from analysis.load import load_runs, load_steps
+
+    def write(name, controller, emulation):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "metrics.json").write_text(json.dumps({"status": "ok", "seed": 0, "val_loss": 1.0,
+                                                     "choices": {"controller": controller}}))
+        (d / "config_resolved.yaml").write_text(
+            "seed: 0\nemulation:\n" + "".join(f"  {k}: {v}\n" for k, v in emulation.items()))
+        (d / "steps.csv").write_text("step,loss\n0,1.0\n")
+
+    same = {"gemm_rounding": "boundary", "compiled_rounding": "false"}
+    write("a", "mxfp8_e4m3", same)
+    write("b", "mxfp8_e4m3", {**same, "compiled_rounding": "true"})  # the same values: one label
+    assert set(load_runs(tmp_path)["controller"]) == {"mxfp8_e4m3"}
+    write("c", "mxfp8_e4m3", {**same, "gemm_rounding": "operands"})
+    runs = load_runs(tmp_path)
+    labels = runs.set_index("run_id")["controller"].to_dict()
+    assert labels == {"a": "mxfp8_e4m3 (gemm_rounding=boundary)", "b": "mxfp8_e4m3 (gemm_rounding=boundary)",
+                      "c": "mxfp8_e4m3 (gemm_rounding=operands)"}
+    assert set(load_steps(runs)["controller"]) == set(labels.values())  # the long tables agree
