@@ -191,3 +191,15 @@ def test_cli_trains_a_block_format_with_compiled_rounding(tmp_path):
     metrics = train_run(cfg, tmp_path)
     assert metrics["status"] == "ok"
     assert set(json.loads((tmp_path / "metrics.json").read_text())["final_plan"].values()) == {"mxfp8_e4m3"}
+
+
+@pytest.mark.slow
+def test_rounding_kernel_benchmark_runs(capsys, monkeypatch):
+    import sys
+    from benchmarks import rounding_kernels
+    monkeypatch.setattr(sys, "argv", ["rounding_kernels", "--formats", "fp8_e4m3", "mxfp8_e4m3",
+                                      "--reps", "1", "--warmup", "1"])
+    rounding_kernels.main()
+    out = capsys.readouterr().out
+    assert out.count("## ") == 1 + len(rounding_kernels.LAYOUTS)  # fp8: one layout; mxfp8: all
+    assert out.count("compiled ") == out.count("## ")
