@@ -19,7 +19,7 @@ import torch
 
 from adaprec.controllers import Static
 
-from .harness import base_parser, compare, machine_line, set_context
+from .harness import base_parser, compare, machine_line, parse_with_threads, set_context
 from .workloads import adaprec_step, workload
 
 ARMS = ["fp32", "emulated:bf16", "emulated:fp16", "emulated:fp8_e4m3", "emulated:mxfp8_e4m3",
@@ -48,10 +48,7 @@ def main() -> None:
     p.set_defaults(reps=5, warmup=1, batch=0)
     p.add_argument("--models", nargs="+", default=list(BATCH), choices=list(BATCH))
     p.add_argument("--arms", nargs="+", default=ARMS)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_with_threads(p)
     device = torch.device(args.device)
     print(machine_line(device))
     for name in args.models:

@@ -77,6 +77,16 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def parse_with_threads(p: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse ``p`` with a ``--threads`` flag added (torch threads; 0 = torch's default: one
+    thread gives stable ratios on a shared machine) and apply it."""
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
+
+
 def compare(candidates: dict[str, Callable[[], None]], device: torch.device, reps: int,
             warmup: int, baseline: str | None = None) -> dict[str, float]:
     """Time each candidate ``reps`` times, interleaved; print medians and ratios to baseline."""

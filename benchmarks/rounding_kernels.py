@@ -17,7 +17,7 @@ import torch
 from adaprec import get_format
 from adaprec.numerics.recipes import scaled_round
 
-from .harness import base_parser, compare, machine_line, set_context
+from .harness import base_parser, compare, machine_line, parse_with_threads, set_context
 
 # name -> (shape, blocked axis, memory format)
 LAYOUTS = {
@@ -40,10 +40,7 @@ def main() -> None:
     p = base_parser(__doc__.splitlines()[0])
     p.set_defaults(reps=30, warmup=3)
     p.add_argument("--formats", nargs="+", default=["mxfp8_e4m3", "nvfp4", "fp8_e4m3"])
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_with_threads(p)
     device = torch.device(args.device)
     print(machine_line(device))
     g = torch.Generator().manual_seed(0)
